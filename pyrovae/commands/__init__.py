@@ -1,0 +1,11 @@
+"""One module per ``pyrovae`` subcommand.
+
+Each module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``;
+``COMMANDS`` below is the whole list, in the order ``pyrovae --help`` shows them.
+"""
+
+from pyrovae.commands import train
+
+COMMANDS = {
+    "train": train,
+}

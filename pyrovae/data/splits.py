@@ -1,0 +1,85 @@
+"""Train / validation / test tensors held on the training device, and how batches come out.
+
+The whole data set lives on the device as one tensor per split: an epoch is a random
+permutation and slices of it, with no ``DataLoader`` and no per-batch Python collation.
+Binarization follows the literature's convention (Burda et al. 2016; Tomczak & Welling 2018):
+
+- training: *dynamic* binarization, a fresh ``x ~ Bernoulli(grey)`` every epoch;
+- validation and test: one *fixed*, seeded binarization, so every run is scored on the
+  same binary images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+
+@dataclass
+class Splits:
+    """Grey-level (or real-valued) data, ``(N, *data_shape)`` float32 per split, plus labels.
+
+    ``binarize`` says whether batches are binarized (then the stored values are pixel
+    probabilities in [0, 1]). ``info`` describes the source for MLflow's dataset inputs.
+    """
+
+    name: str
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    binarize: bool = False
+    seed: int = 0
+    train_labels: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
+    #: the true data distribution where it is known (``ppca``): has ``log_prob(x)``
+    truth: object | None = None
+    _fixed: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        """(C, H, W) data with 1 or 3 channels: image grids make sense for it."""
+        return len(self.data_shape) == 3 and self.data_shape[0] in (1, 3)
+
+    def to(self, device: torch.device) -> "Splits":
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()
+                 if k != "_fixed"}
+        return Splits(**moved)
+
+    def split(self, name: str) -> torch.Tensor:
+        """The evaluation tensor of a split: fixed-seed binarized when ``binarize``."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}")
+        if not self.binarize:
+            return getattr(self, name)
+        if name not in self._fixed:
+            grey = getattr(self, name)
+            gen = torch.Generator(device="cpu").manual_seed(self.seed + {"train": 0, "val": 1, "test": 2}[name])
+            self._fixed[name] = torch.bernoulli(grey.cpu(), generator=gen).to(grey.device)
+        return self._fixed[name]
+
+    def labels(self, name: str) -> torch.Tensor | None:
+        return getattr(self, f"{name}_labels")
+
+    def train_batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """One epoch of shuffled training batches (the last one may be smaller).
+
+        Uses the global torch RNG (or ``generator``), which the trainer seeds, so an epoch's
+        binarization and order are reproducible and resumable.
+        """
+        x = self.train
+        order = torch.randperm(x.shape[0], device=x.device, generator=generator)
+        if self.binarize:
+            x = torch.bernoulli(x, generator=generator)
+        for start in range(0, x.shape[0], batch_size):
+            yield x[order[start:start + batch_size]]
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-self.train.shape[0] // batch_size)

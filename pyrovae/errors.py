@@ -1,0 +1,10 @@
+"""The one exception type that reaches a user as a single line.
+
+Everything a user can get wrong (a config key, a file, a run id) raises :class:`UserError`
+with a message that says what is wrong and what to do. The CLI prints that message alone
+(no traceback unless ``--debug``) and exits with status 2.
+"""
+
+
+class UserError(Exception):
+    """A problem the user can fix; ``str(err)`` is the whole message."""

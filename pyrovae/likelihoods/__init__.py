@@ -1,0 +1,14 @@
+"""Likelihoods p(x|z): modules whose ``forward(z)`` returns a distribution with event shape
+equal to the data's shape.
+
+To add one: a subclass of :class:`~pyrovae.likelihoods.base.Likelihood` in its own file plus an
+entry in ``LIKELIHOODS``. Its constructor may ask for ``latent_dim`` and ``data_shape``.
+"""
+
+from pyrovae.likelihoods.bernoulli import Bernoulli
+from pyrovae.likelihoods.gaussian import Gaussian
+
+LIKELIHOODS = {
+    "bernoulli": Bernoulli,
+    "gaussian": Gaussian,
+}

@@ -1,0 +1,33 @@
+"""What every likelihood shares: a data check against the support it models."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import constraints
+
+from pyrovae.errors import UserError
+
+
+class Likelihood(nn.Module):
+    r"""Base class for p(x|z) modules.
+
+    Subclasses implement ``forward(z)`` returning a distribution whose event shape is the
+    data shape, and set ``data_support`` to the constraint their data must satisfy. The
+    pipeline calls :meth:`check_data` once on every split before training, so a likelihood is
+    never asked for a "log-probability" of data it does not model (a Bernoulli on grey levels
+    is not a normalized density: DESIGN.md, fact 8).
+    """
+
+    data_support: constraints.Constraint = constraints.real
+    #: what to tell a user whose data is outside ``data_support``
+    data_hint: str = ""
+
+    def check_data(self, x: torch.Tensor, split: str = "data") -> None:
+        ok = self.data_support.check(x)
+        if not bool(ok.all()):
+            bad = x[~ok].flatten()[:3].tolist()
+            raise UserError(
+                f"likelihood {type(self).__name__} needs data in {self.data_support}, but the "
+                f"{split} split has values such as {bad}{'; ' + self.data_hint if self.data_hint else ''}"
+            )

@@ -1,0 +1,146 @@
+"""MLflow at the edge: the store, one run per training, and a trainer callback that logs.
+
+The default store is ``sqlite:///<cwd>/mlruns/mlflow.db`` with artifacts under
+``<cwd>/mlruns/artifacts/`` (MLflow 3.17 refuses a plain ``./mlruns`` file store: DESIGN.md,
+fact 9). ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` override it, e.g. an
+``http://127.0.0.1:5000`` server. Nothing else in pyrovae imports mlflow for training.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+import torch
+from mlflow.tracking import MlflowClient
+
+from pyrovae import figures
+from pyrovae.config import flatten, to_toml
+from pyrovae.errors import UserError
+from pyrovae.trainer import Callback
+
+DEFAULT_STORE = "mlruns"
+
+
+def tracking_uri(configured: str = "") -> str:
+    """``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the sqlite store in ./mlruns."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri:
+        return uri
+    return f"sqlite:///{(Path.cwd() / DEFAULT_STORE / 'mlflow.db').resolve()}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialize schema creation and experiment creation on one sqlite store across processes.
+
+    A fresh sqlite store races on its schema migration when several ``pyrovae train``
+    processes open it at once; one file lock beside the database makes the first one create
+    it and the others wait.
+    """
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(db.parent / ".pyrovae.lock", "a")
+    except OSError as err:
+        raise UserError(f"cannot write the MLflow store folder {db.parent} ({err.strerror}); "
+                        f"make it writable or set MLFLOW_TRACKING_URI") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """The id of experiment ``name`` on ``uri``, created (with artifacts beside the db) if new."""
+    with _store_lock(uri):
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        db = _sqlite_path(uri)
+        location = None
+        if db is not None:
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name) or "experiment"
+            location = (db.parent / "artifacts" / slug).resolve().as_uri()
+        return client.create_experiment(name, artifact_location=location)
+
+
+def log_params(config: dict) -> None:
+    """Every config value, flattened to dotted keys; lists as their TOML text."""
+    params = {k: (str(v) if isinstance(v, list) else v) for k, v in flatten(config).items()}
+    items = list(params.items())
+    for start in range(0, len(items), 100):  # MLflow's batch limit
+        mlflow.log_params(dict(items[start:start + 100]))
+
+
+@contextmanager
+def start_run(config: dict, tags: dict | None = None, run_id: str | None = None,
+              parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """One MLflow run: FINISHED on success, KILLED on Ctrl-C, FAILED (with the reason) on error.
+
+    A new run gets the flat params and ``config.toml``; ``run_id`` reopens an existing run.
+    """
+    uri = tracking_uri(config["mlflow"]["tracking_uri"])
+    mlflow.set_tracking_uri(uri)
+    exp_id = experiment_id(uri, config["mlflow"]["experiment"])
+    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
+                           run_name=config["mlflow"]["run_name"] or None, tags=tags,
+                           parent_run_id=parent_run_id, nested=parent_run_id is not None)
+    try:
+        if run_id is None:
+            log_params(config)
+            mlflow.log_text(to_toml(config), "config.toml")
+        yield run
+    except KeyboardInterrupt:
+        mlflow.set_tag("pyrovae.stopped", "interrupted by the user")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as err:
+        mlflow.set_tag("pyrovae.error", f"{type(err).__name__}: {err}"[:5000])
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def log_weights(vae: torch.nn.Module, name: str = "final") -> None:
+    """The module's ``state_dict`` and data shape as ``weights/<name>.pt`` (loadable with weights_only)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.pt"
+        state = {k: v.detach().cpu() for k, v in vae.state_dict().items()}
+        torch.save({"state_dict": state, "data_shape": list(vae.data_shape)}, path)
+        mlflow.log_artifact(str(path), "weights")
+
+
+class MlflowLogger(Callback):
+    """Logs each epoch's metrics (one batch, ``step = epoch``) and image grids; the final weights."""
+
+    def __init__(self, images: bool = True, image_seed: int = 0):
+        self.images = images
+        self.image_seed = image_seed
+
+    def on_epoch_end(self, trainer, epoch: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics, step=epoch)
+        if self.images and trainer.splits.is_image:
+            inputs = trainer.splits.split("val")[:16]
+            mlflow.log_image(figures.reconstruction_grid(trainer.vae, inputs, self.image_seed),
+                             key="reconstructions", step=epoch)
+            mlflow.log_image(figures.prior_sample_grid(trainer.vae, 64, self.image_seed),
+                             key="prior_samples", step=epoch)
+
+    def on_train_end(self, trainer, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics, step=trainer.epoch)
+        log_weights(trainer.vae)

@@ -1,0 +1,119 @@
+r"""Training with Pyro's ``SVI``; it reports through callbacks and knows no logger.
+
+Each step maximizes the (annealed) ELBO
+
+.. math:: \mathcal{L}_\beta(x) = E_{q(z|x)}[\log p(x|z)] - \beta\,\mathrm{KL}(q(z|x) \| p(z)),
+
+with ``beta`` raised linearly from ``train.beta_start`` to 1 over ``train.warmup_epochs``
+(Bowman et al. 2016; Sønderby et al. 2016), scaled in model *and* guide. ``train/loss`` is the
+per-datapoint mean of :math:`-\mathcal{L}_\beta` actually optimized; every epoch ends with
+validation at beta = 1 (:mod:`pyrovae.evaluate`).
+
+Callbacks (the MLflow adapter, checkpointing, the progress display) implement any of
+:class:`Callback`'s methods; the trainer calls them in order.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import pyro
+import pyro.optim
+import torch
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from tqdm.auto import tqdm
+
+from pyrovae.data import Splits
+from pyrovae.evaluate import evaluate
+
+ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
+
+
+class Callback:
+    """Hooks the trainer calls; every method is optional."""
+
+    def on_train_begin(self, trainer: "Trainer") -> None: ...
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def on_train_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
+
+
+def make_elbo(train_cfg: dict):
+    return ELBOS[train_cfg["elbo"]](num_particles=train_cfg["num_particles"])
+
+
+class Trainer:
+    """SVI over the training split, validation every epoch, test at the end.
+
+    ``epoch`` counts completed epochs (a resumed trainer starts from a checkpoint's value);
+    metrics are reported with ``step = epoch``, 1-based.
+    """
+
+    def __init__(self, vae, splits: Splits, train_cfg: dict, eval_cfg: dict,
+                 callbacks: Sequence[Callback] = (), progress: bool = True):
+        self.vae, self.splits = vae, splits
+        self.train_cfg, self.eval_cfg = train_cfg, eval_cfg
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.device = splits.train.device
+        self.elbo = make_elbo(train_cfg)
+        self.optim = pyro.optim.Adam({"lr": train_cfg["lr"]})
+        self.svi = SVI(vae.model, vae.guide, self.optim, self.elbo)
+        self.epoch = 0
+        self.step = 0
+        self.steps_per_epoch = splits.num_batches(train_cfg["batch_size"])
+        # A param store left by another VAE in this process would shadow this one's
+        # parameters under the same "vae" name, and they would never train.
+        pyro.clear_param_store()
+
+    def beta(self, step: int) -> float:
+        """KL weight at a (0-based) step: linear from beta_start to 1 over the warm-up."""
+        start, warmup = self.train_cfg["beta_start"], self.train_cfg["warmup_epochs"]
+        if warmup <= 0:
+            return start
+        return min(1.0, start + (1.0 - start) * step / (warmup * self.steps_per_epoch))
+
+    def validate(self, split: str = "val") -> dict[str, float]:
+        terms = evaluate(self.vae, self.elbo, self.splits.split(split), self.eval_cfg["batch_size"],
+                         seed=self.eval_cfg["seed"])
+        return {f"{split}/{k}": v for k, v in terms.items()}
+
+    def train_epoch(self) -> dict[str, float]:
+        batch_size = self.train_cfg["batch_size"]
+        total, n, beta_sum = 0.0, 0, 0.0
+        started = time.perf_counter()
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.train_cfg['epochs']}",
+                   leave=False, disable=not self.progress, mininterval=0.5)
+        self.vae.train()
+        for x in self.splits.train_batches(batch_size):
+            beta = self.beta(self.step)
+            loss = self.svi.step(x, beta=torch.tensor(beta, device=self.device))
+            total += loss
+            n += x.shape[0]
+            beta_sum += beta
+            self.step += 1
+            bar.update()
+            if bar.n % 20 == 0:
+                bar.set_postfix(loss=f"{total / n:.2f}", refresh=False)
+        bar.close()
+        return {"train/loss": total / n, "train/beta": beta_sum / self.steps_per_epoch,
+                "train/seconds": time.perf_counter() - started}
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``train.epochs``; return the test metrics."""
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        while self.epoch < self.train_cfg["epochs"]:
+            metrics = self.train_epoch()
+            started = time.perf_counter()
+            metrics.update(self.validate("val"))
+            metrics["val/seconds"] = time.perf_counter() - started
+            self.epoch += 1
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, self.epoch, metrics)
+        test = self.validate("test")
+        for cb in self.callbacks:
+            cb.on_train_end(self, test)
+        return test
