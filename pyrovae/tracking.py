@@ -144,3 +144,33 @@ class MlflowLogger(Callback):
     def on_train_end(self, trainer, metrics: dict[str, float]) -> None:
         mlflow.log_metrics(metrics, step=trainer.epoch)
         log_weights(trainer.vae)
+
+
+def load_run_config(run_id: str) -> dict:
+    """The resolved config a run logged (``config.toml``), resolved again against this pyrovae."""
+    import tomllib
+
+    from pyrovae.config import resolve
+
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/config.toml")
+    except Exception as err:
+        raise UserError(f"cannot read config.toml of run '{run_id}' from {mlflow.get_tracking_uri()} "
+                        f"({type(err).__name__}); check the run id and MLFLOW_TRACKING_URI") from None
+    return resolve(tomllib.loads(text))
+
+
+def load_vae(run_id: str, weights: str = "final", device: str | torch.device = "cpu"):
+    """Rebuild a run's VAE from its config and ``weights/<weights>.pt`` (no pickled code is run)."""
+    from pyrovae.vae import build_vae
+
+    config = load_run_config(run_id)
+    try:
+        local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/weights/{weights}.pt")
+        saved = torch.load(local, map_location=device, weights_only=True)
+    except Exception as err:
+        raise UserError(f"cannot load weights/{weights}.pt of run '{run_id}' ({type(err).__name__}: {err}); "
+                        f"did the run finish?") from None
+    vae = build_vae(config["model"], tuple(saved["data_shape"])).to(device)
+    vae.load_state_dict(saved["state_dict"])
+    return vae, config
