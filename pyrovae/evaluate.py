@@ -57,7 +57,7 @@ def elbo_terms(vae, elbo: ELBO, x: torch.Tensor) -> dict[str, torch.Tensor]:
     Averages over the ELBO's ``num_particles``; uses the ELBO object's own trace generator.
     """
     analytic = isinstance(elbo, TraceMeanField_ELBO)
-    sums = {t: torch.zeros(x.shape[0], device=x.device) for t in TERMS}
+    sums = {t: torch.zeros(x.shape[0], device=x.device) for t in ("recon", "kl", "mse")}
     n = 0
     for model_trace, guide_trace in elbo._get_traces(vae.model, vae.guide, (x,), {"beta": 1.0}):
         obs, p_site, q_site = model_trace.nodes["x"], model_trace.nodes["z"], guide_trace.nodes["z"]

@@ -1,0 +1,40 @@
+"""Fixtures shared by the test modules: a tmp MLflow store and small configs."""
+
+from __future__ import annotations
+
+import mlflow
+import pyro
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro():
+    """Each test starts with an empty param store and default validation."""
+    pyro.clear_param_store()
+    pyro.enable_validation(True)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh sqlite MLflow store in tmp_path, used by default; the test runs in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)  # the fluent API caches the last URI a test set
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+TINY = [
+    "data.name=synthetic", "data.subset=200", "train.epochs=1", "train.batch_size=50",
+    "model.latent_dim=3", "model.guide.hidden=[16]", "model.likelihood.hidden=[16]",
+    "eval.batch_size=100",
+]
+
+
+@pytest.fixture
+def tiny_overrides():
+    """``--set`` overrides for a seconds-long training on the synthetic data."""
+    return list(TINY)

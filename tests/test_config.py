@@ -1,0 +1,75 @@
+"""Config: defaults, TOML files, --set overrides, and one clear line for each mistake."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyrovae import config
+from pyrovae.errors import UserError
+
+
+def test_defaults_resolve_with_component_defaults_filled_in():
+    cfg = config.load()
+    assert cfg["model"]["guide"] == {"name": "diagonal_normal", "hidden": [400], "activation": "relu"}
+    flat = config.flatten(cfg)
+    assert flat["train.lr"] == 0.001 and isinstance(flat["train.warmup_epochs"], float)
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\nepochs = 3\nlr = 1\n[model.guide]\nhidden = [32, 16]\n')
+    cfg = config.load(path, ["train.epochs=5", "model.guide.activation=tanh"])
+    assert cfg["train"]["epochs"] == 5 and cfg["train"]["lr"] == 1.0
+    assert cfg["model"]["guide"]["hidden"] == [32, 16] and cfg["model"]["guide"]["activation"] == "tanh"
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path):
+    cfg = config.load(None, ["model.guide.hidden=[7]"])
+    path = tmp_path / "again.toml"
+    path.write_text(config.to_toml(cfg))
+    assert config.load(path) == cfg
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.epocs=3"], "unknown config key 'train.epocs' (did you mean 'epochs'?)"),
+    (["trian.epochs=3"], "unknown config section [trian] (did you mean 'train'?)"),
+    (["train.epochs=0"], "config key 'train.epochs' must be at least 1, got 0"),
+    (["train.epochs=2.5"], "config key 'train.epochs' must be an integer, got 2.5"),
+    (["train.lr=0"], "config key 'train.lr' must be greater than 0.0, got 0"),
+    (["train.beta_start=0"], "config key 'train.beta_start' must be greater than 0.0, got 0"),
+    (["train.elbo=renyi"], "config key 'train.elbo' must be one of trace, meanfield"),
+    (["data.binarize=maybe"], "config key 'data.binarize' must be true or false, got 'maybe'"),
+    (["model.prior.name=gauss"], "unknown prior 'gauss'"),
+    (["model.guide.hiden=[3]"], "has no argument 'hiden' (did you mean 'hidden'?)"),
+    (["model.guide.hidden=big"], "argument 'hidden' must be a list, got 'big'"),
+    (["model.guide.latent_dim=3"], "'latent_dim' is set by pyrovae"),
+    (["model.prior.name=nowhere.module:Prior"], "cannot import module 'nowhere.module'"),
+    (["model.prior=standard_normal"], "'model.prior' is a section, not a value"),
+    (["train.epochs"], "--set needs section.key=value"),
+])
+def test_bad_values_get_one_clear_line(overrides, message):
+    with pytest.raises(UserError) as err:
+        config.load(None, overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_malformed_toml_names_the_line(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[train]\nepochs = 3\nlr = = 2\n")
+    with pytest.raises(UserError, match=r"not valid TOML: .*line 3"):
+        config.load(path)
+
+
+@settings(max_examples=60, deadline=None)
+@given(epochs=st.integers(-5, 5), lr=st.floats(-1, 1, allow_nan=False), beta=st.floats(-1, 2, allow_nan=False))
+def test_ranges_are_enforced_for_any_value(epochs, lr, beta):
+    overrides = [f"train.epochs={epochs}", f"train.lr={lr!r}", f"train.beta_start={beta!r}"]
+    valid = epochs >= 1 and lr > 0 and 0 < beta <= 1
+    if valid:
+        cfg = config.load(None, overrides)
+        assert cfg["train"]["epochs"] == epochs and cfg["train"]["lr"] == lr
+    else:
+        with pytest.raises(UserError, match="config key 'train."):
+            config.load(None, overrides)

@@ -1,0 +1,109 @@
+"""Data loading: MNIST from IDX files the test writes, user arrays, synthetic sets, binarization."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from pyrovae import config
+from pyrovae.data import load_data
+from pyrovae.errors import UserError
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """IDX format: magic (0, 0, type 0x08 = ubyte, ndim), big-endian dims, raw bytes."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def mnist_root(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    write_idx(raw / "train-images-idx3-ubyte", rng.integers(0, 256, (12, 28, 28)))
+    write_idx(raw / "train-labels-idx1-ubyte", np.arange(12) % 10)
+    write_idx(raw / "t10k-images-idx3-ubyte", rng.integers(0, 256, (4, 28, 28)))
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(4))
+    return tmp_path
+
+
+def data_cfg(*overrides):
+    return config.load(None, list(overrides))["data"]
+
+
+def test_mnist_loader_reads_idx_files_splits_and_binarizes(mnist_root):
+    splits = load_data(data_cfg(f'data.root="{mnist_root}"'))
+    # 12 training images: the first 5/6 train, the rest validate (50k / 10k on the real files)
+    assert splits.train.shape == (10, 1, 28, 28) and splits.val.shape == (2, 1, 28, 28)
+    assert splits.test.shape == (4, 1, 28, 28)
+    assert torch.equal(splits.train_labels, torch.arange(10) % 10)
+    assert 0.0 <= splits.train.min() and splits.train.max() <= 1.0
+    raw = np.frombuffer((mnist_root / "MNIST/raw/t10k-images-idx3-ubyte").read_bytes()[16:], np.uint8)
+    assert torch.allclose(splits.test.flatten(), torch.from_numpy(raw.astype(np.float32) / 255))
+    fixed = splits.split("test")
+    assert set(fixed.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(fixed, splits.split("test"))  # fixed binarization
+    again = load_data(data_cfg(f'data.root="{mnist_root}"'))
+    assert torch.equal(again.split("test"), fixed)  # ... and seeded
+    torch.manual_seed(0)
+    epoch1 = torch.cat(list(splits.train_batches(5)))
+    epoch2 = torch.cat(list(splits.train_batches(5)))
+    assert set(epoch1.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(epoch1, epoch2)  # dynamic binarization (and order) per epoch
+
+
+def test_mnist_root_from_environment(mnist_root, monkeypatch):
+    monkeypatch.setenv("PYROVAE_DATA_DIR", str(mnist_root))
+    assert load_data(data_cfg()).test.shape[0] == 4
+
+
+def test_missing_mnist_says_where_to_put_the_files(tmp_path):
+    with pytest.raises(UserError, match=r"MNIST/raw.*copy train-images-idx3-ubyte"):
+        load_data(data_cfg(f'data.root="{tmp_path / "empty"}"'))
+
+
+def test_truncated_mnist_file_is_reported(mnist_root):
+    path = mnist_root / "MNIST/raw/t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        load_data(data_cfg(f'data.root="{mnist_root}"'))
+
+
+def test_user_arrays_one_file_split_by_fraction_and_seed(tmp_path):
+    x = np.random.default_rng(0).random((50, 3, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    args = ["data.name=arrays", f'data.file="{tmp_path / "x.npy"}"', "data.binarize=false",
+            "data.val_fraction=0.2", "data.test_fraction=0.1"]
+    splits = load_data(data_cfg(*args))
+    assert (splits.train.shape[0], splits.val.shape[0], splits.test.shape[0]) == (35, 10, 5)
+    together = torch.cat([splits.train, splits.val, splits.test])
+    assert sorted(together.sum((1, 2)).tolist()) == pytest.approx(sorted(x.sum((1, 2)).tolist()), rel=1e-6)
+    assert torch.equal(load_data(data_cfg(*args)).val, splits.val)
+
+
+def test_user_arrays_three_files_pt_and_uint8(tmp_path):
+    for name, n in (("tr", 8), ("va", 3), ("te", 2)):
+        torch.save(torch.randint(0, 256, (n, 5), dtype=torch.uint8), tmp_path / f"{name}.pt")
+    splits = load_data(data_cfg("data.name=arrays", f'data.train="{tmp_path / "tr.pt"}"',
+                                f'data.val="{tmp_path / "va.pt"}"', f'data.test="{tmp_path / "te.pt"}"'))
+    assert splits.data_shape == (5,) and splits.train.max() <= 1.0  # uint8 scaled to [0, 1]
+
+
+def test_nan_in_user_data_is_refused(tmp_path):
+    x = np.zeros((10, 4), np.float32)
+    x[3, 1] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(UserError, match="NaN"):
+        load_data(data_cfg("data.name=arrays", f'data.file="{tmp_path / "x.npy"}"', "data.binarize=false"))
+
+
+def test_synthetic_and_ppca_are_reproducible():
+    a, b = load_data(data_cfg("data.name=synthetic")), load_data(data_cfg("data.name=synthetic"))
+    assert torch.equal(a.train, b.train) and a.is_image
+    ppca = load_data(data_cfg("data.name=ppca", "data.binarize=false"))
+    exact = ppca.truth.log_prob(ppca.test)
+    assert exact.shape == (500,) and torch.isfinite(exact).all()
