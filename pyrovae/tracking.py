@@ -63,19 +63,42 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
 
 
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail within seconds when an HTTP tracking server does not answer.
+
+    MLflow's own client retries with back-off for minutes before it gives up; one health
+    request with a short timeout tells the user at once.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+    except requests.RequestException as err:
+        raise UserError(f"the MLflow tracking server at {uri} does not answer ({type(err).__name__}); "
+                        f"start it, or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI") from None
+
+
 def experiment_id(uri: str, name: str) -> str:
     """The id of experiment ``name`` on ``uri``, created (with artifacts beside the db) if new."""
+    check_server(uri)
     with _store_lock(uri):
-        client = MlflowClient(uri)
-        found = client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        db = _sqlite_path(uri)
-        location = None
-        if db is not None:
-            slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name) or "experiment"
-            location = (db.parent / "artifacts" / slug).resolve().as_uri()
-        return client.create_experiment(name, artifact_location=location)
+        try:
+            client = MlflowClient(uri)
+            found = client.get_experiment_by_name(name)
+            if found is not None:
+                return found.experiment_id
+            db = _sqlite_path(uri)
+            location = None
+            if db is not None:
+                slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name) or "experiment"
+                location = (db.parent / "artifacts" / slug).resolve().as_uri()
+            return client.create_experiment(name, artifact_location=location)
+        except Exception as err:  # sqlalchemy, MlflowException, OSError: all mean "this store is unusable"
+            first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            raise UserError(f"cannot use the MLflow store {uri}: {first_line}; "
+                            f"check the path/permissions or set MLFLOW_TRACKING_URI") from None
 
 
 def log_params(config: dict) -> None:
