@@ -64,6 +64,10 @@ class Train:
     num_particles: int = _opt(1, min=1)
     beta_start: float = _opt(1.0, above=0.0, max=1.0, help="KL weight at the first step (> 0)")
     warmup_epochs: float = _opt(0.0, min=0.0, help="epochs to raise beta linearly to 1 (0 = no warm-up)")
+    adam: str = _opt("auto", choices=("auto", "fused", "foreach", "pyro"),
+                     help="one torch Adam for all parameters (fused kernel where torch has it, or foreach), "
+                          "or 'pyro': pyro.optim.Adam, one optimizer per parameter tensor")
+    jit: bool = _opt(False, help="JitTrace_ELBO / JitTraceMeanField_ELBO (torch.jit.trace of the loss)")
 
 
 @dataclass

@@ -21,13 +21,15 @@ from typing import Sequence
 import pyro
 import pyro.optim
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
 from pyrovae.data import Splits
 from pyrovae.evaluate import evaluate
+from pyrovae.optim import make_optim, validate_first_step_only
 
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
+JIT_ELBOS = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO}
 
 
 class Callback:
@@ -41,6 +43,8 @@ class Callback:
 
 
 def make_elbo(train_cfg: dict):
+    if train_cfg.get("jit"):  # beta goes in as a positional tensor: a traced input, not a constant
+        return JIT_ELBOS[train_cfg["elbo"]](num_particles=train_cfg["num_particles"], ignore_jit_warnings=True)
     return ELBOS[train_cfg["elbo"]](num_particles=train_cfg["num_particles"])
 
 
@@ -59,7 +63,7 @@ class Trainer:
         self.progress = progress
         self.device = splits.train.device
         self.elbo = make_elbo(train_cfg)
-        self.optim = pyro.optim.Adam({"lr": train_cfg["lr"]})
+        self.optim = make_optim(train_cfg)  # one fused torch Adam (train.adam), not one per tensor
         self.svi = SVI(vae.model, vae.guide, self.optim, self.elbo)
         self.epoch = 0
         self.step = 0
@@ -82,23 +86,23 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float]:
         batch_size = self.train_cfg["batch_size"]
-        total, n, beta_sum = 0.0, 0, 0.0
+        total, n = 0.0, 0
+        # The epoch's KL weights, made on the device once: no host-to-device copy per step.
+        beta_list = [self.beta(self.step + i) for i in range(self.steps_per_epoch)]
+        betas = torch.tensor(beta_list, device=self.device)
         started = time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.train_cfg['epochs']}",
                    leave=False, disable=not self.progress, mininterval=0.5)
         self.vae.train()
-        for x in self.splits.train_batches(batch_size):
-            beta = self.beta(self.step)
-            loss = self.svi.step(x, beta=torch.tensor(beta, device=self.device))
-            total += loss
+        for i, x in enumerate(validate_first_step_only(self.splits.train_batches(batch_size))):
+            total += self.svi.step(x, betas[i])  # a float: Trace_ELBO has already synchronised
             n += x.shape[0]
-            beta_sum += beta
             self.step += 1
             bar.update()
             if bar.n % 20 == 0:
                 bar.set_postfix(loss=f"{total / n:.2f}", refresh=False)
         bar.close()
-        return {"train/loss": total / n, "train/beta": beta_sum / self.steps_per_epoch,
+        return {"train/loss": total / n, "train/beta": sum(beta_list) / self.steps_per_epoch,
                 "train/seconds": time.perf_counter() - started}
 
     def fit(self) -> dict[str, float]:
