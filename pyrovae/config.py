@@ -74,6 +74,8 @@ class Train:
 class Eval:
     batch_size: int = _opt(1000, min=1)
     seed: int = _opt(0, min=0, help="seed of the evaluation samples, fixed so runs compare")
+    iwae_every: int = _opt(0, min=0, help="log val/nll_iwae every N epochs (0 = never; it costs K decoder passes)")
+    iwae_k: int = _opt(100, min=1, help="importance samples K of the per-epoch val/nll_iwae")
 
 
 @dataclass
@@ -133,6 +135,17 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> dict[str,
         for k in reversed(keys):
             nested = {k: nested}
         _merge(user, nested)
+    config = defaults()
+    _apply(config, user, [])
+    return resolve(config)
+
+
+def over_defaults(user: dict[str, Any]) -> dict[str, Any]:
+    """``user`` (e.g. a run's logged ``config.toml``) laid over today's defaults, then resolved.
+
+    Keys added to pyrovae after that run was trained take their defaults, so older runs
+    still load.
+    """
     config = defaults()
     _apply(config, user, [])
     return resolve(config)

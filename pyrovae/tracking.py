@@ -173,14 +173,14 @@ def load_run_config(run_id: str) -> dict:
     """The resolved config a run logged (``config.toml``), resolved again against this pyrovae."""
     import tomllib
 
-    from pyrovae.config import resolve
+    from pyrovae.config import over_defaults
 
     try:
         text = mlflow.artifacts.load_text(f"runs:/{run_id}/config.toml")
     except Exception as err:
         raise UserError(f"cannot read config.toml of run '{run_id}' from {mlflow.get_tracking_uri()} "
                         f"({type(err).__name__}); check the run id and MLFLOW_TRACKING_URI") from None
-    return resolve(tomllib.loads(text))
+    return over_defaults(tomllib.loads(text))  # keys added since the run get their defaults
 
 
 def load_vae(run_id: str, weights: str = "final", device: str | torch.device = "cpu"):

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from pyrovae.data import Splits
 from pyrovae.evaluate import evaluate
+from pyrovae.estimators.iwae import iwae
 from pyrovae.optim import make_optim, validate_first_step_only
 
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
@@ -84,6 +85,13 @@ class Trainer:
                          seed=self.eval_cfg["seed"])
         return {f"{split}/{k}": v for k, v in terms.items()}
 
+    def validate_iwae(self, split: str = "val") -> dict[str, float]:
+        """``{split}/nll_iwae``: minus the mean IWAE bound with ``eval.iwae_k`` samples, and its seconds."""
+        started = time.perf_counter()
+        log_px = iwae(self.vae, self.splits.split(split), self.eval_cfg["iwae_k"],
+                      batch_size=self.eval_cfg["batch_size"], seed=self.eval_cfg["seed"])
+        return {f"{split}/nll_iwae": -float(log_px.mean()), f"{split}/iwae_seconds": time.perf_counter() - started}
+
     def train_epoch(self) -> dict[str, float]:
         batch_size = self.train_cfg["batch_size"]
         total, n = 0.0, 0
@@ -114,6 +122,9 @@ class Trainer:
             started = time.perf_counter()
             metrics.update(self.validate("val"))
             metrics["val/seconds"] = time.perf_counter() - started
+            every = self.eval_cfg.get("iwae_every", 0)
+            if every and (self.epoch + 1) % every == 0:
+                metrics.update(self.validate_iwae("val"))
             self.epoch += 1
             for cb in self.callbacks:
                 cb.on_epoch_end(self, self.epoch, metrics)

@@ -4,8 +4,9 @@ Each module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(arg
 ``COMMANDS`` below is the whole list, in the order ``pyrovae --help`` shows them.
 """
 
-from pyrovae.commands import train
+from pyrovae.commands import evaluate, train
 
 COMMANDS = {
     "train": train,
+    "evaluate": evaluate,
 }
