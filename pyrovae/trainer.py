@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 
 from pyrovae.data import Splits
 from pyrovae.evaluate import evaluate
-from pyrovae.estimators.iwae import iwae
 from pyrovae.optim import make_optim, validate_first_step_only
+from pyrovae.estimators.iwae import iwae
+from pyrovae.likelihoods.base import bits_per_dim
 
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
 JIT_ELBOS = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO}

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
-from torch import nn
-from torch.nn.functional import softplus
 
-from pyrovae.nets import Encoder
+from pyrovae.guides.base import EncoderGuide
 
 
-class DiagonalNormal(nn.Module):
+class DiagonalNormal(EncoderGuide):
     r"""q(z|x) = N(z; mu(x), diag(sigma(x)^2)) with an MLP encoder.
 
     ``forward(x)`` takes ``x`` of shape ``(B, *data_shape)`` and returns a distribution with
@@ -22,10 +20,8 @@ class DiagonalNormal(nn.Module):
 
     def __init__(self, data_shape: tuple[int, ...], latent_dim: int,
                  hidden: list[int] = (400,), activation: str = "relu"):
-        super().__init__()
-        self.encoder = Encoder(data_shape, list(hidden), activation)
-        self.head = nn.Linear(self.encoder.out_features, 2 * latent_dim)
+        super().__init__(data_shape, hidden, activation, outputs=2 * latent_dim)
 
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:
         loc, raw_scale = self.head(self.encoder(x)).chunk(2, dim=-1)
-        return dist.Normal(loc, softplus(raw_scale) + 1e-5).to_event(1)
+        return dist.Normal(loc, self.positive(raw_scale)).to_event(1)

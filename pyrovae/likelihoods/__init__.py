@@ -6,9 +6,13 @@ entry in ``LIKELIHOODS``. Its constructor may ask for ``latent_dim`` and ``data_
 """
 
 from pyrovae.likelihoods.bernoulli import Bernoulli
+from pyrovae.likelihoods.continuous_bernoulli import ContinuousBernoulli
+from pyrovae.likelihoods.discretized_logistic import DiscretizedLogistic
 from pyrovae.likelihoods.gaussian import Gaussian
 
 LIKELIHOODS = {
     "bernoulli": Bernoulli,
+    "continuous_bernoulli": ContinuousBernoulli,
     "gaussian": Gaussian,
+    "discretized_logistic": DiscretizedLogistic,
 }

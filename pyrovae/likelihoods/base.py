@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.distributions import constraints
@@ -22,6 +24,9 @@ class Likelihood(nn.Module):
     data_support: constraints.Constraint = constraints.real
     #: what to tell a user whose data is outside ``data_support``
     data_hint: str = ""
+    #: True for a probability mass over discrete data (8-bit grey levels): runs then also log
+    #: ``<split>/bpd``, the negative ELBO in bits per data element (:func:`bits_per_dim`)
+    reports_bits_per_dim: bool = False
 
     def check_data(self, x: torch.Tensor, split: str = "data") -> None:
         ok = self.data_support.check(x)
@@ -31,3 +36,8 @@ class Likelihood(nn.Module):
                 f"likelihood {type(self).__name__} needs data in {self.data_support}, but the "
                 f"{split} split has values such as {bad}{'; ' + self.data_hint if self.data_hint else ''}"
             )
+
+
+def bits_per_dim(nats: float, data_shape: tuple[int, ...]) -> float:
+    r"""Nats per datapoint -> bits per data element: ``nats / (D ln 2)``, D = prod(data_shape)."""
+    return nats / (math.prod(data_shape) * math.log(2))

@@ -5,8 +5,14 @@ tests in ``tests/test_contract.py`` then cover it. A prior's constructor may ask
 ``latent_dim``, ``data_shape`` and ``guide`` (the q(z|x) module, for VampPrior-like priors).
 """
 
+from pyrovae.priors.flow_prior import FlowPrior
+from pyrovae.priors.mixture_of_gaussians import MixtureOfGaussians
 from pyrovae.priors.standard_normal import StandardNormal
+from pyrovae.priors.vamp_prior import VampPrior
 
 PRIORS = {
     "standard_normal": StandardNormal,
+    "mixture_of_gaussians": MixtureOfGaussians,
+    "vamp_prior": VampPrior,
+    "flow": FlowPrior,
 }
