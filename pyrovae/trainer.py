@@ -84,7 +84,10 @@ class Trainer:
     def validate(self, split: str = "val") -> dict[str, float]:
         terms = evaluate(self.vae, self.elbo, self.splits.split(split), self.eval_cfg["batch_size"],
                          seed=self.eval_cfg["seed"])
-        return {f"{split}/{k}": v for k, v in terms.items()}
+        out = {f"{split}/{k}": v for k, v in terms.items()}
+        if getattr(self.vae.likelihood, "reports_bits_per_dim", False):  # a discrete likelihood
+            out[f"{split}/bpd"] = bits_per_dim(terms["loss"], self.vae.data_shape)
+        return out
 
     def validate_iwae(self, split: str = "val") -> dict[str, float]:
         """``{split}/nll_iwae``: minus the mean IWAE bound with ``eval.iwae_k`` samples, and its seconds."""
