@@ -64,10 +64,11 @@ def own_store(trainer: Trainer):
 
     Every pyrovae VAE registers under the name "vae"; two in one store would share
     parameters (DESIGN.md). Re-registering after a clear keeps the same tensors, so the
-    optimizer's state carries on.
+    optimizer's state carries on (and a JIT-compiled loss finds its parameters by name).
     """
     def run():
         pyro.clear_param_store()
+        pyro.module("vae", trainer.vae)
         trainer.train_epoch()
     return run
 

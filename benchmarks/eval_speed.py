@@ -1,0 +1,109 @@
+r"""IWAE throughput against its matmul limit, and its peak memory at K = 5000.
+
+The limit: the IWAE of the 784-400-50 VAE is dominated by decoding N x K latent draws, two
+matmuls per row, :math:`(NK, 50) \to (NK, 400) \to (NK, 784)`. ``matmul_chain`` runs exactly
+those (``addmm`` + ReLU, same chunk of rows as :func:`pyrovae.estimators.iwae.iwae`) and
+nothing else: no sampling, no log-densities, no log-sum-exp. Its time is what the estimate
+would cost if everything but the matmuls were free.
+
+Peak memory is the peak RSS (``VmHWM``) of a fresh process (``python eval_speed.py --peak-rss K
+N``), so that the training benchmark's allocations do not count (``getrusage``'s ``ru_maxrss``
+would: Linux carries it over from the parent across fork + exec).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import fmt, interleave, per_round_ratios, table  # noqa: E402
+
+from pyrovae import config  # noqa: E402
+from pyrovae.vae import build_vae  # noqa: E402
+
+ROWS_PER_CHUNK = 50_000  # iwae()'s default: chunk_size * batch_size near 50,000
+
+
+def default_vae(latent: int = 50):
+    cfg = config.load(overrides=["data.name=synthetic", f"model.latent_dim={latent}"])
+    return build_vae(cfg["model"], (1, 28, 28))
+
+
+def matmul_chain(vae, n: int, k: int, device) -> None:
+    """The decoder's matmuls for ``n * k`` rows, in chunks of ``ROWS_PER_CHUNK`` rows."""
+    first, last = vae.likelihood.decoder.net[0], vae.likelihood.decoder.net[-1]
+    w1, b1, w2, b2 = first.weight.t(), first.bias, last.weight.t(), last.bias
+    total = n * k
+    rows = min(total, ROWS_PER_CHUNK)
+    z = torch.randn(rows, w1.shape[0], device=device)
+    with torch.no_grad():
+        for start in range(0, total, rows):
+            m = min(rows, total - start)
+            torch.addmm(b2, torch.addmm(b1, z[:m], w1).relu_(), w2)
+
+
+def iwae_runner(vae, x, k):
+    from pyrovae.estimators.iwae import iwae
+    return lambda: iwae(vae, x, k, batch_size=x.shape[0])
+
+
+def run(splits, args) -> None:
+    device = splits.train.device
+    vae = default_vae().to(device)
+    rows = []
+    for k, n in ((5000, 20), (50, 2000)):
+        x = splits.split("val")[:n]
+        s = interleave({"iwae": iwae_runner(vae, x, k), "matmul": lambda: matmul_chain(vae, n, k, device)},
+                       max(2, args.rounds // 2))
+        rows.append([k, n, fmt([n * k / t for t in s["iwae"]]), fmt([n * k / t for t in s["matmul"]]),
+                     fmt(per_round_ratios(s["iwae"], s["matmul"]), 2)])
+    print("\n## IWAE: datapoints x samples / s, against the bare decoder matmuls of the same shapes\n")
+    print(table(["K", "datapoints", "IWAE", "matmul limit", "IWAE time / limit"], rows))
+    script = Path(__file__).resolve()
+    out = subprocess.run([sys.executable, str(script), "--peak-rss", "5000", "20", str(device)],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    print(f"\nPeak RSS of a fresh process running IWAE at K = 5000 (20 datapoints): {out}")
+
+
+def scaling(splits, args) -> None:
+    """IWAE throughput against K at a fixed budget of about 200k decoded rows."""
+    device = splits.train.device
+    vae = default_vae().to(device)
+    rows = []
+    for k in (1, 50, 500, 5000):
+        n = max(1, min(splits.val.shape[0], 200_000 // k))
+        s = interleave({"iwae": iwae_runner(vae, splits.split("val")[:n], k)}, 2)["iwae"]
+        rows.append([k, n, fmt([n * k / t for t in s])])
+    print("\n## Scaling: IWAE datapoints x samples / s against K\n")
+    print(table(["K", "datapoints", "datapoints x samples / s"], rows))
+
+
+def high_water_mb() -> float:
+    """Peak resident memory of this process so far (Linux ``/proc/self/status`` VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024  # not Linux
+
+
+def peak_rss(k: int, n: int, device: str) -> str:
+    from pyrovae.estimators.iwae import iwae
+
+    vae = default_vae().to(device)
+    x = torch.bernoulli(torch.rand(n, 1, 28, 28, device=device))
+    before = high_water_mb()
+    log_px = iwae(vae, x, k, batch_size=n)
+    after = high_water_mb()
+    assert torch.isfinite(log_px).all() and math.isfinite(after)
+    gpu = f", CUDA peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MB" if device.startswith("cuda") else ""
+    return f"{after:.0f} MB (before the IWAE call: {before:.0f} MB{gpu})"
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--peak-rss"]:
+    print(peak_rss(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]))
