@@ -228,7 +228,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-BUILT = []
+BUILT, CALLED = [], []
 
 
 class ShiftedNormal(nn.Module):
@@ -238,6 +238,7 @@ class ShiftedNormal(nn.Module):
         self.register_buffer("loc", torch.full((latent_dim,), float(shift)))
 
     def forward(self):
+        CALLED.append(1)
         return dist.Normal(self.loc, 1.0).to_event(1)
 '''
 
@@ -253,7 +254,8 @@ def test_a_users_prior_from_a_file_outside_the_package_trains_from_the_cli(tmp_p
     assert cli.main(args) == 0
     import user_zoo_prior
 
-    assert user_zoo_prior.BUILT == [2.5]  # the run built the user's class, with the config's argument
+    assert user_zoo_prior.BUILT and set(user_zoo_prior.BUILT) == {2.5}  # built from the config's argument
+    assert user_zoo_prior.CALLED  # and it served as the prior
     run = mlflow.search_runs(experiment_names=["zoo"], output_format="list")[0]
     assert run.data.params["model.prior.name"] == "user_zoo_prior:ShiftedNormal"
     assert float(run.data.params["model.prior.shift"]) == 2.5
@@ -281,3 +283,19 @@ def test_discretized_logistic_runs_log_bits_per_dim(tmp_path, store, tiny_overri
     dims = math.prod(SHAPE)
     assert metrics["val/bpd"] == pytest.approx(metrics["val/loss"] / (dims * math.log(2)))
     assert metrics["test/bpd"] == pytest.approx(metrics["test/loss"] / (dims * math.log(2)))
+
+
+def test_the_student_t_experiment_config_builds_and_scores(monkeypatch):
+    from pathlib import Path
+
+    from pyrovae.vae import build_vae
+
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    monkeypatch.syspath_prepend(str(experiments))
+    cfg = config.load(experiments / "student_t.toml", ["model.latent_dim=3", "model.guide.hidden=[8]",
+                                                       "model.likelihood.hidden=[8]"])
+    vae = build_vae(cfg["model"], SHAPE)
+    assert type(vae.prior).__name__ == "StudentT" and cfg["model"]["prior"]["df"] == 3.0
+    assert vae.prior().event_shape == (3,)
+    loss = TraceMeanField_ELBO().differentiable_loss(vae.model, vae.guide, binary_batch())
+    assert torch.isfinite(loss)
