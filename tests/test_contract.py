@@ -94,6 +94,8 @@ def test_guide_shapes_samples_and_log_probs(name):
     assert z.shape == (K, BATCH, LATENT)
     assert q.log_prob(z).shape == (K, BATCH) and torch.isfinite(q.log_prob(z)).all()
     other = torch.randn(K, BATCH, LATENT)  # not a sample of q: no cached density to fall back on
+    # the cached density of a sample equals the one computed by inverting the flow from scratch
+    assert torch.allclose(q.log_prob(z), q.log_prob(z.detach().clone()), atol=1e-4)
     assert torch.isfinite(q.log_prob(other)).all()
     # the likelihood takes z with the extra sample dim (IWAE-style scoring)
     assert vae.likelihood(z).log_prob(x).shape == (K, BATCH)

@@ -56,7 +56,9 @@ class ConditionalFlowGuide(EncoderGuide):
         h = self.encoder(x)
         loc, raw_scale = self.head(h).chunk(2, dim=-1)
         standard = dist.Normal(torch.zeros_like(loc), torch.ones_like(loc)).to_event(1)
-        affine = AffineTransform(loc, self.positive(raw_scale), event_dim=1)
+        # cached like the flow steps: scoring a sample then inverts no step (a spline's
+        # inverse would otherwise take latent_dim network passes)
+        affine = AffineTransform(loc, self.positive(raw_scale), event_dim=1, cache_size=1)
         flow = [step.condition(h) for step in self.steps]
         transforms = [affine, *flow] if self.gaussian_first else [*flow, affine]
         return dist.TransformedDistribution(standard, transforms)
