@@ -64,6 +64,8 @@ class Train:
     num_particles: int = _opt(1, min=1)
     beta_start: float = _opt(1.0, above=0.0, max=1.0, help="KL weight at the first step (> 0)")
     warmup_epochs: float = _opt(0.0, min=0.0, help="epochs to raise beta linearly to 1 (0 = no warm-up)")
+    checkpoint_every: int = _opt(1, min=1, help="write checkpoints/last.pt every N epochs (and at the end)")
+    patience: int = _opt(0, min=0, help="stop when val/loss has not improved for N epochs (0 = never)")
     adam: str = _opt("auto", choices=("auto", "fused", "foreach", "pyro"),
                      help="one torch Adam for all parameters (fused kernel where torch has it, or foreach), "
                           "or 'pyro': pyro.optim.Adam, one optimizer per parameter tensor")

@@ -10,10 +10,12 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
+import mlflow
 import pyro
 import torch
 
-from pyrovae import __version__, tracking
+from pyrovae import __version__, checkpoint, tracking
+from pyrovae.config import to_toml
 from pyrovae.data import Splits, load_data
 from pyrovae.errors import UserError
 from pyrovae.trainer import Callback, Trainer
@@ -82,6 +84,60 @@ def train(config: dict, progress: bool = True, extra_callbacks: tuple = (),
     vae, splits = prepare(config)
     last = _LastMetrics()
     with tracking.start_run(config, tags=run_tags(splits.train.device), parent_run_id=parent_run_id) as run:
-        callbacks = [tracking.MlflowLogger(), last, *extra_callbacks]
+        callbacks = [tracking.MlflowLogger(config["model"]), checkpoint.Checkpointer(config["model"]),
+                     last, *extra_callbacks]
         Trainer(vae, splits, config["train"], config["eval"], callbacks, progress=progress).fit()
+    return RunResult(run.info.run_id, tracking.tracking_uri(config["mlflow"]["tracking_uri"]), last.metrics)
+
+
+#: what ``pyrovae resume --set`` may change; anything else would not be the same run
+RESUMABLE = ("train.epochs", "train.patience", "train.checkpoint_every", "train.device", "mlflow.tracking_uri")
+
+
+def resume_config(run_id: str, overrides: list[str] = ()) -> dict:
+    """The run's logged config with the (few) keys a resumed run may change overridden."""
+    from pyrovae import config as config_mod
+
+    changes = {}
+    for text in overrides:
+        keys, value = config_mod.parse_override(text)
+        if ".".join(keys) not in RESUMABLE:
+            raise UserError(f"resume cannot change '{'.'.join(keys)}' (it would not be the same run); "
+                            f"it can change {', '.join(RESUMABLE)}; train a new run instead")
+        changes[tuple(keys)] = value
+    mlflow.set_tracking_uri(tracking.tracking_uri(changes.get(("mlflow", "tracking_uri"), "")))
+    config = tracking.load_run_config(run_id)
+    for (section, key), value in changes.items():
+        config[section][key] = value
+    return config_mod.resolve(config)
+
+
+def resume(run_id: str, overrides: list[str] = (), progress: bool = True,
+           extra_callbacks: tuple = ()) -> RunResult:
+    """Continue run ``run_id`` from ``checkpoints/last.pt`` in the same MLflow run.
+
+    Weights, optimizer state, RNG states, the epoch and the beta schedule's step come back
+    as they were, so metrics continue at the next step with the values an uninterrupted run
+    would have logged (on CPU; CUDA kernels need not be deterministic).
+    """
+    config = resume_config(run_id, overrides)
+    state = checkpoint.download(run_id, "last")
+    epochs, changed = config["train"]["epochs"], {o.partition("=")[0].strip() for o in overrides}
+    if state["stopped_early"] and state["finished"] and "train.patience" not in changed:
+        raise UserError(f"run '{run_id}' stopped early at epoch {state['epoch']} (val/loss last improved at "
+                        f"epoch {state['best_epoch']}); to go on anyway: --set train.patience=0 (off) or more")
+    if state["finished"] and state["epoch"] >= epochs and not state["stopped_early"]:
+        raise UserError(f"run '{run_id}' already finished its {state['epoch']} epochs; "
+                        f"to train longer: pyrovae resume {run_id} --set train.epochs=N (N > {state['epoch']})")
+    best = checkpoint.download(run_id, "best")["module"] if state["best_epoch"] else None
+    vae, splits = prepare(config)
+    last = _LastMetrics()
+    callbacks = [tracking.MlflowLogger(config["model"]), checkpoint.Checkpointer(config["model"], best),
+                 last, *extra_callbacks]
+    trainer = Trainer(vae, splits, config["train"], config["eval"], callbacks, progress=progress)
+    checkpoint.restore(trainer, state)
+    with tracking.start_run(config, tags=run_tags(splits.train.device), run_id=run_id) as run:
+        mlflow.set_tag(f"pyrovae.resumed.epoch_{state['epoch']}", " ".join(overrides) or "no overrides")
+        mlflow.log_text(to_toml(config), "config.toml")  # a later resume reads the extended config
+        trainer.fit()
     return RunResult(run.info.run_id, tracking.tracking_uri(config["mlflow"]["tracking_uri"]), last.metrics)

@@ -12,6 +12,7 @@ import fcntl
 import os
 import re
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -111,17 +112,20 @@ def log_params(config: dict) -> None:
 
 @contextmanager
 def start_run(config: dict, tags: dict | None = None, run_id: str | None = None,
-              parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+              parent_run_id: str | None = None, system_metrics: bool = True) -> Iterator[mlflow.ActiveRun]:
     """One MLflow run: FINISHED on success, KILLED on Ctrl-C, FAILED (with the reason) on error.
 
-    A new run gets the flat params and ``config.toml``; ``run_id`` reopens an existing run.
+    A new run gets the flat params and ``config.toml``; ``run_id`` reopens an existing run
+    (``pyrovae resume``): its params stay, its metrics continue, and MLflow's system metrics
+    (CPU, memory; GPU with ``pynvml``) continue at their next step.
     """
     uri = tracking_uri(config["mlflow"]["tracking_uri"])
     mlflow.set_tracking_uri(uri)
     exp_id = experiment_id(uri, config["mlflow"]["experiment"])
     run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
-                           run_name=config["mlflow"]["run_name"] or None, tags=tags,
-                           parent_run_id=parent_run_id, nested=parent_run_id is not None)
+                           run_name=None if run_id else (config["mlflow"]["run_name"] or None), tags=tags,
+                           parent_run_id=parent_run_id, nested=parent_run_id is not None,
+                           log_system_metrics=system_metrics)
     try:
         if run_id is None:
             log_params(config)
@@ -149,24 +153,78 @@ def log_weights(vae: torch.nn.Module, name: str = "final") -> None:
 
 
 class MlflowLogger(Callback):
-    """Logs each epoch's metrics (one batch, ``step = epoch``) and image grids; the final weights."""
+    """Logs each epoch's metrics (one batch, ``step = epoch``) and pictures; at the end the test
+    metrics, the final weights and the logged model ``model``; at the start the data sets.
 
-    def __init__(self, images: bool = True, image_seed: int = 0):
+    Pictures per epoch (MLflow's step slider shows them changing): ``reconstructions``,
+    ``prior_samples`` and ``latent`` (the decoded manifold for a 2-D latent, else posterior
+    means in 2-D) for image data; ``kl_per_dimension`` where q and p factorize; ``loss_curves``.
+    Each epoch also logs ``log/seconds``, the time all of this took. ``model_config`` (the
+    ``[model]`` section) is needed to log the model; without it no model is logged.
+    """
+
+    def __init__(self, model_config: dict | None = None, images: bool = True, image_seed: int = 0,
+                 latent_points: int = 1000):
+        self.model_config = model_config
         self.images = images
         self.image_seed = image_seed
+        self.latent_points = latent_points
+        self._kl_available: bool | None = None
+
+    def on_train_begin(self, trainer) -> None:
+        if trainer.epoch == 0:  # a resumed run logged its inputs when it started
+            log_datasets(trainer.splits)
 
     def on_epoch_end(self, trainer, epoch: int, metrics: dict[str, float]) -> None:
+        started = time.perf_counter()
         mlflow.log_metrics(metrics, step=epoch)
-        if self.images and trainer.splits.is_image:
-            inputs = trainer.splits.split("val")[:16]
-            mlflow.log_image(figures.reconstruction_grid(trainer.vae, inputs, self.image_seed),
-                             key="reconstructions", step=epoch)
-            mlflow.log_image(figures.prior_sample_grid(trainer.vae, 64, self.image_seed),
-                             key="prior_samples", step=epoch)
+        if self.images:
+            for key, image in self.pictures(trainer):
+                mlflow.log_image(image, key=key, step=epoch)
+        mlflow.log_metric("log/seconds", time.perf_counter() - started, step=epoch)
+
+    def pictures(self, trainer) -> Iterator[tuple[str, "np.ndarray"]]:
+        from pyrovae.estimators.diagnostics import has_kl_per_dimension, kl_per_dimension
+
+        vae, splits, seed = trainer.vae, trainer.splits, self.image_seed
+        val = splits.split("val")[: self.latent_points]
+        if splits.is_image:
+            yield "reconstructions", figures.reconstruction_grid(vae, val[:16], seed)
+            yield "prior_samples", figures.prior_sample_grid(vae, 64, seed)
+        if splits.is_image and vae.latent_dim == 2:
+            yield "latent", figures.latent_manifold_grid(vae)
+        else:
+            yield "latent", figures.latent_scatter(vae, val, splits.labels("val"), seed)
+        if self._kl_available is None:
+            self._kl_available = has_kl_per_dimension(vae, val)
+        if self._kl_available:
+            yield "kl_per_dimension", figures.kl_per_dimension_chart(kl_per_dimension(vae, val))
+        yield "loss_curves", figures.loss_curves(trainer.history)
 
     def on_train_end(self, trainer, metrics: dict[str, float]) -> None:
         mlflow.log_metrics(metrics, step=trainer.epoch)
         log_weights(trainer.vae)
+        if self.model_config is not None:
+            from pyrovae.logged_model import log_vae
+
+            log_vae(trainer.vae, self.model_config, "model", step=trainer.epoch)
+
+
+def log_datasets(splits) -> None:
+    """The training and validation sets as MLflow dataset inputs: name, source, digest and shape
+    profile (MLflow stores those, not the arrays)."""
+    import warnings
+
+    import mlflow.data
+
+    for split, context in (("train", "training"), ("val", "validation")):
+        labels = splits.labels(split)
+        with warnings.catch_warnings():  # a descriptive source (synthetic data) is not a path
+            warnings.simplefilter("ignore")
+            dataset = mlflow.data.from_numpy(
+                splits.split(split).cpu().numpy(), targets=None if labels is None else labels.cpu().numpy(),
+                source=splits.info.get("source", splits.name), name=f"{splits.name}-{split}")
+        mlflow.log_input(dataset, context=context)
 
 
 def load_run_config(run_id: str) -> dict:

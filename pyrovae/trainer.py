@@ -69,6 +69,11 @@ class Trainer:
         self.svi = SVI(vae.model, vae.guide, self.optim, self.elbo)
         self.epoch = 0
         self.step = 0
+        # Early stopping and the best epoch by val/loss; with epoch/step, what a checkpoint
+        # keeps besides weights, optimizer and RNG states (pyrovae.checkpoint).
+        self.best_val_loss, self.best_epoch, self.bad_epochs = float("inf"), 0, 0
+        self.stopped_early = False
+        self.history: list[dict[str, float]] = []  # each epoch's metrics, for the loss curves
         self.steps_per_epoch = splits.num_batches(train_cfg["batch_size"])
         # A param store left by another VAE in this process would shadow this one's
         # parameters under the same "vae" name, and they would never train.
@@ -117,8 +122,22 @@ class Trainer:
         return {"train/loss": total / n, "train/beta": sum(beta_list) / self.steps_per_epoch,
                 "train/seconds": time.perf_counter() - started}
 
+    @property
+    def improved(self) -> bool:
+        """Whether the epoch just finished has the best val/loss so far."""
+        return self.epoch > 0 and self.best_epoch == self.epoch
+
+    def _track_best(self, val_loss: float) -> None:
+        """Best val/loss so far, epochs since it improved, and early stopping after ``train.patience``."""
+        if val_loss < self.best_val_loss:  # NaN never improves
+            self.best_val_loss, self.best_epoch, self.bad_epochs = val_loss, self.epoch, 0
+        else:
+            self.bad_epochs += 1
+        patience = self.train_cfg.get("patience", 0)
+        self.stopped_early = bool(patience) and self.bad_epochs >= patience
+
     def fit(self) -> dict[str, float]:
-        """Train to ``train.epochs``; return the test metrics."""
+        """Train to ``train.epochs`` (or until early stopping); return the test metrics."""
         for cb in self.callbacks:
             cb.on_train_begin(self)
         while self.epoch < self.train_cfg["epochs"]:
@@ -130,8 +149,12 @@ class Trainer:
             if every and (self.epoch + 1) % every == 0:
                 metrics.update(self.validate_iwae("val"))
             self.epoch += 1
+            self.history.append(dict(metrics))
+            self._track_best(metrics["val/loss"])
             for cb in self.callbacks:
                 cb.on_epoch_end(self, self.epoch, metrics)
+            if self.stopped_early:
+                break
         test = self.validate("test")
         for cb in self.callbacks:
             cb.on_train_end(self, test)

@@ -4,9 +4,11 @@ Each module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(arg
 ``COMMANDS`` below is the whole list, in the order ``pyrovae --help`` shows them.
 """
 
-from pyrovae.commands import evaluate, train
+from pyrovae.commands import evaluate, resume, sample, train
 
 COMMANDS = {
     "train": train,
     "evaluate": evaluate,
+    "resume": resume,
+    "sample": sample,
 }
