@@ -73,8 +73,15 @@ def resume(run_id: str, *overrides: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(store):
-    return histories(store, train(run_config("train.epochs=3"), progress=False).run_id)
+def uninterrupted_run(store):
+    """A 3-epoch run that nobody stopped: its id and its metric histories."""
+    run_id = train(run_config("train.epochs=3"), progress=False).run_id
+    return run_id, histories(store, run_id)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run):
+    return uninterrupted_run[1]
 
 
 def test_resume_after_an_interrupt_equals_the_uninterrupted_run(store, uninterrupted):
@@ -125,13 +132,13 @@ def test_early_stopping_stops_when_val_loss_stops_improving(store, capsys):
     assert "stopped early at epoch 2" in error_line(capsys)
 
 
-def test_corrupt_checkpoint_is_one_line_and_bad_overrides_are_refused(store, capsys):
-    run_id = train(run_config("train.epochs=1"), progress=False).run_id
+def test_corrupt_checkpoint_is_one_line_and_bad_overrides_are_refused(store, uninterrupted_run, capsys):
+    run_id = uninterrupted_run[0]
     artifacts = Path(urlparse(MlflowClient(store).get_run(run_id).info.artifact_uri).path)
     last = artifacts / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk or a killed copy
 
-    assert resume(run_id, "train.epochs=2") == 2
+    assert resume(run_id, "train.epochs=4") == 2
     assert error_line(capsys).startswith(
         f"pyrovae: error: checkpoints/last.pt of run '{run_id}' is corrupt or truncated")
     assert MlflowClient(store).get_run(run_id).info.status == "FINISHED"  # untouched
