@@ -4,11 +4,14 @@ Each module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(arg
 ``COMMANDS`` below is the whole list, in the order ``pyrovae --help`` shows them.
 """
 
-from pyrovae.commands import evaluate, resume, sample, train
+from pyrovae.commands import compare, evaluate, resume, sample, sweep, train, ui
 
 COMMANDS = {
     "train": train,
     "evaluate": evaluate,
     "resume": resume,
     "sample": sample,
+    "sweep": sweep,
+    "compare": compare,
+    "ui": ui,
 }

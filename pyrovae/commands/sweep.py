@@ -1,0 +1,68 @@
+"""``pyrovae sweep [CONFIG] --grid section.key=v1,v2 [--grid ...] [--set ...]``: every combination as
+child runs under one parent run.
+
+Grid values are read like ``--set`` values (TOML, else a string). Commas inside brackets or
+quotes belong to the value: ``--grid model.guide.hidden=[256,256],[512]`` is two values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+from pyrovae.commands.train import add_config_arguments
+from pyrovae.errors import UserError
+
+HELP = "train every combination of a grid as child runs under one parent run"
+
+
+def split_values(text: str) -> list[str]:
+    """``"1,[2,3],'a,b'"`` -> ``["1", "[2,3]", "'a,b'"]``: commas outside brackets and quotes split."""
+    values, depth, quote, current = [], 0, None, ""
+    for char in text:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            values.append(current)
+            current = ""
+            continue
+        current += char
+    values.append(current)
+    return [v.strip() for v in values]
+
+
+def variants(grid: list[str]) -> dict[str, list[str]]:
+    """``["a.b=1,2", "c.d=x,y"]`` -> ``{"a.b=1 c.d=x": ["a.b=1", "c.d=x"], ...}`` (every combination)."""
+    axes = []
+    for item in grid:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise UserError(f"--grid needs section.key=v1,v2,..., got '{item}'")
+        axes.append([f"{key.strip()}={v}" for v in split_values(values) if v])
+    return {" ".join(combo): list(combo) for combo in itertools.product(*axes)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--grid", action="append", default=[], required=True, metavar="SECTION.KEY=V1,V2",
+                        help="values to sweep (repeatable: the product of all grids is trained)")
+    parser.add_argument("--name", default="sweep", help="the parent run's name")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyrovae.commands.compare import DEFAULT_METRICS, print_table
+    from pyrovae.group import train_group
+
+    grid = variants(args.grid)
+    print(f"sweep: {len(grid)} runs: {', '.join(grid)}")
+    result = train_group(args.config, args.set, grid, args.name, progress=not args.no_progress)
+    print(f"parent run {result.parent_run_id}")
+    print_table(DEFAULT_METRICS, parent=result.parent_run_id)
+    return 0
