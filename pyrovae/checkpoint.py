@@ -22,14 +22,13 @@ runs. It holds
 
 from __future__ import annotations
 
-import random
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pyrovae.errors import UserError
+from pyrovae.rng import get_rng_state, set_rng_state
 from pyrovae.trainer import Callback
 
 FORMAT = 1
@@ -47,30 +46,12 @@ def _to_cpu(obj):
     return obj
 
 
-def get_rng_state() -> dict:
-    """Every RNG training touches, as plain data (NumPy's key as a tensor, not an ndarray)."""
-    kind, key, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
-            "python": random.getstate()}
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, key, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
 def capture(trainer, finished: bool = False) -> dict:
     """The trainer's full state now (call it between steps, e.g. at the end of an epoch)."""
     return {"format": FORMAT, "finished": finished,
             **{k: getattr(trainer, k) for k in COUNTERS},
             "history": [dict(m) for m in trainer.history],
+            "partial": trainer.partial,  # where in an epoch a signal stopped it, else None
             "module": _to_cpu(trainer.vae.state_dict()),
             "optimizer": _to_cpu(trainer.optim.get_state()),
             "rng": get_rng_state()}
@@ -83,6 +64,8 @@ def restore(trainer, state: dict) -> None:
     for key in COUNTERS:
         setattr(trainer, key, state[key])
     trainer.history = [dict(m) for m in state["history"]]
+    trainer.partial = state.get("partial")
+    trainer.last_checkpoint_epoch = state["epoch"]
     set_rng_state(state["rng"])
 
 
@@ -148,6 +131,11 @@ class Checkpointer(Callback):
             log(state, "best")
         if epoch % trainer.train_cfg["checkpoint_every"] == 0:
             log(state or capture(trainer), "last")
+            trainer.last_checkpoint_epoch = epoch
+
+    def on_interrupt(self, trainer):
+        """A signal stopped training between two steps: keep exactly this point."""
+        log(capture(trainer), "last")
 
     def on_train_end(self, trainer, metrics):
         from pyrovae.logged_model import log_vae

@@ -7,6 +7,7 @@ exits with status 2 (no traceback unless ``--debug``).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import traceback
 
@@ -28,16 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:  # MLflow's INFO lines (schema creation, system metrics) would bury ours
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except UserError as err:
         if args.debug:
             traceback.print_exc()
         print(f"pyrovae: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("pyrovae: interrupted", file=sys.stderr)
-        return 130
+        return err.exit_code
+    except KeyboardInterrupt as err:  # pyrovae.faults.Interrupted says where it stopped
+        print(f"pyrovae: {err or 'interrupted'}", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
 
 
 if __name__ == "__main__":

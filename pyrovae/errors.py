@@ -8,3 +8,5 @@ with a message that says what is wrong and what to do. The CLI prints that messa
 
 class UserError(Exception):
     """A problem the user can fix; ``str(err)`` is the whole message."""
+
+    exit_code = 2

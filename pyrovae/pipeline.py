@@ -129,6 +129,14 @@ def resume(run_id: str, overrides: list[str] = (), progress: bool = True,
     if state["finished"] and state["epoch"] >= epochs and not state["stopped_early"]:
         raise UserError(f"run '{run_id}' already finished its {state['epoch']} epochs; "
                         f"to train longer: pyrovae resume {run_id} --set train.epochs=N (N > {state['epoch']})")
+    status = mlflow.get_run(run_id).info.status
+    where = f"epoch {state['epoch']}" + (f", batch {state['partial']['batch']} of epoch {state['epoch'] + 1}"
+                                         if state.get("partial") else "")
+    if status == "RUNNING":
+        print(f"pyrovae: run '{run_id}' was left RUNNING: its process ended without closing it (killed?); "
+              f"continuing from its last checkpoint ({where}), work after that is redone")
+    else:
+        print(f"pyrovae: resuming {status} run '{run_id}' from {where}")
     best = checkpoint.download(run_id, "best")["module"] if state["best_epoch"] else None
     vae, splits = prepare(config)
     last = _LastMetrics()

@@ -131,8 +131,8 @@ def start_run(config: dict, tags: dict | None = None, run_id: str | None = None,
             log_params(config)
             mlflow.log_text(to_toml(config), "config.toml")
         yield run
-    except KeyboardInterrupt:
-        mlflow.set_tag("pyrovae.stopped", "interrupted by the user")
+    except KeyboardInterrupt as err:
+        mlflow.set_tag("pyrovae.stopped", str(err) or "interrupted by the user")
         mlflow.end_run("KILLED")
         raise
     except BaseException as err:

@@ -15,6 +15,7 @@ Callbacks (the MLflow adapter, checkpointing, the progress display) implement an
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Sequence
 
@@ -26,6 +27,8 @@ from tqdm.auto import tqdm
 
 from pyrovae.data import Splits
 from pyrovae.evaluate import evaluate
+from pyrovae.faults import Interrupted, NonFiniteLoss, StopOnSignals, injected_nan_step
+from pyrovae.rng import get_rng_state, set_rng_state
 from pyrovae.optim import make_optim, validate_first_step_only
 from pyrovae.estimators.iwae import iwae
 from pyrovae.likelihoods.base import bits_per_dim
@@ -42,6 +45,9 @@ class Callback:
     def on_epoch_end(self, trainer: "Trainer", epoch: int, metrics: dict[str, float]) -> None: ...
 
     def on_train_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
+
+    def on_interrupt(self, trainer: "Trainer") -> None:
+        """A signal stopped training between two steps (``trainer.partial`` says where)."""
 
 
 def make_elbo(train_cfg: dict):
@@ -73,6 +79,10 @@ class Trainer:
         # keeps besides weights, optimizer and RNG states (pyrovae.checkpoint).
         self.best_val_loss, self.best_epoch, self.bad_epochs = float("inf"), 0, 0
         self.stopped_early = False
+        self.partial: dict | None = None  # mid-epoch position to continue from (pyrovae.checkpoint)
+        self.last_checkpoint_epoch = 0    # set by the checkpointing callback
+        self.signals = StopOnSignals()    # replaced by an active one during fit()
+        self._nan_step = injected_nan_step()
         self.history: list[dict[str, float]] = []  # each epoch's metrics, for the loss curves
         self.steps_per_epoch = splits.num_batches(train_cfg["batch_size"])
         # A param store left by another VAE in this process would shadow this one's
@@ -102,25 +112,55 @@ class Trainer:
         return {f"{split}/nll_iwae": -float(log_px.mean()), f"{split}/iwae_seconds": time.perf_counter() - started}
 
     def train_epoch(self) -> dict[str, float]:
-        batch_size = self.train_cfg["batch_size"]
-        total, n = 0.0, 0
+        """One epoch of SVI steps, or the rest of one after a mid-epoch checkpoint (``self.partial``).
+
+        Raises :class:`~pyrovae.faults.NonFiniteLoss` at the first non-finite loss and
+        :class:`~pyrovae.faults.Interrupted` after the step during which a signal arrived.
+        """
+        partial, self.partial = self.partial, None
+        done = partial["batch"] if partial else 0
+        total, n = (partial["loss_sum"], partial["n"]) if partial else (0.0, 0)
+        if partial:  # replay the epoch's start so its order and binarization come out the same
+            set_rng_state(partial["epoch_rng"])
+        epoch_rng = get_rng_state()
+        first_step = self.step - done
         # The epoch's KL weights, made on the device once: no host-to-device copy per step.
-        beta_list = [self.beta(self.step + i) for i in range(self.steps_per_epoch)]
+        beta_list = [self.beta(first_step + i) for i in range(self.steps_per_epoch)]
         betas = torch.tensor(beta_list, device=self.device)
         started = time.perf_counter()
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.train_cfg['epochs']}",
-                   leave=False, disable=not self.progress, mininterval=0.5)
+        bar = tqdm(total=self.steps_per_epoch, initial=done, leave=False, disable=not self.progress,
+                   desc=f"epoch {self.epoch + 1}/{self.train_cfg['epochs']}", mininterval=0.5)
         self.vae.train()
-        for i, x in enumerate(validate_first_step_only(self.splits.train_batches(batch_size))):
-            total += self.svi.step(x, betas[i])  # a float: Trace_ELBO has already synchronised
+        for i, x in enumerate(validate_first_step_only(self.splits.train_batches(self.train_cfg["batch_size"]))):
+            if i < done:
+                continue
+            if i == done and partial:
+                set_rng_state(partial["rng"])
+            if self.step == self._nan_step:  # test-only fault injection (pyrovae.faults)
+                next(self.vae.parameters()).data.fill_(float("nan"))
+            loss = self.svi.step(x, betas[i])  # a float: Trace_ELBO has already synchronised
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(loss, self.epoch + 1, i + 1, self.last_checkpoint_epoch)
+            total += loss
             n += x.shape[0]
             self.step += 1
             bar.update()
             if bar.n % 20 == 0:
                 bar.set_postfix(loss=f"{total / n:.2f}", refresh=False)
+            if self.signals.signum is not None and i + 1 < self.steps_per_epoch:
+                bar.close()
+                self.partial = {"batch": i + 1, "loss_sum": total, "n": n,
+                                "epoch_rng": epoch_rng, "rng": get_rng_state()}
+                self._interrupt(batch=i + 1)
         bar.close()
         return {"train/loss": total / n, "train/beta": sum(beta_list) / self.steps_per_epoch,
                 "train/seconds": time.perf_counter() - started}
+
+    def _interrupt(self, batch: int) -> None:
+        """Let the callbacks keep this point (a checkpoint), then stop with :class:`Interrupted`."""
+        for cb in self.callbacks:
+            getattr(cb, "on_interrupt", lambda trainer: None)(self)
+        raise Interrupted(self.signals.signum, self.epoch + (1 if batch else 0), batch)
 
     @property
     def improved(self) -> bool:
@@ -140,7 +180,13 @@ class Trainer:
         """Train to ``train.epochs`` (or until early stopping); return the test metrics."""
         for cb in self.callbacks:
             cb.on_train_begin(self)
+        with StopOnSignals() as self.signals:
+            return self._fit()
+
+    def _fit(self) -> dict[str, float]:
         while self.epoch < self.train_cfg["epochs"]:
+            if self.signals.signum is not None:  # arrived during validation or logging
+                self._interrupt(batch=0)
             metrics = self.train_epoch()
             started = time.perf_counter()
             metrics.update(self.validate("val"))
