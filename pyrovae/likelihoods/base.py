@@ -9,6 +9,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from pyrovae.errors import UserError
+from pyrovae.nets import Decoder
 
 
 class Likelihood(nn.Module):
@@ -41,3 +42,25 @@ class Likelihood(nn.Module):
 def bits_per_dim(nats: float, data_shape: tuple[int, ...]) -> float:
     r"""Nats per datapoint -> bits per data element: ``nats / (D ln 2)``, D = prod(data_shape)."""
     return nats / (math.prod(data_shape) * math.log(2))
+
+
+class DecodedLikelihood(Likelihood):
+    r"""A likelihood whose parameters are one MLP output per data element: p(x|z) = D(f(z)).
+
+    Subclasses implement :meth:`distribution` (the elementwise distribution of the decoder
+    output); ``forward(z)`` reinterprets the data dimensions as the event, so for ``z`` of
+    shape ``(*batch, latent_dim)`` the result has ``batch_shape == batch`` and
+    ``event_shape == data_shape``.
+    """
+
+    def __init__(self, latent_dim: int, data_shape: tuple[int, ...],
+                 hidden: list[int] = (400,), activation: str = "relu"):
+        super().__init__()
+        self.decoder = Decoder(latent_dim, data_shape, list(hidden), activation)
+        self.event_dims = len(data_shape)
+
+    def distribution(self, output: torch.Tensor):
+        raise NotImplementedError
+
+    def forward(self, z: torch.Tensor):
+        return self.distribution(self.decoder(z)).to_event(self.event_dims)

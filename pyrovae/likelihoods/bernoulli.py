@@ -6,11 +6,10 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from pyrovae.likelihoods.base import Likelihood
-from pyrovae.nets import Decoder
+from pyrovae.likelihoods.base import DecodedLikelihood
 
 
-class Bernoulli(Likelihood):
+class Bernoulli(DecodedLikelihood):
     r"""p(x|z) = prod_i Bernoulli(x_i; sigmoid(f(z)_i)) with an MLP decoder f on logits.
 
     ``forward(z)`` takes ``z`` of shape ``(*batch, latent_dim)`` and returns a distribution with
@@ -24,11 +23,5 @@ class Bernoulli(Likelihood):
     data_support = constraints.boolean
     data_hint = "set data.binarize = true, or choose a likelihood for grey levels"
 
-    def __init__(self, latent_dim: int, data_shape: tuple[int, ...],
-                 hidden: list[int] = (400,), activation: str = "relu"):
-        super().__init__()
-        self.decoder = Decoder(latent_dim, data_shape, list(hidden), activation)
-        self.event_dims = len(data_shape)
-
-    def forward(self, z: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Bernoulli(logits=self.decoder(z), validate_args=False).to_event(self.event_dims)
+    def distribution(self, logits: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Bernoulli(logits=logits, validate_args=False)

@@ -6,11 +6,10 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from pyrovae.likelihoods.base import Likelihood
-from pyrovae.nets import Decoder
+from pyrovae.likelihoods.base import DecodedLikelihood
 
 
-class ContinuousBernoulli(Likelihood):
+class ContinuousBernoulli(DecodedLikelihood):
     r"""p(x|z) = prod_i C(lambda_i) lambda_i^{x_i} (1 - lambda_i)^{1 - x_i}, lambda = sigmoid(f(z)).
 
     The Bernoulli's formula used on grey levels x in [0, 1] is not normalized; the
@@ -27,11 +26,5 @@ class ContinuousBernoulli(Likelihood):
     data_support = constraints.unit_interval
     data_hint = "scale the data to [0, 1]"
 
-    def __init__(self, latent_dim: int, data_shape: tuple[int, ...],
-                 hidden: list[int] = (400,), activation: str = "relu"):
-        super().__init__()
-        self.decoder = Decoder(latent_dim, data_shape, list(hidden), activation)
-        self.event_dims = len(data_shape)
-
-    def forward(self, z: torch.Tensor) -> dist.TorchDistribution:
-        return dist.ContinuousBernoulli(logits=self.decoder(z)).to_event(self.event_dims)
+    def distribution(self, logits: torch.Tensor) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=logits)
