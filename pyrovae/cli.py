@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:  # MLflow's INFO lines (schema creation, system metrics) would bury ours
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
         logging.getLogger("mlflow").setLevel(logging.WARNING)     # in case it already was
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download
     try:
         return args.func(args)
     except UserError as err:
