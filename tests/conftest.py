@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
 import mlflow
 import pyro
 import pytest
@@ -16,15 +20,25 @@ def _fresh_pyro():
     pyro.clear_param_store()
 
 
+@contextmanager
+def tracking_store(folder: Path) -> Iterator[str]:
+    """Work in ``folder`` with a fresh sqlite MLflow store there as the default; yields its URI."""
+    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)  # the fluent API caches the last URI a test set
+        try:
+            yield uri
+        finally:
+            mlflow.set_tracking_uri(None)
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(tmp_path):
     """A fresh sqlite MLflow store in tmp_path, used by default; the test runs in tmp_path."""
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)  # the fluent API caches the last URI a test set
-    yield uri
-    mlflow.set_tracking_uri(None)
+    with tracking_store(tmp_path) as uri:
+        yield uri
 
 
 TINY = [

@@ -21,24 +21,19 @@ from pyrovae import config as config_mod
 from pyrovae import figures
 from pyrovae.cli import main
 from pyrovae.vae import build_vae
-from tests.conftest import TINY
+from tests.conftest import TINY, tracking_store
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """One 2-epoch synthetic run in a module-wide tmp store: (store uri, run id)."""
-    tmp = tmp_path_factory.mktemp("logged")
-    uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
+    with tracking_store(tmp_path_factory.mktemp("logged")) as uri:
         args = ["train", "--no-progress"]
         for item in [*TINY, "train.epochs=2", "mlflow.experiment=logged"]:
             args += ["--set", item]
         assert main(args) == 0
         client = MlflowClient(uri)
         (found,) = client.search_runs([client.get_experiment_by_name("logged").experiment_id])
-    mlflow.set_tracking_uri(None)
     return uri, found.info.run_id
 
 

@@ -15,7 +15,7 @@ from pyrovae import config as config_mod
 from pyrovae.cli import main
 from pyrovae.pipeline import train
 from pyrovae.trainer import Callback
-from tests.conftest import TINY
+from tests.conftest import TINY, tracking_store
 
 # beta warms up over 2 epochs, so the resumed schedule position matters too
 SETTINGS = [*TINY, "train.beta_start=0.2", "train.warmup_epochs=2", "mlflow.experiment=resume"]
@@ -35,14 +35,8 @@ class InterruptAfter(Callback):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """One sqlite store for the module (creating its schema takes seconds)."""
-    tmp = tmp_path_factory.mktemp("resume")
-    uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tracking_store(tmp_path_factory.mktemp("resume")) as uri:
         yield uri
-    mlflow.set_tracking_uri(None)
 
 
 def run_config(*overrides):
