@@ -3,7 +3,8 @@
 Lower is better for every metric pyrovae logs as a loss (``*/loss``, ``*/recon``, ``*/kl``,
 ``*/nll_*``, ``*/bpd``, ``*/mse``), so rows sort ascending on the first metric; runs without
 it come last. Parent runs of a sweep or study carry no metrics of their own and are left
-out; ``parent`` restricts the table to one parent's children.
+out; ``parent`` restricts the table to one parent's children. Only params whose values differ
+between the listed runs get a column: the rest is the same for all of them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
+from pyrovae import tracking
 from pyrovae.errors import UserError
 
 SKIP_PARAMS = ("mlflow.run_name",)
@@ -23,6 +25,7 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     run_ids: list[str]
+    metrics: list[str]  # the metric columns, the first one sorts
 
     def render(self) -> str:
         widths = [max(len(r[i]) for r in [self.header, *self.rows]) for i in range(len(self.header))]
@@ -30,6 +33,17 @@ class Table:
                  for row in [self.header, *self.rows]]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
+
+
+def existing_store(uri: str) -> MlflowClient:
+    """A client for a store that exists: a missing sqlite file or a silent server is one line,
+    not a fresh empty store created in the wrong folder."""
+    tracking.check_server(uri)
+    db = tracking._sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise UserError(f"no MLflow store at {db} (nothing trained from this folder yet?); run from the "
+                        f"folder you trained in, or set MLFLOW_TRACKING_URI")
+    return MlflowClient(uri)
 
 
 def find_runs(client: MlflowClient, experiment: str | None, parent: str | None, max_runs: int):
@@ -53,16 +67,21 @@ def _fmt(value) -> str:
 
 
 def compare_runs(client: MlflowClient, metrics: list[str], experiment: str | None = None,
-                 parent: str | None = None, max_runs: int = 1000) -> Table:
-    """Build the table; raise :class:`UserError` for an unknown experiment or metric."""
+                 parent: str | None = None, max_runs: int = 1000, optional: bool = False) -> Table:
+    """Build the table; raise :class:`UserError` for an unknown experiment or metric.
+
+    ``optional``: leave out the metrics no run has (for default columns such as ``test/loss``,
+    which a run only logs when it finishes) instead of failing, unless none is left.
+    """
     runs = find_runs(client, experiment, parent, max_runs)
     if not runs:
         raise UserError("no runs to compare" + (f" under parent run '{parent}'" if parent else "")
                         + "; train some with 'pyrovae train' or 'pyrovae sweep'")
     known = sorted({k for r in runs for k in r.data.metrics})
-    for metric in metrics:
-        if metric not in known:
-            raise UserError(f"no run has metric '{metric}'; metrics logged: {', '.join(known)}")
+    missing = [m for m in metrics if m not in known]
+    if missing and (not optional or len(missing) == len(metrics)):
+        raise UserError(f"no run has metric '{missing[0]}'; metrics logged: {', '.join(known) or 'none'}")
+    metrics = [m for m in metrics if m in known]
     keys = sorted({k for r in runs for k in r.data.params} - set(SKIP_PARAMS))
     differing = [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
 
@@ -71,7 +90,9 @@ def compare_runs(client: MlflowClient, metrics: list[str], experiment: str | Non
         return (math.isnan(value), value)
 
     runs = sorted(runs, key=order)
-    header = ["run", "name", *differing, *metrics]
-    rows = [[r.info.run_id[:8], r.info.run_name or "", *(r.data.params.get(k, "") for k in differing),
+    show_status = any(r.info.status != "FINISHED" for r in runs)  # a killed or running run stands out
+    header = ["run", "name", *(["status"] if show_status else []), *differing, *metrics]
+    rows = [[r.info.run_id[:8], r.info.run_name or "", *([r.info.status] if show_status else []),
+             *(r.data.params.get(k, "") for k in differing),
              *(_fmt(r.data.metrics.get(m, math.nan)) for m in metrics)] for r in runs]
-    return Table(header, rows, [r.info.run_id for r in runs])
+    return Table(header, rows, [r.info.run_id for r in runs], metrics)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
 import re
 import tempfile
 import time
@@ -110,6 +111,19 @@ def log_params(config: dict) -> None:
         mlflow.log_params(dict(items[start:start + 100]))
 
 
+def unseeded_run_name() -> str:
+    """MLflow's random run name (``adjective-animal-123``) drawn apart from Python's ``random``:
+    training seeds that first, so MLflow's own pick named every run with one seed alike."""
+    from mlflow.utils.name_utils import _generate_random_name
+
+    state = random.getstate()
+    try:
+        random.seed()  # from the OS
+        return _generate_random_name()
+    finally:
+        random.setstate(state)  # training's Python RNG stream is left as it was
+
+
 @contextmanager
 def start_run(config: dict, tags: dict | None = None, run_id: str | None = None,
               parent_run_id: str | None = None, system_metrics: bool = True) -> Iterator[mlflow.ActiveRun]:
@@ -122,8 +136,8 @@ def start_run(config: dict, tags: dict | None = None, run_id: str | None = None,
     uri = tracking_uri(config["mlflow"]["tracking_uri"])
     mlflow.set_tracking_uri(uri)
     exp_id = experiment_id(uri, config["mlflow"]["experiment"])
-    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
-                           run_name=None if run_id else (config["mlflow"]["run_name"] or None), tags=tags,
+    name = None if run_id else (config["mlflow"]["run_name"] or unseeded_run_name())
+    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=name, tags=tags,
                            parent_run_id=parent_run_id, nested=parent_run_id is not None,
                            log_system_metrics=system_metrics)
     try:

@@ -2,63 +2,145 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import random
+
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import TINY, tracking_store
+from pyrovae import config as config_mod
 from pyrovae.cli import main
 from pyrovae.commands.sweep import split_values, variants
+from pyrovae.errors import UserError
+from pyrovae.tracking import unseeded_run_name
+
+# two runs; the second axis is one list value whose comma must not split it
+GRID = ["--grid", "train.lr=1e-4,1e-2", "--grid", "model.guide.hidden=[16,8]"]
+BASE = [item for item in TINY if not item.startswith("model.guide.hidden")]
 
 
 def test_grid_values_split_outside_brackets_and_quotes():
     assert split_values("1e-3,3e-3") == ["1e-3", "3e-3"]
     assert split_values("[256,256],[512]") == ["[256,256]", "[512]"]
     assert split_values("'a,b',c") == ["'a,b'", "c"]
+    assert split_values("[[1,2],[3]],4") == ["[[1,2],[3]]", "4"]
     grid = variants(["train.lr=1,2", "model.latent_dim=3,4,5"])
     assert len(grid) == 6 and grid["train.lr=2 model.latent_dim=5"] == ["train.lr=2", "model.latent_dim=5"]
+    with pytest.raises(UserError, match="lists a value twice"):
+        variants(["train.lr=1,1"])
+    with pytest.raises(UserError, match="names a key twice"):
+        variants(["train.lr=1", "train.lr=2"])
+    with pytest.raises(UserError, match="needs section.key=v1,v2"):
+        variants(["train.lr"])
 
 
-def test_sweep_children_under_one_parent_then_compare(store, tiny_overrides, capsys):
-    args = ["sweep", "--no-progress", "--name", "lr-sweep",
-            "--grid", "train.lr=1e-4,1e-2", "--grid", "model.guide.hidden=[8],[16,8]"]
-    for item in tiny_overrides:
-        if not item.startswith("model.guide.hidden"):
-            args += ["--set", item]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    client = MlflowClient(store)
+def test_run_names_differ_although_training_seeds_python_random():
+    random.seed(0)
+    names = {unseeded_run_name() for _ in range(5)}
+    after_names = random.random()
+    random.seed(0)
+    assert len(names) > 1 and random.random() == after_names  # the seeded stream is untouched
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A two-run sweep in a fresh store: (store uri, what the sweep printed)."""
+    args = ["sweep", "--no-progress", "--name", "lr-sweep", *GRID]
+    for item in BASE:
+        args += ["--set", item]
+    with tracking_store(tmp_path_factory.mktemp("sweep")) as uri:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert main(args) == 0
+        yield uri, printed.getvalue()
+
+
+def runs_of(uri):
+    client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("pyrovae").experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("pyrovae.group") == "parent"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    return parent, children
+
+
+def test_sweep_trains_every_combination_as_children_with_the_full_param_set(sweep):
+    uri, _ = sweep
+    parent, children = runs_of(uri)
     assert parent.info.run_name == "lr-sweep" and parent.info.status == "FINISHED"
-    param_sets = [set(c.data.params) for c in children]
-    assert all(p == param_sets[0] for p in param_sets) and "train.batch_size" in param_sets[0]
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    assert {c.info.run_name for c in children} == {"train.lr=1e-4 model.guide.hidden=[16,8]",
+                                                   "train.lr=1e-2 model.guide.hidden=[16,8]"}
+    full = set(config_mod.flatten(config_mod.load(None, [*BASE, "model.guide.hidden=[16,8]"])))
+    assert all(set(c.data.params) == full for c in children)
     assert {(c.data.params["train.lr"], c.data.params["model.guide.hidden"]) for c in children} == {
-        ("0.0001", "[8]"), ("0.0001", "[16, 8]"), ("0.01", "[8]"), ("0.01", "[16, 8]")}
-
-    # the sweep printed its children best first; compare prints the same order on demand
-    assert main(["compare", "--parent", parent.info.run_id, "--metric", "val/loss", "--metric", "val/kl"]) == 0
-    table = capsys.readouterr().out.splitlines()
-    assert table[0].startswith("4 runs in") and "lower is better" in table[0]
-    header = table[1].split()
-    assert header[:2] == ["run", "name"] and header[-2:] == ["val/loss", "val/kl"]
-    assert "model.guide.hidden" in header and "train.lr" in header and "train.epochs" not in header
-    losses = [float(line.split()[-2]) for line in table[3:]]
-    assert losses == sorted(losses) and len(losses) == 4
-    best = min(children, key=lambda c: c.data.metrics["val/loss"])
-    assert table[3].startswith(best.info.run_id[:8])
-    assert losses[0] == pytest.approx(best.data.metrics["val/loss"], abs=1e-4)
-    assert f"parent run {parent.info.run_id}" in out and out.startswith("sweep: 4 runs: ")
+        ("0.0001", "[16, 8]"), ("0.01", "[16, 8]")}
 
 
-def test_compare_unknown_metric_and_experiment_one_line(store, tiny_overrides, capsys):
-    args = ["train", "--no-progress"]
-    for item in tiny_overrides:
-        args += ["--set", item]
-    assert main(args) == 0
-    capsys.readouterr()
+def table_of(text: str) -> tuple[str, list[str], list[list[str]]]:
+    """``compare``'s output -> (title line, header cells, rows of cells)."""
+    lines = text.strip().splitlines()
+    start = next(i for i, line in enumerate(lines) if " runs in " in line)
+    title, header, _rule, *rows = lines[start:]
+    return title, header.split(), [row.split() for row in rows]
+
+
+def test_sweep_prints_its_children_best_first(sweep):
+    uri, printed = sweep
+    parent, children = runs_of(uri)
+    assert printed.startswith("sweep: 2 runs: ") and f"parent run {parent.info.run_id}" in printed
+    title, header, rows = table_of(printed)
+    assert title == f"2 runs in {uri}, best first by val/loss (lower is better)"
+    # only the param that differs gets a column; the run name holds spaces, so read from the right
+    assert header == ["run", "name", "train.lr", "val/loss", "test/loss"]
+    best, worst = sorted(children, key=lambda c: c.data.metrics["val/loss"])
+    assert [row[0] for row in rows] == [best.info.run_id[:8], worst.info.run_id[:8]]
+    assert [float(row[-2]) for row in rows] == pytest.approx(
+        [best.data.metrics["val/loss"], worst.data.metrics["val/loss"]], abs=1e-4)
+    assert [float(row[-1]) for row in rows] == pytest.approx(
+        [best.data.metrics["test/loss"], worst.data.metrics["test/loss"]], abs=1e-4)
+    assert rows[0][-3] == best.data.params["train.lr"]
+
+
+def test_compare_sorts_by_the_first_chosen_metric(sweep, capsys):
+    uri, _ = sweep
+    _, children = runs_of(uri)
+    assert main(["compare", "--metric", "val/kl", "--metric", "val/loss"]) == 0
+    title, header, rows = table_of(capsys.readouterr().out)
+    assert title.startswith("2 runs in ") and "best first by val/kl" in title  # the parent is left out
+    assert header[-2:] == ["val/kl", "val/loss"]
+    kls = [float(row[-2]) for row in rows]
+    assert kls == sorted(kls) == pytest.approx(sorted(c.data.metrics["val/kl"] for c in children), abs=1e-4)
+
+
+def test_compare_unknown_metric_experiment_or_store_is_one_line(sweep, capsys, tmp_path, monkeypatch):
     assert main(["compare", "--metric", "val/los"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pyrovae: error: no run has metric 'val/los'; metrics logged:") and "val/loss" in err
+    assert "\n" not in err
     assert main(["compare", "--experiment", "nope"]) == 2
-    assert "no experiment named 'nope' in this store; experiments: " in capsys.readouterr().err
+    assert "no experiment named 'nope' in this store; experiments: Default, pyrovae" in capsys.readouterr().err
+    assert main(["compare", "--max-runs", "0"]) == 2
+    assert "--max-runs must be at least 1" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # a folder nothing was trained in: no store is created there
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert main(["compare"]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err and not (tmp_path / "mlruns").exists()
+
+
+def test_compare_shows_status_when_a_run_did_not_finish_and_puts_runs_without_the_metric_last(
+        store, capsys):
+    client = MlflowClient(store)
+    experiment = client.create_experiment("manual")
+    for name, status, loss, width in [("cut-short", "KILLED", None, "8"), ("done", "FINISHED", 90.5, "16")]:
+        run = client.create_run(experiment, run_name=name)
+        client.log_param(run.info.run_id, "model.guide.hidden", width)
+        client.log_param(run.info.run_id, "train.epochs", "3")
+        if loss is not None:
+            client.log_metric(run.info.run_id, "val/loss", loss, step=3)
+        client.set_terminated(run.info.run_id, status)
+    assert main(["compare", "--experiment", "manual"]) == 0  # test/loss: no run has it, so no column
+    _, header, rows = table_of(capsys.readouterr().out)
+    assert header == ["run", "name", "status", "model.guide.hidden", "val/loss"]
+    assert [row[1:] for row in rows] == [["done", "FINISHED", "16", "90.5000"], ["cut-short", "KILLED", "8"]]

@@ -1,4 +1,9 @@
-"""``pyrovae compare [--experiment NAME] [--metric val/loss ...] [--parent RUN_ID]``: runs side by side."""
+"""``pyrovae compare [--experiment NAME] [--metric val/loss ...] [--parent RUN_ID]``: runs side by side.
+
+Reads the store training writes to ($MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db). Columns:
+the run, its name, the params that differ between the listed runs, the metrics. Rows are
+best first by the first metric, lower is better (every pyrovae metric is a loss).
+"""
 
 from __future__ import annotations
 
@@ -14,21 +19,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="metric column (repeatable; the first sorts, lower is better); "
                              f"default: {' '.join(DEFAULT_METRICS)}")
     parser.add_argument("--parent", metavar="RUN_ID", help="only the children of this sweep/study run")
-    parser.add_argument("--max-runs", type=int, default=1000)
+    parser.add_argument("--max-runs", type=int, default=1000, metavar="N", help="read at most N runs (newest first)")
 
 
-def print_table(metrics: list[str], experiment=None, parent=None, max_runs: int = 1000) -> None:
-    from mlflow.tracking import MlflowClient
+def print_table(metrics: list[str] | None = None, experiment=None, parent=None, max_runs: int = 1000,
+                uri: str = "") -> None:
+    """Print the runs of the store ``uri`` (default: :func:`pyrovae.tracking.tracking_uri`).
 
-    from pyrovae.compare import compare_runs
+    ``metrics=None`` shows :data:`DEFAULT_METRICS`, leaving out those no run has logged.
+    """
+    from pyrovae.compare import compare_runs, existing_store
     from pyrovae.tracking import tracking_uri
 
-    uri = tracking_uri()
-    table = compare_runs(MlflowClient(uri), metrics, experiment, parent, max_runs)
-    print(f"{len(table.rows)} runs in {uri}, best first by {metrics[0]} (lower is better)")
+    uri = tracking_uri(uri)
+    table = compare_runs(existing_store(uri), metrics or DEFAULT_METRICS, experiment, parent, max_runs,
+                         optional=metrics is None)
+    print(f"{len(table.rows)} runs in {uri}, best first by {table.metrics[0]} (lower is better)")
     print(table.render())
 
 
 def run(args: argparse.Namespace) -> int:
-    print_table(args.metrics or DEFAULT_METRICS, args.experiment, args.parent, args.max_runs)
+    if args.max_runs < 1:
+        from pyrovae.errors import UserError
+
+        raise UserError(f"--max-runs must be at least 1, got {args.max_runs}")
+    print_table(args.metrics, args.experiment, args.parent, args.max_runs)
     return 0

@@ -2,7 +2,11 @@
 child runs under one parent run.
 
 Grid values are read like ``--set`` values (TOML, else a string). Commas inside brackets or
-quotes belong to the value: ``--grid model.guide.hidden=[256,256],[512]`` is two values.
+quotes belong to the value: ``--grid 'model.guide.hidden=[256,256],[512]'`` is two values (quote
+it, so the shell leaves the brackets alone). Grid values apply after ``--set``. Each child is
+named after its combination as typed, e.g. ``train.lr=1e-3 model.latent_dim=10``, and logs the full
+flat config; the parent logs ``variants.json``. The end prints ``pyrovae compare --parent``'s
+table of the children.
 """
 
 from __future__ import annotations
@@ -44,7 +48,13 @@ def variants(grid: list[str]) -> dict[str, list[str]]:
         key, sep, values = item.partition("=")
         if not sep or not key.strip() or not values.strip():
             raise UserError(f"--grid needs section.key=v1,v2,..., got '{item}'")
-        axes.append([f"{key.strip()}={v}" for v in split_values(values) if v])
+        axis = [f"{key.strip()}={v}" for v in split_values(values) if v]
+        if len(set(axis)) < len(axis):
+            raise UserError(f"--grid {item} lists a value twice; each value once, please")
+        axes.append(axis)
+    keys = [axis[0].partition("=")[0] for axis in axes]
+    if len(set(keys)) < len(keys):
+        raise UserError(f"--grid names a key twice ({', '.join(keys)}); put all its values in one --grid")
     return {" ".join(combo): list(combo) for combo in itertools.product(*axes)}
 
 
@@ -57,12 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyrovae.commands.compare import DEFAULT_METRICS, print_table
+    from pyrovae import config as config_mod
+    from pyrovae.commands.compare import print_table
     from pyrovae.group import train_group
 
     grid = variants(args.grid)
     print(f"sweep: {len(grid)} runs: {', '.join(grid)}")
     result = train_group(args.config, args.set, grid, args.name, progress=not args.no_progress)
     print(f"parent run {result.parent_run_id}")
-    print_table(DEFAULT_METRICS, parent=result.parent_run_id)
+    store = config_mod.load(args.config, args.set)["mlflow"]["tracking_uri"]  # where the runs went
+    print_table(parent=result.parent_run_id, uri=store)
     return 0
