@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -37,6 +38,7 @@ class MlflowServer:
         self.host, self.port = host, port or free_port(host)
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
+        self._log = None
 
     @property
     def url(self) -> str:
@@ -51,37 +53,73 @@ class MlflowServer:
 
     def start(self, timeout: float = 90.0) -> "MlflowServer":
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as sock:  # a taken port would only show as a dead server later
+            try:
+                sock.bind((self.host, self.port))
+            except OSError as err:
+                raise UserError(f"cannot listen on {self.host}:{self.port} ({err.strerror}); "
+                                f"pick another --port, or leave it out for a free one") from None
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
-        out = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
-        # its own process group, so stopping it also stops the workers it forks
-        self.process = subprocess.Popen(self.command(), env=env, stdout=out, stderr=subprocess.STDOUT,
+        self._log = open(self.log_path, "w+") if self.log_path else tempfile.TemporaryFile("w+")
+        # its own process group, so stopping it also stops the uvicorn worker it forks
+        self.process = subprocess.Popen(self.command(), env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
+        try:  # stopped on any way out but a healthy start (Ctrl-C while waiting included)
+            self._wait_until_healthy(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise UserError(f"mlflow server exited with status {self.process.returncode} before it "
-                                f"answered{f'; see {self.log_path}' if self.log_path else ''}")
+                raise UserError(f"mlflow server exited before it answered (status {self.process.returncode}: "
+                                f"{self.last_log_line()})")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as reply:
                     if reply.status == 200:
-                        return self
+                        return
             except OSError:
                 time.sleep(0.5)
-        self.stop()
-        raise UserError(f"mlflow server did not answer on {self.url} within {timeout:.0f} s")
+        raise UserError(f"mlflow server did not answer on {self.url} within {timeout:.0f} s "
+                        f"({self.last_log_line()})")
+
+    def last_log_line(self) -> str:
+        """The server's last non-empty output line (its error, when it failed to start)."""
+        self._log.flush()
+        self._log.seek(0)
+        lines = [line.strip() for line in self._log.read().splitlines() if line.strip()]
+        return lines[-1][:300] if lines else "it printed nothing"
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM to the server's process group (server and worker); SIGKILL what lingers."""
+        if self.process is None:
             return
+        self._signal_group(signal.SIGTERM)
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            self._signal_group(signal.SIGKILL)
             self.process.wait()
+        for _ in range(40):  # the worker may outlive the server by a moment
+            if not self._signal_group(0):
+                break
+            time.sleep(0.25)
+        else:
+            self._signal_group(signal.SIGKILL)
+        if self._log is not None and not self._log.closed:
+            self._log.close()
+
+    def _signal_group(self, signum: int) -> bool:
+        """Send ``signum`` to the server's process group; False when no process of it is left."""
+        try:
+            os.killpg(self.process.pid, signum)
+            return True
         except ProcessLookupError:
-            pass
+            return False
 
     def __enter__(self) -> "MlflowServer":
         return self.start()
