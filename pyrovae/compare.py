@@ -55,9 +55,15 @@ def find_runs(client: MlflowClient, experiment: str | None, parent: str | None, 
             raise UserError(f"no experiment named '{experiment}' in this store; experiments: {names}")
         experiments = chosen
     query = f"tags.mlflow.parentRunId = '{parent}'" if parent else ""
-    runs = client.search_runs([e.experiment_id for e in experiments], filter_string=query,
-                              max_results=max_runs)
-    return [r for r in runs if r.data.tags.get("pyrovae.group") != "parent"]
+    runs, token = [], None
+    while len(runs) < max_runs:  # newest first, page by page, until max_runs runs that are not parents
+        page = client.search_runs([e.experiment_id for e in experiments], filter_string=query,
+                                  max_results=min(max_runs, 1000), page_token=token)
+        runs += [r for r in page if r.data.tags.get("pyrovae.group") != "parent"]
+        token = page.token
+        if not token:
+            break
+    return runs[:max_runs]
 
 
 def _fmt(value) -> str:
@@ -80,7 +86,9 @@ def compare_runs(client: MlflowClient, metrics: list[str], experiment: str | Non
     known = sorted({k for r in runs for k in r.data.metrics})
     missing = [m for m in metrics if m not in known]
     if missing and (not optional or len(missing) == len(metrics)):
-        raise UserError(f"no run has metric '{missing[0]}'; metrics logged: {', '.join(known) or 'none'}")
+        ours = [k for k in known if not k.startswith("system/")]  # MLflow's CPU/memory readings: many
+        extra = f" (and {len(known) - len(ours)} system/ metrics)" if len(ours) < len(known) else ""
+        raise UserError(f"no run has metric '{missing[0]}'; metrics logged: {', '.join(ours) or 'none'}{extra}")
     metrics = [m for m in metrics if m in known]
     keys = sorted({k for r in runs for k in r.data.params} - set(SKIP_PARAMS))
     differing = [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]

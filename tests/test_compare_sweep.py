@@ -81,7 +81,7 @@ def test_sweep_trains_every_combination_as_children_with_the_full_param_set(swee
 def table_of(text: str) -> tuple[str, list[str], list[list[str]]]:
     """``compare``'s output -> (title line, header cells, rows of cells)."""
     lines = text.strip().splitlines()
-    start = next(i for i, line in enumerate(lines) if " runs in " in line)
+    start = next(i for i, line in enumerate(lines) if "best first by" in line)
     title, header, _rule, *rows = lines[start:]
     return title, header.split(), [row.split() for row in rows]
 
@@ -133,14 +133,21 @@ def test_compare_shows_status_when_a_run_did_not_finish_and_puts_runs_without_th
         store, capsys):
     client = MlflowClient(store)
     experiment = client.create_experiment("manual")
-    for name, status, loss, width in [("cut-short", "KILLED", None, "8"), ("done", "FINISHED", 90.5, "16")]:
-        run = client.create_run(experiment, run_name=name)
+    for start, (name, status, loss, width) in enumerate([("cut-short", "KILLED", None, "8"),
+                                                        ("done", "FINISHED", 90.5, "16")]):
+        run = client.create_run(experiment, run_name=name, start_time=1000 * start)
         client.log_param(run.info.run_id, "model.guide.hidden", width)
         client.log_param(run.info.run_id, "train.epochs", "3")
         if loss is not None:
             client.log_metric(run.info.run_id, "val/loss", loss, step=3)
         client.set_terminated(run.info.run_id, status)
+    client.create_run(experiment, run_name="group", start_time=5000, tags={"pyrovae.group": "parent"})  # newest
     assert main(["compare", "--experiment", "manual"]) == 0  # test/loss: no run has it, so no column
     _, header, rows = table_of(capsys.readouterr().out)
     assert header == ["run", "name", "status", "model.guide.hidden", "val/loss"]
     assert [row[1:] for row in rows] == [["done", "FINISHED", "16", "90.5000"], ["cut-short", "KILLED", "8"]]
+    assert main(["compare", "--experiment", "manual", "--max-runs", "1"]) == 0  # N runs besides parents
+    title, _, rows = table_of(capsys.readouterr().out)
+    assert title.startswith("1 run in ") and [row[1] for row in rows] == ["done"]
+    assert main(["compare", "--experiment", "manual", "--metric", "val/los"]) == 2
+    assert capsys.readouterr().err.strip().endswith("no run has metric 'val/los'; metrics logged: val/loss")

@@ -158,7 +158,7 @@ def test_compare_reads_the_server(ui, http_run, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", ui.url)
     assert main(["compare", "--experiment", "served"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"1 runs in {ui.url}, best first by val/loss (lower is better)"
+    assert lines[0] == f"1 run in {ui.url}, best first by val/loss (lower is better)"
     assert lines[3].split()[:2] == [http_run[0][:8], "over-http"]
 
 

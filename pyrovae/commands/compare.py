@@ -34,7 +34,8 @@ def print_table(metrics: list[str] | None = None, experiment=None, parent=None, 
     uri = tracking_uri(uri)
     table = compare_runs(existing_store(uri), metrics or DEFAULT_METRICS, experiment, parent, max_runs,
                          optional=metrics is None)
-    print(f"{len(table.rows)} runs in {uri}, best first by {table.metrics[0]} (lower is better)")
+    count = f"{len(table.rows)} run" + ("s" if len(table.rows) != 1 else "")
+    print(f"{count} in {uri}, best first by {table.metrics[0]} (lower is better)")
     print(table.render())
 
 
