@@ -135,7 +135,7 @@ def test_compare_shows_status_when_a_run_did_not_finish_and_puts_runs_without_th
     experiment = client.create_experiment("manual")
     for start, (name, status, loss, width) in enumerate([("cut-short", "KILLED", None, "8"),
                                                         ("done", "FINISHED", 90.5, "16")]):
-        run = client.create_run(experiment, run_name=name, start_time=1000 * start)
+        run = client.create_run(experiment, run_name=name, start_time=1000 * (start + 1))
         client.log_param(run.info.run_id, "model.guide.hidden", width)
         client.log_param(run.info.run_id, "train.epochs", "3")
         if loss is not None:
