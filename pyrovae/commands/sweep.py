@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from pyrovae.group import train_group
 
     grid = variants(args.grid)
-    print(f"sweep: {len(grid)} runs: {', '.join(grid)}")
+    print(f"sweep: {len(grid)} run{'s' if len(grid) != 1 else ''}: {', '.join(grid)}")
     result = train_group(args.config, args.set, grid, args.name, progress=not args.no_progress)
     print(f"parent run {result.parent_run_id}")
     store = config_mod.load(args.config, args.set)["mlflow"]["tracking_uri"]  # where the runs went
