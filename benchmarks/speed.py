@@ -109,12 +109,7 @@ def bench_validation(splits: Splits, args, train_seconds: list[float]) -> None:
     trainer = pyrovae_trainer(splits, args.batch_size, [*args.set])
     pyro.clear_param_store()
     trainer.validate("val")  # warm-up, and the fixed binarization is made here
-    import time
-    times = []
-    for _ in range(args.rounds):
-        started = time.perf_counter()
-        trainer.validate("val")
-        times.append(time.perf_counter() - started)
+    times = interleave({"val": lambda: trainer.validate("val")}, args.rounds, warmup=0)["val"]
     n_batch = args.batches * args.batch_size
     epoch = spread(train_seconds)[0] / n_batch * splits.full_train_size
     val = spread(times)[0]

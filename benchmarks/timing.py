@@ -11,17 +11,27 @@ import statistics
 import time
 from typing import Callable
 
+import torch
+
+
+def synchronize() -> None:
+    """Wait for queued CUDA work, so that a host clock measures it (CUDA launches are asynchronous)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
 
 def interleave(contenders: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
     """Seconds per call of every contender, ``rounds`` values each, measured in turns."""
     for _ in range(warmup):
         for fn in contenders.values():
             fn()
+    synchronize()
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
             started = time.perf_counter()
             fn()
+            synchronize()
             seconds[name].append(time.perf_counter() - started)
     return seconds
 

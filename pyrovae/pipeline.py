@@ -56,7 +56,8 @@ def prepare(config: dict) -> tuple[VAE, Splits]:
 
 def run_tags(device: torch.device) -> dict[str, str]:
     return {"pyrovae.version": __version__, "torch.version": torch.__version__,
-            "pyro.version": pyro.__version__, "device": str(device),
+            "pyro.version": pyro.__version__,
+            "device": f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device),
             "torch.threads": str(torch.get_num_threads()), "host.python": platform.python_version()}
 
 
