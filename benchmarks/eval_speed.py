@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import fmt, interleave, per_round_ratios, table  # noqa: E402
 
 from pyrovae import config  # noqa: E402
+from pyrovae.estimators.iwae import default_chunk_rows  # noqa: E402
 from pyrovae.vae import build_vae  # noqa: E402
 
-ROWS_PER_CHUNK = 50_000  # iwae()'s default: chunk_size * batch_size near 50,000
 
 
 def default_vae(latent: int = 50):
@@ -35,12 +35,12 @@ def default_vae(latent: int = 50):
     return build_vae(cfg["model"], (1, 28, 28))
 
 
-def matmul_chain(vae, n: int, k: int, device) -> None:
-    """The decoder's matmuls for ``n * k`` rows, in chunks of ``ROWS_PER_CHUNK`` rows."""
+def matmul_chain(vae, n: int, k: int, device, rows: int | None = None) -> None:
+    """The decoder's matmuls for ``n * k`` rows, in chunks of ``rows`` (default: what :func:`iwae` uses on ``device``)."""
     first, last = vae.likelihood.decoder.net[0], vae.likelihood.decoder.net[-1]
     w1, b1, w2, b2 = first.weight.t(), first.bias, last.weight.t(), last.bias
     total = n * k
-    rows = min(total, ROWS_PER_CHUNK)
+    rows = min(total, rows or default_chunk_rows(device))
     z = torch.randn(rows, w1.shape[0], device=device)
     with torch.no_grad():
         for start in range(0, total, rows):
@@ -84,6 +84,27 @@ def scaling(splits, args) -> None:
     print(table(["K", "datapoints", "datapoints x samples / s"], rows))
 
 
+def chunk_sweep(device: str, n: int = 20, rows_list=(1_024, 4_096, 16_384, 50_000), rounds: int = 5) -> None:
+    """IWAE (K = 5000, ``n`` datapoints) and its matmuls at several chunk sizes, interleaved:
+    how :func:`pyrovae.estimators.iwae.default_chunk_rows` was chosen per device.
+
+    ``python benchmarks/eval_speed.py --chunk-sweep cpu [N [ROWS ...]]``
+    """
+    from pyrovae.estimators.iwae import iwae
+
+    k = 5000
+    vae = default_vae().to(device)
+    x = torch.bernoulli(torch.rand(n, 1, 28, 28, device=device))
+    s = interleave({name: fn for rows in rows_list for name, fn in (
+        (f"iwae {rows}", lambda r=rows: iwae(vae, x, k, batch_size=n, chunk_size=max(1, r // n))),
+        (f"matmul {rows}", lambda r=rows: matmul_chain(vae, n, k, device, r)))}, rounds)
+    best = min(min(v) for name, v in s.items() if name.startswith("matmul"))
+    rows = [[r, fmt(s[f"iwae {r}"], 3), fmt(s[f"matmul {r}"], 3), f"{sorted(s[f'iwae {r}'])[rounds // 2] / best:.2f}"]
+            for r in rows_list]
+    print(f"\n## IWAE chunk size on {device}: seconds for K = {k} x {n} datapoints, median [min, max]\n")
+    print(table(["rows per chunk", "IWAE s", "matmul s", "IWAE / fastest matmul"], rows))
+
+
 def high_water_mb() -> float:
     """Peak resident memory of this process so far (Linux ``/proc/self/status`` VmHWM), in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -107,3 +128,7 @@ def peak_rss(k: int, n: int, device: str) -> str:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--peak-rss"]:
     print(peak_rss(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]))
+elif __name__ == "__main__" and sys.argv[1:2] == ["--chunk-sweep"]:
+    device, *numbers = sys.argv[2:]
+    n, *rows = [int(a) for a in numbers] or [20]
+    chunk_sweep(device, n, **({"rows_list": tuple(rows)} if rows else {}))
