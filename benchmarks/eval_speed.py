@@ -22,12 +22,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import fmt, interleave, per_round_ratios, table  # noqa: E402
+from timing import fmt, interleave, per_round_ratios, spread, table  # noqa: E402
 
 from pyrovae import config  # noqa: E402
 from pyrovae.estimators.iwae import default_chunk_rows  # noqa: E402
 from pyrovae.vae import build_vae  # noqa: E402
-
 
 
 def default_vae(latent: int = 50):
@@ -99,7 +98,7 @@ def chunk_sweep(device: str, n: int = 20, rows_list=(1_024, 4_096, 16_384, 50_00
         (f"iwae {rows}", lambda r=rows: iwae(vae, x, k, batch_size=n, chunk_size=max(1, r // n))),
         (f"matmul {rows}", lambda r=rows: matmul_chain(vae, n, k, device, r)))}, rounds)
     best = min(min(v) for name, v in s.items() if name.startswith("matmul"))
-    rows = [[r, fmt(s[f"iwae {r}"], 3), fmt(s[f"matmul {r}"], 3), f"{sorted(s[f'iwae {r}'])[rounds // 2] / best:.2f}"]
+    rows = [[r, fmt(s[f"iwae {r}"], 3), fmt(s[f"matmul {r}"], 3), f"{spread(s[f'iwae {r}'])[0] / best:.2f}"]
             for r in rows_list]
     print(f"\n## IWAE chunk size on {device}: seconds for K = {k} x {n} datapoints, median [min, max]\n")
     print(table(["rows per chunk", "IWAE s", "matmul s", "IWAE / fastest matmul"], rows))

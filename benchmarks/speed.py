@@ -32,7 +32,7 @@ from timing import fmt, interleave, per_round_ratios, spread, table  # noqa: E40
 
 from pyrovae import config  # noqa: E402
 from pyrovae.data import Splits, load_data  # noqa: E402
-from pyrovae.pipeline import select_device  # noqa: E402
+from pyrovae.devices import select_device  # noqa: E402
 from pyrovae.trainer import Trainer  # noqa: E402
 from pyrovae.vae import build_vae  # noqa: E402
 

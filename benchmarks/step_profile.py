@@ -25,13 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import make_splits, own_store, pyrovae_trainer  # noqa: E402
 from timing import interleave, spread, synchronize  # noqa: E402
 
-from pyrovae.pipeline import select_device  # noqa: E402
-
-
-def device_seconds(event) -> float:
-    """An aggregated event's own time on the device, in seconds (the name changed in torch 2.4)."""
-    us = getattr(event, "self_device_time_total", None)
-    return (us if us is not None else event.self_cuda_time_total) / 1e6
+from pyrovae.devices import describe, select_device  # noqa: E402
 
 
 def profile_steps(device: torch.device, batch_size: int, steps: int, rounds: int) -> None:
@@ -50,7 +44,7 @@ def profile_steps(device: torch.device, batch_size: int, steps: int, rounds: int
     print(f"\n## batch {batch_size}: {wall * 1e3:.2f} ms/step wall ({batch_size / wall:,.0f} images/s), "
           f"median of {rounds} epochs of {steps} steps")
     if kernels:
-        busy = sum(device_seconds(e) for e in kernels) / steps
+        busy = sum(e.self_device_time_total for e in kernels) / 1e6 / steps
         launches = sum(e.count for e in kernels) / steps
         print(f"device kernels: {busy * 1e3:.3f} ms/step ({100 * busy / wall:.0f}% of the step), "
               f"{launches:.0f} kernel launches/step")
@@ -69,7 +63,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     device = select_device(args.device)
-    print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
+    print(f"device {describe(device)}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} host threads")
     for batch_size in args.batch_size or [128]:
         profile_steps(device, batch_size, args.steps, args.rounds)

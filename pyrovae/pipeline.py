@@ -17,22 +17,10 @@ import torch
 from pyrovae import __version__, checkpoint, tracking
 from pyrovae.config import to_toml
 from pyrovae.data import Splits, load_data
+from pyrovae.devices import describe, select_device
 from pyrovae.errors import UserError
 from pyrovae.trainer import Callback, Trainer
 from pyrovae.vae import VAE, build_vae
-
-
-def select_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when present, else CPU; ``"cuda"`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"train.device '{name}' is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device = '{name}' but no CUDA GPU is available; use 'auto' or 'cpu'")
-    return device
 
 
 def check_data(vae: VAE, splits: Splits) -> None:
@@ -57,7 +45,7 @@ def prepare(config: dict) -> tuple[VAE, Splits]:
 def run_tags(device: torch.device) -> dict[str, str]:
     return {"pyrovae.version": __version__, "torch.version": torch.__version__,
             "pyro.version": pyro.__version__,
-            "device": f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device),
+            "device": describe(device),
             "torch.threads": str(torch.get_num_threads()), "host.python": platform.python_version()}
 
 

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from pyrovae.estimators.ais import AISSettings, ais, bdmc
     from pyrovae.estimators.iwae import iwae
     from pyrovae.evaluate import evaluate
-    from pyrovae.pipeline import select_device
+    from pyrovae.devices import select_device
     from pyrovae.trainer import make_elbo
 
     for name in ("iwae_k", "subset", "ais_subset", "batch_size"):
