@@ -2,7 +2,7 @@ r"""IWAE throughput against its matmul limit, and its peak memory at K = 5000.
 
 The limit: the IWAE of the 784-400-50 VAE is dominated by decoding N x K latent draws, two
 matmuls per row, :math:`(NK, 50) \to (NK, 400) \to (NK, 784)`. ``matmul_chain`` runs exactly
-those (``addmm`` + ReLU, same chunk of rows as :func:`pyrovae.estimators.iwae.iwae`) and
+those (``addmm`` + ReLU, same chunk of rows as :func:`pyrovae.infer.estimators.iwae.iwae`) and
 nothing else: no sampling, no log-densities, no log-sum-exp. Its time is what the estimate
 would cost if everything but the matmuls were free.
 
@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import fmt, interleave, per_round_ratios, spread, table  # noqa: E402
 
-from pyrovae import config  # noqa: E402
-from pyrovae.estimators.iwae import default_chunk_rows  # noqa: E402
-from pyrovae.vae import build_vae  # noqa: E402
+from pyrovae.run import config  # noqa: E402
+from pyrovae.infer.estimators.iwae import default_chunk_rows  # noqa: E402
+from pyrovae.model.vae import build_vae  # noqa: E402
 
 
 def default_vae(latent: int = 50):
@@ -48,7 +48,7 @@ def matmul_chain(vae, n: int, k: int, device, rows: int | None = None) -> None:
 
 
 def iwae_runner(vae, x, k):
-    from pyrovae.estimators.iwae import iwae
+    from pyrovae.infer.estimators.iwae import iwae
     return lambda: iwae(vae, x, k, batch_size=x.shape[0])
 
 
@@ -57,7 +57,7 @@ def run(splits, args) -> None:
     vae = default_vae().to(device)
     rows = []
     for k, n in ((5000, 20), (50, 2000)):
-        x = splits.split("val")[:n]
+        x = splits.evaluation_data("val")[:n]
         s = interleave({"iwae": iwae_runner(vae, x, k), "matmul": lambda: matmul_chain(vae, n, k, device)},
                        max(2, args.rounds // 2))
         rows.append([k, n, fmt([n * k / t for t in s["iwae"]]), fmt([n * k / t for t in s["matmul"]]),
@@ -77,7 +77,7 @@ def scaling(splits, args) -> None:
     rows = []
     for k in (1, 50, 500, 5000):
         n = max(1, min(splits.val.shape[0], 200_000 // k))
-        s = interleave({"iwae": iwae_runner(vae, splits.split("val")[:n], k)}, 2)["iwae"]
+        s = interleave({"iwae": iwae_runner(vae, splits.evaluation_data("val")[:n], k)}, 2)["iwae"]
         rows.append([k, n, fmt([n * k / t for t in s])])
     print("\n## Scaling: IWAE datapoints x samples / s against K\n")
     print(table(["K", "datapoints", "datapoints x samples / s"], rows))
@@ -85,11 +85,11 @@ def scaling(splits, args) -> None:
 
 def chunk_sweep(device: str, n: int = 20, rows_list=(1_024, 4_096, 16_384, 50_000), rounds: int = 5) -> None:
     """IWAE (K = 5000, ``n`` datapoints) and its matmuls at several chunk sizes, interleaved:
-    how :func:`pyrovae.estimators.iwae.default_chunk_rows` was chosen per device.
+    how :func:`pyrovae.infer.estimators.iwae.default_chunk_rows` was chosen per device.
 
     ``python benchmarks/eval_speed.py --chunk-sweep cpu [N [ROWS ...]]``
     """
-    from pyrovae.estimators.iwae import iwae
+    from pyrovae.infer.estimators.iwae import iwae
 
     k = 5000
     vae = default_vae().to(device)
@@ -113,7 +113,7 @@ def high_water_mb() -> float:
 
 
 def peak_rss(k: int, n: int, device: str) -> str:
-    from pyrovae.estimators.iwae import iwae
+    from pyrovae.infer.estimators.iwae import iwae
 
     vae = default_vae().to(device)
     x = torch.bernoulli(torch.rand(n, 1, 28, 28, device=device))

@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import ExamplePipeline, HandVAE  # noqa: E402
 from timing import fmt, interleave, per_round_ratios, spread, table  # noqa: E402
 
-from pyrovae import config  # noqa: E402
+from pyrovae.run import config  # noqa: E402
 from pyrovae.data import Splits, load_data  # noqa: E402
 from pyrovae.devices import select_device  # noqa: E402
-from pyrovae.trainer import Trainer  # noqa: E402
-from pyrovae.vae import build_vae  # noqa: E402
+from pyrovae.infer.trainer import Trainer  # noqa: E402
+from pyrovae.model.vae import build_vae  # noqa: E402
 
 
 def make_splits(data_root: str, device: torch.device, n_train: int) -> Splits:
@@ -56,7 +56,7 @@ def pyrovae_trainer(splits: Splits, n_train: int, overrides: list[str]) -> Train
     cfg = config.load(overrides=["data.name=synthetic", *overrides])
     sub = dataclasses.replace(splits, train=splits.train[:n_train], _fixed=splits._fixed)
     vae = build_vae(cfg["model"], sub.data_shape).to(sub.train.device)
-    return Trainer(vae, sub, cfg["train"], cfg["eval"], progress=False)
+    return Trainer(vae, sub, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
 
 
 def own_store(trainer: Trainer):

@@ -19,8 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 
-from pyrovae import config  # noqa: E402
-from pyrovae.pipeline import train  # noqa: E402
+from pyrovae.run import config  # noqa: E402
+from pyrovae.run.pipeline import train_config  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CURVES = {"train/loss": "train/loss (annealed objective)", "val/loss": "val/loss = -ELBO (recon + KL)",
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
     cfg = config.load(HERE / "validation_loss_study.toml", args.set)
-    result = train(cfg, progress=False)
+    result = train_config(cfg, progress=False)
     curves = histories(result.run_id)
     (HERE / "figures").mkdir(exist_ok=True)
     out = HERE / "figures" / "validation_loss_study.png"

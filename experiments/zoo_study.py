@@ -18,7 +18,7 @@ import argparse
 import tomllib
 from pathlib import Path
 
-from pyrovae.group import train_group
+from pyrovae.run.study import train_study
 
 HERE = Path(__file__).parent
 DEFAULT_VARIANTS = ["standard_normal", "mixture_of_gaussians", "vamp_prior", "flow",
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="zoo-study", help="parent run name")
     args = parser.parse_args(argv)
     variants = {name: overrides(HERE / "zoo" / f"{name}.toml") for name in args.variants}
-    result = train_group(args.base, ["mlflow.experiment=mnist-zoo", *args.set], variants, args.name,
+    result = train_study(args.base, ["mlflow.experiment=mnist-zoo", *args.set], variants, args.name,
                          progress=False)
     print(f"parent run {result.parent_run_id}")
     print(f"{'variant':<22}{'val/loss':>10}{'val/recon':>11}{'val/kl':>9}{'s/epoch':>9}")

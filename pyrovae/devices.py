@@ -1,7 +1,7 @@
 """Which torch device a run uses, and how it is named in a run's tags and in benchmark output.
 
-Kept apart from :mod:`pyrovae.pipeline` so that code which trains without a logger (the
-benchmarks, :class:`pyrovae.trainer.Trainer` users) picks a device without importing MLflow.
+Kept apart from :mod:`pyrovae.run.pipeline` so that code which trains without a logger (the
+benchmarks, :class:`pyrovae.infer.trainer.Trainer` users) picks a device without importing MLflow.
 """
 
 from __future__ import annotations

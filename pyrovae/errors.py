@@ -10,3 +10,9 @@ class UserError(Exception):
     """A problem the user can fix; ``str(err)`` is the whole message."""
 
     exit_code = 2
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type's name when it has none), cut to ``limit``."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
-from pyrovae import config
+from pyrovae.run import config
 from pyrovae.data import PPCA
-from pyrovae.vae import build_vae
+from pyrovae.model.vae import build_vae
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:

@@ -10,11 +10,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import TINY, tracking_store
-from pyrovae import config as config_mod
+from pyrovae.run import config as config_mod
 from pyrovae.cli import main
-from pyrovae.commands.sweep import split_values, variants
+from pyrovae.cli.sweep import split_values, variants
 from pyrovae.errors import UserError
-from pyrovae.tracking import unseeded_run_name
+from pyrovae.run.tracking import unseeded_run_name
 
 # two runs; the second axis is one list value whose comma must not split it
 GRID = ["--grid", "train.lr=1e-4,1e-2", "--grid", "model.guide.hidden=[16,8]"]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyrovae import config
+from pyrovae.run import config
 from pyrovae.errors import UserError
 
 

@@ -20,14 +20,15 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from scipy import special, stats
 from torch.distributions import constraints
 
-from pyrovae import cli, config
+from pyrovae import cli
+from pyrovae.run import config
 from pyrovae.errors import UserError
-from pyrovae.evaluate import evaluate
-from pyrovae.guides import GUIDES
-from pyrovae.likelihoods import LIKELIHOODS
-from pyrovae.priors import PRIORS
-from pyrovae.registry import build, signature
-from pyrovae.vae import VAE
+from pyrovae.infer.terms import evaluate
+from pyrovae.model.guides import GUIDES
+from pyrovae.model.likelihoods import LIKELIHOODS
+from pyrovae.model.priors import PRIORS
+from pyrovae.model.components import build, signature
+from pyrovae.model.vae import VAE
 
 LATENT, SHAPE, BATCH, K = 3, (1, 4, 4), 6, 5
 #: keep networks tiny wherever a constructor offers these arguments (tests stay fast)
@@ -53,10 +54,8 @@ def spec(kind: str, name: str) -> dict:
 def make_vae(prior=BASE["prior"], guide=BASE["guide"], likelihood=BASE["likelihood"]) -> VAE:
     """The VAE with tiny networks, built through the same builder a config goes through."""
     pyro.set_rng_seed(0)  # the same initial weights whatever ran before
-    q = build("guide", spec("guide", guide), GUIDES, latent_dim=LATENT, data_shape=SHAPE)
-    p = build("prior", spec("prior", prior), PRIORS, latent_dim=LATENT, data_shape=SHAPE, guide=q)
-    lik = build("likelihood", spec("likelihood", likelihood), LIKELIHOODS, latent_dim=LATENT, data_shape=SHAPE)
-    return VAE(p, q, lik, LATENT, SHAPE)
+    return VAE(spec("prior", prior), spec("guide", guide), spec("likelihood", likelihood),
+               latent_dim=LATENT, data_shape=SHAPE)
 
 
 def binary_batch(n=BATCH, seed=0) -> torch.Tensor:
@@ -150,6 +149,7 @@ def test_moves_to_cuda_and_computes_there(kind, name):
 
 # --- every prior x guide pair trains, under TraceMeanField_ELBO -------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guide", sorted(GUIDES))
 @pytest.mark.parametrize("prior", sorted(PRIORS))
 def test_every_prior_guide_pair_lowers_the_loss(prior, guide):
@@ -290,7 +290,7 @@ def test_discretized_logistic_runs_log_bits_per_dim(tmp_path, store, tiny_overri
 def test_the_student_t_experiment_config_builds_and_scores(monkeypatch):
     from pathlib import Path
 
-    from pyrovae.vae import build_vae
+    from pyrovae.model.vae import build_vae
 
     experiments = Path(__file__).resolve().parents[1] / "experiments"
     monkeypatch.syspath_prepend(str(experiments))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae import config
+from pyrovae.run import config
 from pyrovae.data import load_data
 from pyrovae.errors import UserError
 
@@ -44,11 +44,11 @@ def test_mnist_loader_reads_idx_files_splits_and_binarizes(mnist_root):
     assert 0.0 <= splits.train.min() and splits.train.max() <= 1.0
     raw = np.frombuffer((mnist_root / "MNIST/raw/t10k-images-idx3-ubyte").read_bytes()[16:], np.uint8)
     assert torch.allclose(splits.test.flatten(), torch.from_numpy(raw.astype(np.float32) / 255))
-    fixed = splits.split("test")
+    fixed = splits.evaluation_data("test")
     assert set(fixed.unique().tolist()) <= {0.0, 1.0}
-    assert torch.equal(fixed, splits.split("test"))  # fixed binarization
+    assert torch.equal(fixed, splits.evaluation_data("test"))  # fixed binarization
     again = load_data(data_cfg(f'data.root="{mnist_root}"'))
-    assert torch.equal(again.split("test"), fixed)  # ... and seeded
+    assert torch.equal(again.evaluation_data("test"), fixed)  # ... and seeded
     torch.manual_seed(0)
     epoch1 = torch.cat(list(splits.train_batches(5)))
     epoch2 = torch.cat(list(splits.train_batches(5)))

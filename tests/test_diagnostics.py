@@ -15,9 +15,9 @@ from torch import nn
 
 from linear_gaussian import linear_vae
 from pyrovae.data import PPCA
-from pyrovae.estimators.diagnostics import (KLPerDimensionUnavailable, active_units, activity,
+from pyrovae.infer.estimators.diagnostics import (KLPerDimensionUnavailable, active_units, activity,
                                             has_kl_per_dimension, kl_per_dimension)
-from pyrovae.evaluate import elbo_terms
+from pyrovae.infer.terms import elbo_terms
 
 
 @pytest.fixture(scope="module")

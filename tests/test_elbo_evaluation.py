@@ -7,9 +7,9 @@ import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
-from pyrovae import config
-from pyrovae.evaluate import elbo_terms, evaluate
-from pyrovae.vae import build_vae
+from pyrovae.run import config
+from pyrovae.infer.terms import elbo_terms, evaluate
+from pyrovae.model.vae import build_vae
 
 
 def tiny_vae(latent_dim=3, data_shape=(1, 6, 6)):

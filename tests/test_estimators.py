@@ -15,10 +15,10 @@ import torch
 from pyro.infer import RenyiELBO
 
 from linear_gaussian import exact_elbo, linear_vae
-from pyrovae import config
+from pyrovae.run import config
 from pyrovae.data import load_data
-from pyrovae.estimators.ais import AISSettings, ais, bdmc, schedule
-from pyrovae.estimators.iwae import iwae, iwae_batch
+from pyrovae.infer.estimators.ais import AISSettings, ais, bdmc, schedule
+from pyrovae.infer.estimators.iwae import iwae, iwae_batch
 
 
 @pytest.fixture(autouse=True)

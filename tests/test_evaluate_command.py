@@ -9,10 +9,11 @@ import mlflow
 import pytest
 import torch
 
-from pyrovae import config
+from pyrovae.run import config
 from pyrovae.cli import main
-from pyrovae.commands.evaluate import reopened
-from pyrovae.pipeline import train
+from pyrovae.run.evaluation import reopened
+from pyrovae.run.tracking import MlflowRun
+from pyrovae.run.pipeline import train_config
 
 PPCA_RUN = ["data.name=ppca", "data.binarize=false", "data.subset=100", "train.epochs=2",
             "train.batch_size=50", "model.latent_dim=2", "model.guide.hidden=[]",
@@ -30,7 +31,7 @@ def trained_run(tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlruns/mlflow.db")
         torch.set_num_threads(1)  # tiny tensors: a second thread only waits on a busy machine
         try:
-            yield train(config.load(None, PPCA_RUN), progress=False)
+            yield train_config(config.load(None, PPCA_RUN), progress=False)
         finally:
             torch.set_num_threads(threads)
 
@@ -73,7 +74,7 @@ def test_unknown_run_id_is_one_line(store, capsys):
 
 def test_a_failure_during_evaluation_leaves_the_run_finished_with_the_error_tagged(trained_run):
     with pytest.raises(RuntimeError):
-        with reopened(trained_run.run_id):
+        with reopened(MlflowRun(trained_run.run_id)):
             raise RuntimeError("out of memory")
     run = mlflow.get_run(trained_run.run_id)
     assert run.info.status == "FINISHED"

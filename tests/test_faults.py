@@ -8,17 +8,20 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pyrovae import checkpoint, config
+from pyrovae.run import checkpoint, config
 from pyrovae.cli import main
-from pyrovae.faults import FAULT_NAN_STEP, Interrupted
-from pyrovae.pipeline import prepare
-from pyrovae.trainer import Callback, Trainer
+from pyrovae.infer.faults import Interrupted
+from pyrovae.run.pipeline import prepare
+from pyrovae.infer.callbacks import Callback
+from pyrovae.infer.trainer import Trainer
+from pyrovae.run.tracking import MlflowRun
 
 SMALL = ["data.name=synthetic", "data.subset=300", "train.batch_size=20", "model.latent_dim=3",
          "model.guide.hidden=[16]", "model.likelihood.hidden=[16]", "eval.batch_size=300",
@@ -35,7 +38,7 @@ class KeepInterruptState(Callback):
 
 def trainer_for(cfg, callbacks=()):
     vae, splits = prepare(cfg)
-    return Trainer(vae, splits, cfg["train"], cfg["eval"], list(callbacks), progress=False)
+    return Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], callbacks=callbacks, progress=False)
 
 
 def without_timings(history):
@@ -49,7 +52,7 @@ def test_sigint_mid_epoch_then_resume_equals_an_uninterrupted_run():
 
     keeper = KeepInterruptState()
     stopped = trainer_for(cfg, [keeper])
-    step, calls = stopped.svi.step, {"n": 0}
+    step, calls = stopped._step, {"n": 0}
 
     def step_then_signal(*args, **kwargs):  # a real SIGINT, delivered during step 22 (epoch 2)
         calls["n"] += 1
@@ -57,16 +60,16 @@ def test_sigint_mid_epoch_then_resume_equals_an_uninterrupted_run():
             os.kill(os.getpid(), signal.SIGINT)
         return step(*args, **kwargs)
 
-    stopped.svi.step = step_then_signal
+    stopped._step = step_then_signal
     with pytest.raises(Interrupted) as err:
         stopped.fit()
     assert (err.value.epoch, err.value.batch, err.value.exit_code) == (2, 7, 130)
     state = keeper.state
-    assert state["epoch"] == 1 and state["step"] == 22 and state["partial"]["batch"] == 7
+    assert state["epoch"] == 1 and state["step"] == 22 and state["mid_epoch"]["batch"] == 7
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
     resumed = trainer_for(cfg)
-    checkpoint.restore(resumed, state)
+    resumed.load_state_dict(state)
     resumed_test = resumed.fit()
     assert without_timings(resumed.history) == without_timings(reference.history)
     assert resumed_test == reference_test
@@ -75,9 +78,10 @@ def test_sigint_mid_epoch_then_resume_equals_an_uninterrupted_run():
 
 
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(store, monkeypatch, capsys):
-    monkeypatch.setenv(FAULT_NAN_STEP, "20")  # 15 steps an epoch: batch 6 of epoch 2
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # tests/faulty.py
+    faulty = ['model.likelihood={name="faulty:NaNAfterSteps", hidden=[16], nan_at_step=20}']  # batch 6 of epoch 2
     args = ["train", "--no-progress"]
-    for item in [*SMALL, "train.epochs=3"]:
+    for item in [*SMALL, "train.epochs=3", *faulty]:
         args += ["--set", item]
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
@@ -86,8 +90,8 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(store, monkey
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("pyrovae").experiment_id])
     assert run.info.status == "FAILED" and "epoch 2, batch 6" in run.data.tags["pyrovae.error"]
-    state = checkpoint.download(run.info.run_id, "last")
-    assert state["epoch"] == 1 and state["partial"] is None
+    state = checkpoint.download(MlflowRun(run.info.run_id), "last")
+    assert state["epoch"] == 1 and state["mid_epoch"] is None
     assert all(torch.isfinite(v).all() for v in state["module"].values())
 
 
@@ -101,12 +105,13 @@ def _wait_for(predicate, timeout=180.0):
     raise AssertionError("timed out waiting")
 
 
+@pytest.mark.slow
 def test_sigterm_then_sigkill_then_resume_a_real_process(tmp_path, monkeypatch, capsys):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    base = [sys.executable, "-m", "pyrovae.cli"]
+    base = [sys.executable, "-m", "pyrovae"]
     train = [*base, "train", "--no-progress"]
     for item in [*SMALL, "train.epochs=200", "data.subset=1000"]:
         train += ["--set", item]
@@ -128,7 +133,7 @@ def test_sigterm_then_sigkill_then_resume_a_real_process(tmp_path, monkeypatch, 
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err
     assert client.get_run(run_id).info.status == "KILLED"
-    state = checkpoint.download(run_id, "last")
+    state = checkpoint.download(MlflowRun(run_id), "last")
     stopped_at = state["epoch"]
     assert stopped_at >= 1 and epochs_logged(run_id) == list(range(1, stopped_at + 1))
 
@@ -140,7 +145,7 @@ def test_sigterm_then_sigkill_then_resume_a_real_process(tmp_path, monkeypatch, 
     assert "resuming KILLED run" in out
     assert client.get_run(run_id).info.status == "RUNNING"
 
-    killed_at = checkpoint.download(run_id, "last")["epoch"]
+    killed_at = checkpoint.download(MlflowRun(run_id), "last")["epoch"]
     assert killed_at >= stopped_at + 1
     capsys.readouterr()
     assert main(["resume", run_id, "--no-progress", "--set", f"train.epochs={killed_at + 1}"]) == 0

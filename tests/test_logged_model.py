@@ -17,10 +17,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pyrovae import config as config_mod
-from pyrovae import figures
+from pyrovae.run import config as config_mod
+from pyrovae.run import figures
 from pyrovae.cli import main
-from pyrovae.vae import build_vae
+from pyrovae.model.vae import build_vae
 from tests.conftest import TINY, tracking_store
 
 
@@ -95,7 +95,7 @@ def test_sample_of_an_unknown_run_is_one_line(run, tmp_path, monkeypatch, capsys
     monkeypatch.setenv("MLFLOW_TRACKING_URI", run[0])
     assert main(["sample", "0123456789abcdef0123456789abcdef", "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("pyrovae: error: cannot load the logged model 'model'") and "\n" not in err
+    assert err.startswith("pyrovae: error: no run '0123456789abcdef0123456789abcdef'") and "\n" not in err
 
 
 def test_run_has_pictures_per_epoch_checkpoints_and_dataset_inputs(run):

@@ -21,9 +21,11 @@ import psutil
 import pytest
 
 from pyrovae.cli import main
-from pyrovae.server import free_port
-from pyrovae.tracking import experiment_id
+from pyrovae.run.server import free_port
+from pyrovae.run.tracking import experiment_id
 from tests.conftest import TINY, tracking_store
+
+pytestmark = pytest.mark.slow  # starts servers / trains several runs
 
 ARTIFACTS_OUT = Path(__file__).resolve().parents[1] / "test-artifacts"
 SMALL = [*TINY, "train.epochs=2", "model.latent_dim=2"]  # two epochs: the histories have two points
@@ -68,7 +70,7 @@ def ui(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default store, found
     with tracking_store(project) as uri:
         experiment_id(uri, "pyrovae")  # the store exists now, so `pyrovae ui` accepts it
-        process = subprocess.Popen([sys.executable, "-m", "pyrovae.cli", "ui", "--port", str(port)],
+        process = subprocess.Popen([sys.executable, "-m", "pyrovae", "ui", "--port", str(port)],
                                    cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         train("mlflow.run_name=local-run", "train.epochs=1")  # while the server starts
         (local,) = mlflow.search_runs(experiment_names=["pyrovae"], output_format="list")
@@ -165,7 +167,11 @@ def test_compare_reads_the_server(ui, http_run, capsys, monkeypatch):
 def test_browser_shows_the_runs(ui, http_run, tmp_path):
     _, experiment_id = http_run
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "chromium is not installed (Debian package 'chromium'; .ci/run installs it)"
+    if not browser:
+        assert os.environ.get("PYROVAE_REQUIRE_BROWSER") != "1", (
+            "PYROVAE_REQUIRE_BROWSER=1 but chromium is not installed (Debian package 'chromium')")
+        pytest.skip("no chromium on this machine: the rendered MLflow page is not checked "
+                    "(.ci/run installs it and sets PYROVAE_REQUIRE_BROWSER=1)")
     ARTIFACTS_OUT.mkdir(exist_ok=True)
     shot = ARTIFACTS_OUT / "mlflow-experiment-page.png"
     shot.unlink(missing_ok=True)

@@ -117,12 +117,13 @@ def test_debug_shows_the_traceback(store, tiny_overrides, capsys):
     assert code == 2 and "Traceback" in err and err.strip().endswith("must be at least 1, got 0")
 
 
+@pytest.mark.slow
 def test_four_concurrent_trainings_into_one_fresh_store(tmp_path, tiny_overrides):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
     procs = []
     for i in range(4):
-        args = [sys.executable, "-m", "pyrovae.cli", "train", "--no-progress"]
+        args = [sys.executable, "-m", "pyrovae", "train", "--no-progress"]
         for item in [*tiny_overrides, f"train.seed={i}", f'mlflow.run_name="concurrent-{i}"']:
             args += ["--set", item]
         procs.append(subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,

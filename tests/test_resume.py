@@ -11,11 +11,13 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pyrovae import config as config_mod
+from pyrovae.run import config as config_mod
 from pyrovae.cli import main
-from pyrovae.pipeline import train
-from pyrovae.trainer import Callback
+from pyrovae.run.pipeline import train_config
+from pyrovae.infer.trainer import Callback
 from tests.conftest import TINY, tracking_store
+
+pytestmark = pytest.mark.slow  # starts servers / trains several runs
 
 # beta warms up over 2 epochs, so the resumed schedule position matters too
 SETTINGS = [*TINY, "train.beta_start=0.2", "train.warmup_epochs=2", "mlflow.experiment=resume"]
@@ -69,7 +71,7 @@ def resume(run_id: str, *overrides: str) -> int:
 @pytest.fixture(scope="module")
 def uninterrupted_run(store):
     """A 3-epoch run that nobody stopped: its id and its metric histories."""
-    run_id = train(run_config("train.epochs=3"), progress=False).run_id
+    run_id = train_config(run_config("train.epochs=3"), progress=False).run_id
     return run_id, histories(store, run_id)
 
 
@@ -80,7 +82,7 @@ def uninterrupted(uninterrupted_run):
 
 def test_resume_after_an_interrupt_equals_the_uninterrupted_run(store, uninterrupted):
     with pytest.raises(KeyboardInterrupt):
-        train(run_config("train.epochs=3"), progress=False, extra_callbacks=(InterruptAfter(1),))
+        train_config(run_config("train.epochs=3"), progress=False, callbacks=(InterruptAfter(1),))
     client = MlflowClient(store)
     (killed,) = client.search_runs([client.get_experiment_by_name("resume").experiment_id],
                                    "attributes.status = 'KILLED'")
@@ -97,7 +99,7 @@ def test_resume_after_an_interrupt_equals_the_uninterrupted_run(store, uninterru
 
 
 def test_extending_a_finished_run_continues_it_and_a_finished_run_says_so(store, uninterrupted, capsys):
-    run_id = train(run_config("train.epochs=2"), progress=False).run_id
+    run_id = train_config(run_config("train.epochs=2"), progress=False).run_id
     assert resume(run_id) == 2
     assert error_line(capsys) == (f"pyrovae: error: run '{run_id}' already finished its 2 epochs; to train longer: "
                    f"pyrovae resume {run_id} --set train.epochs=N (N > 2)")
@@ -117,7 +119,7 @@ def test_extending_a_finished_run_continues_it_and_a_finished_run_says_so(store,
 
 def test_early_stopping_stops_when_val_loss_stops_improving(store, capsys):
     # lr = 1e-30 moves no float32 weight, so val/loss (fixed evaluation seed) never improves again
-    run_id = train(run_config("train.epochs=5", "train.lr=1e-30", "train.patience=1"), progress=False).run_id
+    run_id = train_config(run_config("train.epochs=5", "train.lr=1e-30", "train.patience=1"), progress=False).run_id
     history = histories(store, run_id)
     assert [s for s, _ in history["val/loss"]] == [1, 2]
     assert history["val/loss"][0][1] == history["val/loss"][1][1]

@@ -1,33 +1,49 @@
-"""Data sets: a name -> loader table; each loader takes the ``[data]`` config and returns :class:`Splits`."""
+"""Data sets: a name -> loader table; each loader takes :class:`DataSettings` and returns :class:`Splits`.
+
+``load_data("mnist", root="../shared/data", subset=1000)`` from Python, or the ``[data]`` section
+of a config: the same settings class checks both.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 import torch
 
 from pyrovae.data.arrays import load_arrays
 from pyrovae.data.mnist import load_mnist
+from pyrovae.data.settings import DataSettings
 from pyrovae.data.splits import Splits
 from pyrovae.data.synthetic import PPCA, load_ppca, load_synthetic
 from pyrovae.errors import UserError
 
 LOADERS = {"mnist": load_mnist, "synthetic": load_synthetic, "ppca": load_ppca, "arrays": load_arrays}
 
-__all__ = ["LOADERS", "PPCA", "Splits", "load_data"]
+__all__ = ["LOADERS", "PPCA", "DataSettings", "Splits", "load_data"]
 
 
-def load_data(cfg: dict, device: torch.device | str = "cpu") -> Splits:
-    """Load the data set ``cfg["name"]``, keep at most ``cfg["subset"]`` per split, move to ``device``."""
-    splits = LOADERS[cfg["name"]](cfg)
-    for name in ("train", "val", "test"):
-        x = getattr(splits, name)
+def load_data(name: str | DataSettings | Mapping[str, Any] = "mnist", device: torch.device | str = "cpu",
+              **keys: Any) -> Splits:
+    """Load a data set, keep at most ``subset`` examples per split, move it to ``device``.
+
+    ``name`` is a data set name with the other ``[data]`` keys as keyword arguments, or a whole
+    ``[data]`` section (a :class:`DataSettings` or a mapping).
+    """
+    base = name.as_dict() if isinstance(name, DataSettings) else dict(name) if isinstance(name, Mapping) else {"name": name}
+    settings = DataSettings(**{**base, **keys})
+    cfg = settings.as_dict()
+    splits = LOADERS[settings.name](cfg)
+    for split in ("train", "val", "test"):
+        x = getattr(splits, split)
         if not torch.isfinite(x).all():
-            raise UserError(f"the {name} split holds NaN or infinite values")
-        if cfg["subset"]:
-            setattr(splits, name, x[: cfg["subset"]])
-            labels = splits.labels(name)
+            raise UserError(f"the {split} split holds NaN or infinite values")
+        if settings.subset:
+            setattr(splits, split, x[: settings.subset])
+            labels = splits.labels(split)
             if labels is not None:
-                setattr(splits, f"{name}_labels", labels[: cfg["subset"]])
+                setattr(splits, f"{split}_labels", labels[: settings.subset])
     if splits.binarize and not ((splits.train >= 0) & (splits.train <= 1)).all():
         raise UserError("data.binarize = true needs values in [0, 1] (pixel intensities); "
                         "set data.binarize = false for real-valued data")
+    splits.settings = settings
     return splits.to(device)

@@ -37,6 +37,8 @@ class Splits:
     info: dict = field(default_factory=dict)
     #: the true data distribution where it is known (``ppca``): has ``log_prob(x)``
     truth: object | None = None
+    #: the ``[data]`` settings it was loaded with (:func:`pyrovae.data.load_data` sets it)
+    settings: object | None = None
     _fixed: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -53,8 +55,8 @@ class Splits:
                  if k != "_fixed"}
         return Splits(**moved)
 
-    def split(self, name: str) -> torch.Tensor:
-        """The evaluation tensor of a split: fixed-seed binarized when ``binarize``."""
+    def evaluation_data(self, name: str) -> torch.Tensor:
+        """The tensor a split is scored on: fixed-seed binarized when ``binarize``, else as stored."""
         if name not in ("train", "val", "test"):
             raise ValueError(f"unknown split {name!r}")
         if not self.binarize:

@@ -1,0 +1,17 @@
+"""One module per ``pyrovae`` subcommand.
+
+Each module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``;
+``COMMANDS`` below is the whole list, in the order ``pyrovae --help`` shows them.
+"""
+
+from pyrovae.cli import compare, evaluate, resume, sample, sweep, train, ui
+
+COMMANDS = {
+    "train": train,
+    "evaluate": evaluate,
+    "resume": resume,
+    "sample": sample,
+    "sweep": sweep,
+    "compare": compare,
+    "ui": ui,
+}

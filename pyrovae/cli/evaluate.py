@@ -1,0 +1,44 @@
+"""``pyrovae evaluate RUN_ID``: tighter estimates of log p(x) (IWAE, AIS, BDMC) logged into that run.
+
+A thin command over :func:`pyrovae.run.evaluation.evaluate_run`, whose docstring says what is
+computed and logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "estimate log p(x) of a trained run (IWAE, AIS, BDMC) and log it into that run"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", help="the MLflow run id of a finished `pyrovae train`")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--iwae-k", type=int, default=5000, help="importance samples K (0 = skip IWAE)")
+    parser.add_argument("--subset", type=int, default=0, help="only the first N datapoints of the split (0 = all)")
+    parser.add_argument("--batch-size", type=int, default=100, help="datapoints per batch")
+    parser.add_argument("--ais", action="store_true", help="also annealed importance sampling with HMC")
+    parser.add_argument("--ais-steps", type=int, default=500, help="intermediate distributions T")
+    parser.add_argument("--ais-chains", type=int, default=16, help="chains per datapoint C")
+    parser.add_argument("--ais-leapfrog", type=int, default=10, help="leapfrog steps per HMC move")
+    parser.add_argument("--ais-start", default="prior", choices=("prior", "posterior"),
+                        help="anneal from p(z) (Wu et al. 2017) or from q(z|x)")
+    parser.add_argument("--ais-subset", type=int, default=100, help="AIS on the first N datapoints")
+    parser.add_argument("--bdmc", action="store_true", help="BDMC bounds on --ais-subset simulated datapoints")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every estimator's random numbers")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyrovae.infer.estimators.ais import AISSettings
+    from pyrovae.run.evaluation import evaluate_run
+
+    settings = AISSettings(steps=args.ais_steps, chains=args.ais_chains, leapfrog_steps=args.ais_leapfrog,
+                           start=args.ais_start)
+    metrics = evaluate_run(args.run_id, args.split, args.iwae_k, args.subset, args.batch_size, args.ais, settings,
+                           args.ais_subset, args.bdmc, args.seed, args.device, progress=not args.no_progress)
+    print(f"run {args.run_id}: {args.split} split, {metrics.pop('n')} datapoints")
+    for key in sorted(metrics):
+        print(f"  {key:<28} {metrics[key]:.4f}")
+    return 0

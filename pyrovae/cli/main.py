@@ -1,0 +1,50 @@
+"""The ``pyrovae`` command line.
+
+Every command prints a problem the user can fix as one line, ``pyrovae: error: ...``, and
+exits with status 2 (no traceback unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+
+from pyrovae.cli.commands import COMMANDS
+from pyrovae.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyrovae", description="Variational autoencoders with Pyro, tracked in MLflow.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in COMMANDS.items():
+        command = sub.add_parser(name, help=module.HELP, description=module.__doc__)
+        module.add_arguments(command)
+        command.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.debug:  # MLflow's INFO lines (schema creation, system metrics) would bury ours
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+        logging.getLogger("mlflow").setLevel(logging.WARNING)     # in case it already was
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download
+    try:
+        return args.func(args)
+    except UserError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"pyrovae: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt as err:  # pyrovae.infer.faults.Interrupted says where it stopped
+        print(f"pyrovae: {err or 'interrupted'}", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

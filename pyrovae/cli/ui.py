@@ -1,0 +1,56 @@
+"""``pyrovae ui [--port N] [--host 127.0.0.1]``: the MLflow UI on this project's store, until Ctrl-C.
+
+The store is the one training writes to: ``$MLFLOW_TRACKING_URI`` if it names a database,
+else ``./mlruns/mlflow.db``. Runs logged there keep their artifacts in files beside the
+database (``mlruns/artifacts``), which the server reads; runs logged through it over HTTP
+put theirs in the same folder. One worker, MLflow's job runner off; Ctrl-C or SIGTERM stop
+the server and its worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from pathlib import Path
+
+from pyrovae.errors import UserError
+
+HELP = "start the MLflow UI on the project's store (127.0.0.1, a free port) and print its URL"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind (default 127.0.0.1: only this machine can connect)")
+    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+
+
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # unwinds through the server's context manager, which stops it
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyrovae.run.compare import existing_store
+    from pyrovae.run.server import MlflowServer
+    from pyrovae.run.tracking import DEFAULT_STORE, tracking_uri
+
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        raise UserError(f"MLFLOW_TRACKING_URI points at a server already: open {uri} in a browser")
+    existing_store(uri)
+    db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    artifacts = Path(db).parent / "artifacts" if db else Path(DEFAULT_STORE) / "artifacts"
+    server = MlflowServer(uri, artifacts, host=args.host, port=args.port or None)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        with server:
+            print(f"MLflow UI for {uri}: {server.url}  (Ctrl-C stops it)", flush=True)
+            while server.process.poll() is None:
+                time.sleep(0.5)
+            raise UserError(f"the MLflow server stopped by itself (status {server.process.returncode}): "
+                            f"{server.last_log_line()}")
+    except KeyboardInterrupt:
+        print("MLflow UI stopped", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0

@@ -1,0 +1,26 @@
+"""The ``[data]`` section: which data set, where its files are, how it is binarized and cut."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pyrovae.settings import Settings
+
+
+class DataSettings(Settings):
+    section = "data"
+
+    name: Literal["mnist", "synthetic", "ppca", "arrays"] = Field(
+        "mnist", description="MNIST, a synthetic image set, linear-Gaussian data (exact log p(x)), or your arrays")
+    root: str = Field("", description="folder holding MNIST/raw; '' = $PYROVAE_DATA_DIR, else ~/.cache/pyrovae")
+    binarize: bool = Field(True, description="binary pixels: dynamic for training, fixed-seed for val/test")
+    seed: int = Field(0, ge=0, description="seed of the fixed val/test binarization, the split and synthetic data")
+    subset: int = Field(0, ge=0, description="keep at most this many examples per split (0 = all)")
+    train: str = Field("", description="arrays: training file (.npy or .pt)")
+    val: str = Field("", description="arrays: validation file")
+    test: str = Field("", description="arrays: test file")
+    file: str = Field("", description="arrays: one file to split by val_fraction/test_fraction")
+    val_fraction: float = Field(0.1, ge=0.0, le=0.9)
+    test_fraction: float = Field(0.1, ge=0.0, le=0.9)

@@ -1,0 +1,98 @@
+"""What the trainer calls besides its loop: the :class:`Callback` hooks and the shipped callbacks.
+
+The trainer steps and validates; everything else that happens during training -- the progress
+bar, per-epoch IWAE, bits per dimension, logging, checkpoints -- is a callback, called in the
+order given. Every hook is optional. ``add_metrics`` runs right after a split has been
+validated and may add numbers to its ``metrics`` dict, so a logger placed after it sees them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from pyrovae.infer.estimators.iwae import iwae
+from pyrovae.model.likelihoods.base import bits_per_dim
+
+if TYPE_CHECKING:
+    from pyrovae.infer.trainer import Trainer
+
+
+class Callback:
+    """Hooks the trainer calls; override any of them."""
+
+    def on_train_begin(self, trainer: "Trainer") -> None: ...
+
+    def on_epoch_begin(self, trainer: "Trainer") -> None: ...
+
+    def on_step_end(self, trainer: "Trainer", loss: float) -> None:
+        """After every optimizer step (only for callbacks that override it: the loop stays lean)."""
+
+    def add_metrics(self, trainer: "Trainer", split: str, metrics: dict[str, float]) -> None:
+        """``split`` ("val" each epoch, "test" at the end) was just validated into ``metrics``."""
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def on_train_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
+
+    def on_interrupt(self, trainer: "Trainer") -> None:
+        """A stop was requested; training halts between two steps (``trainer.state_dict()`` is that point)."""
+
+
+def overrides(callback: Callback, hook: str) -> bool:
+    return getattr(type(callback), hook) is not getattr(Callback, hook)
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch with the running mean loss (``mininterval`` keeps it cheap)."""
+
+    def __init__(self, update_every: int = 20):
+        self.update_every = update_every
+        self.bar = None
+
+    def on_epoch_begin(self, trainer):
+        self.bar = tqdm(total=trainer.steps_per_epoch, initial=trainer.batches_done, leave=False, mininterval=0.5,
+                        desc=f"epoch {trainer.epoch + 1}/{trainer.settings.epochs}")
+
+    def on_step_end(self, trainer, loss):
+        self.bar.update()
+        if self.bar.n % self.update_every == 0:
+            self.bar.set_postfix(loss=f"{trainer.running_loss():.2f}", refresh=False)
+
+    def _close(self, *args):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    on_epoch_end = on_interrupt = on_train_end = _close
+
+    def add_metrics(self, trainer, split, metrics):
+        self._close()
+
+
+class BitsPerDim(Callback):
+    r"""``{split}/bpd`` = ``{split}/loss`` / (D ln 2) when the likelihood is a mass over discrete
+    data (``reports_bits_per_dim``), D = the number of data elements."""
+
+    def add_metrics(self, trainer, split, metrics):
+        if getattr(trainer.vae.likelihood, "reports_bits_per_dim", False):
+            metrics[f"{split}/bpd"] = bits_per_dim(metrics[f"{split}/loss"], trainer.vae.data_shape)
+
+
+class IWAEEvery(Callback):
+    """``val/nll_iwae``: minus the mean IWAE bound with ``k`` samples, every ``every`` epochs,
+    and ``val/iwae_seconds`` (Burda et al. 2016)."""
+
+    def __init__(self, every: int, k: int = 100, batch_size: int = 1000, seed: int = 0):
+        self.every, self.k, self.batch_size, self.seed = every, k, batch_size, seed
+
+    def add_metrics(self, trainer, split, metrics):
+        if split != "val" or not self.every or (trainer.epoch + 1) % self.every:
+            return
+        started = time.perf_counter()
+        log_px = iwae(trainer.vae, trainer.data.evaluation_data(split), self.k,
+                      batch_size=self.batch_size, seed=self.seed)
+        metrics[f"{split}/nll_iwae"] = -float(log_px.mean())
+        metrics[f"{split}/iwae_seconds"] = time.perf_counter() - started

@@ -1,0 +1,88 @@
+r"""The torch optimizer and learning-rate schedule that step the ELBO module.
+
+One ``torch.optim.Adam`` (or ``AdamW``) holds every parameter of the VAE, so each step is one
+fused (or multi-tensor ``foreach``) kernel call instead of one optimizer per parameter tensor
+as with ``pyro.optim``. Adam (Kingma & Ba 2015):
+
+.. math:: m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,\quad
+          \theta_t = \theta_{t-1} - \eta_t\,\frac{m_t/(1-\beta_1^t)}{\sqrt{v_t/(1-\beta_2^t)} + \epsilon};
+
+AdamW (Loshchilov & Hutter 2019) decays the weights apart from the gradient.
+
+The learning rate :math:`\eta_t = \eta\,f(t)` is a function of the step ``t`` and of the run's
+length ``T`` (epochs x steps per epoch), applied by ``torch.optim.lr_scheduler.LambdaLR``:
+
+- ``constant``: :math:`f = 1`;
+- ``cosine``: :math:`f = r + (1 - r)\,\tfrac12\,(1 + \cos(\pi\,t/T))`, with :math:`r = \eta_{min}/\eta`
+  (Loshchilov & Hutter 2017, without restarts);
+- ``step``: :math:`f = \gamma^{\lfloor t / (k\,S) \rfloor}`, times ``lr_decay`` every
+  ``lr_decay_epochs`` = k epochs of S steps.
+
+Because ``f`` is computed from ``t`` and ``T``, training a finished run longer
+(``pyrovae resume --set train.epochs=N``) continues the *new* schedule at step ``t``: a cosine
+schedule is stretched to the longer run (its rate rises from ``lr_min`` to the value the longer
+schedule has at ``t``); a step schedule is unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def make_optimizer(params: Iterable[torch.Tensor], name: str = "adam", lr: float = 1e-3,
+                   weight_decay: float = 0.0, kernel: str = "auto") -> torch.optim.Optimizer:
+    """``torch.optim.Adam``/``AdamW`` over ``params`` with the ``fused`` or ``foreach`` kernel.
+
+    ``kernel = "auto"`` takes ``fused`` when every parameter is a float tensor on a CPU or CUDA
+    device (where torch has the fused kernel), else ``foreach``.
+    """
+    params = list(params)
+    if kernel == "auto":
+        fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        kernel = "fused" if fusable else "foreach"
+    return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, **{kernel: True})
+
+
+def lr_factor(schedule: str, step: int, total_steps: int, steps_per_epoch: int, *,
+              lr: float = 1.0, lr_min: float = 0.0, lr_decay: float = 0.1, lr_decay_epochs: int = 1) -> float:
+    """``f(t)``: the multiple of the base learning rate at (0-based) ``step`` (see the module doc)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        floor = lr_min / lr
+        progress = min(step, total_steps) / max(total_steps, 1)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "step":
+        return lr_decay ** (step // (lr_decay_epochs * steps_per_epoch))
+    raise ValueError(f"lr_schedule must be constant, cosine or step, got {schedule!r}")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, settings, steps_per_epoch: int) -> LambdaLR:
+    """``LambdaLR`` stepping once per optimizer step over ``settings.epochs`` epochs.
+
+    The factor is a closure, which ``LambdaLR.state_dict`` leaves out: a checkpoint keeps the
+    position (``last_epoch``), and the schedule's shape always comes from the settings in force.
+    """
+    total = settings.epochs * steps_per_epoch
+    options = dict(lr=settings.lr, lr_min=settings.lr_min, lr_decay=settings.lr_decay,
+                   lr_decay_epochs=settings.lr_decay_epochs)
+
+    def factor(step: int) -> float:
+        return lr_factor(settings.lr_schedule, step, total, steps_per_epoch, **options)
+
+    return LambdaLR(optimizer, factor)
+
+
+def apply_schedule(scheduler: LambdaLR) -> None:
+    """Set each group's rate to the schedule's value at the scheduler's position (after loading a
+    state, whose saved rates belong to the schedule it was saved under)."""
+    rates = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates

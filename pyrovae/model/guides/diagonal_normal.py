@@ -1,0 +1,27 @@
+"""The mean-field Gaussian posterior of the original VAE."""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+
+from pyrovae.model.guides.base import EncoderGuide
+
+
+class DiagonalNormal(EncoderGuide):
+    r"""q(z|x) = N(z; mu(x), diag(sigma(x)^2)) with an MLP encoder.
+
+    ``forward(x)`` takes ``x`` of shape ``(B, *data_shape)`` and returns a distribution with
+    ``batch_shape == (B,)`` and ``event_shape == (latent_dim,)``. The scale is
+    ``softplus(.) + 1e-5``, which keeps it positive without the overflow of ``exp``.
+
+    References: Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
+    """
+
+    def __init__(self, data_shape: tuple[int, ...], latent_dim: int,
+                 hidden: list[int] = (400,), activation: str = "relu"):
+        super().__init__(data_shape, hidden, activation, outputs=2 * latent_dim)
+
+    def forward(self, x: torch.Tensor) -> dist.TorchDistribution:
+        loc, raw_scale = self.head(self.encoder(x)).chunk(2, dim=-1)
+        return dist.Normal(loc, self.positive(raw_scale)).to_event(1)

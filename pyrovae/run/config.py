@@ -1,0 +1,167 @@
+"""Configuration: defaults, TOML files, ``--set section.key=value`` overrides, validation.
+
+A config is a nested dict with the sections below. Every fixed key has a type and, where it
+matters, a range or a list of choices; ``[model.prior]``, ``[model.guide]`` and
+``[model.likelihood]`` hold a ``name`` plus that class's constructor arguments, checked
+against its signature (see :mod:`pyrovae.model.components`). :func:`resolve` returns the config with
+every default filled in, which is what a run logs, so a run is reproducible from its
+``config.toml`` artifact alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from pydantic import Field
+
+from pyrovae.data import DataSettings
+from pyrovae.errors import UserError
+from pyrovae.infer.settings import EvalSettings, TrainSettings
+from pyrovae.model.components import check_arguments
+from pyrovae.model.vae import TABLES
+from pyrovae.settings import Settings, suggest
+
+
+class ModelSettings(Settings):
+    section = "model"
+
+    latent_dim: int = Field(50, ge=1)
+    prior: dict = Field(default_factory=lambda: {"name": "standard_normal"})
+    guide: dict = Field(default_factory=lambda: {"name": "diagonal_normal", "hidden": [400]})
+    likelihood: dict = Field(default_factory=lambda: {"name": "bernoulli", "hidden": [400]})
+
+
+class MlflowSettings(Settings):
+    section = "mlflow"
+
+    tracking_uri: str = Field("", description="'' = $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db")
+    experiment: str = "pyrovae"
+    run_name: str = ""
+
+
+SECTIONS: dict[str, type[Settings]] = {"data": DataSettings, "model": ModelSettings, "train": TrainSettings,
+                                       "eval": EvalSettings, "mlflow": MlflowSettings}
+COMPONENTS = ("prior", "guide", "likelihood")
+#: values of keys that older pyrovae versions logged and this one reads differently
+LEGACY_VALUES = {("train", "adam", "pyro"): "foreach"}  # pyro.optim.Adam: the same update, per tensor
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    return {name: cls().as_dict() for name, cls in SECTIONS.items()}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=value"`` -> (["a", "b"], value); the value is read as TOML, else as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set needs section.key=value, got '{text}'")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> dict[str, Any]:
+    """Defaults, then the TOML file (if any), then each override, then :func:`resolve`.
+
+    The user's layers (file, then overrides) are merged first and then laid over the
+    defaults, so naming another class in ``[model.prior]`` (say) drops the *default* class's
+    arguments but keeps every argument the user wrote.
+    """
+    user: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file '{path}' does not exist")
+        try:
+            _merge(user, tomllib.loads(path.read_text()))
+        except tomllib.TOMLDecodeError as err:
+            raise UserError(f"config file '{path}' is not valid TOML: {err}") from err
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        _merge(user, nested)
+    config = defaults()
+    _apply(config, user, [])
+    return resolve(config)
+
+
+def over_defaults(user: dict[str, Any]) -> dict[str, Any]:
+    """``user`` (e.g. a run's logged ``config.toml``) laid over today's defaults, then resolved.
+
+    Keys added to pyrovae after that run was trained take their defaults, and values this
+    version reads differently are translated (:data:`LEGACY_VALUES`), so older runs still load.
+    """
+    user = copy.deepcopy(user)
+    for (section, key, old), new in LEGACY_VALUES.items():
+        if user.get(section, {}).get(key) == old:
+            user[section][key] = new
+    config = defaults()
+    _apply(config, user, [])
+    return resolve(config)
+
+
+def _merge(base: dict, new: dict) -> None:
+    """Deep-merge ``new`` into ``base`` (later layers win)."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def _apply(base: dict, new: dict, where: list[str]) -> None:
+    """Lay the user's values over the defaults, rejecting unknown sections and keys."""
+    for key, value in new.items():
+        here = [*where, key]
+        if not where and key not in SECTIONS:
+            raise UserError(f"unknown config section [{key}]{suggest(key, SECTIONS)}; "
+                            f"sections are {', '.join(SECTIONS)}")
+        if len(where) == 1 and key not in base:
+            raise UserError(f"unknown config key '{'.'.join(here)}'{suggest(key, base)}")
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            if where == ["model"] and value.get("name", base[key].get("name")) != base[key].get("name"):
+                base[key] = {}  # another class: the default class's arguments do not apply
+            _apply(base[key], value, here)
+        elif len(here) <= 2 and isinstance(base.get(key), dict):
+            raise UserError(f"'{'.'.join(here)}' is a section, not a value: set its keys, "
+                            f"e.g. {'.'.join(here)}.name=...")
+        else:
+            base[key] = value
+
+
+def resolve(config: dict[str, Any]) -> dict[str, Any]:
+    """Check every value and fill in component defaults; raise :class:`UserError` on the first problem."""
+    config = {section: cls(**config[section]).as_dict() for section, cls in SECTIONS.items()}
+    context = {"prior": ("latent_dim", "data_shape", "guide"),
+               "guide": ("latent_dim", "data_shape"), "likelihood": ("latent_dim", "data_shape")}
+    for kind in COMPONENTS:
+        spec = config["model"][kind]
+        if "name" not in spec:
+            raise UserError(f"[model.{kind}] needs a name")
+        _, kwargs = check_arguments(kind, spec, TABLES[kind], dict.fromkeys(context[kind]))
+        config["model"][kind] = {"name": spec["name"], **kwargs}
+    return config
+
+
+def to_toml(config: dict[str, Any]) -> str:
+    return tomli_w.dumps(config)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.001}}`` -> ``{"train.lr": 0.001}``; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,87 @@
+"""The VAE as an MLflow logged model: ``mlflow.pytorch.load_model("runs:/<run>/model")`` gives it back.
+
+The loaded object is a :class:`pyrovae.model.vae.VAE` on the CPU, in ``eval()`` mode, with
+``encode(x) -> z``, ``decode(z) -> E[x|z]``, ``reconstruct(x)`` and ``generate(n)``; loading it
+needs ``pyrovae`` (and the versions of torch/pyro-ppl/zuko it names) importable. Three traps,
+each checked with MLflow 3.17.2:
+
+- MLflow's default ``pt2`` serialization (since 3.14) wants an input example and loads back
+  as an exported graph with none of those methods: we log with ``serialization_format="pickle"``.
+- A module that went through ``svi.step`` holds weak references (Pyro's param store) that
+  pickle refuses: we log a *clean copy*, rebuilt from the ``[model]`` config and the weights.
+- Requirement inference imports and inspects the model for seconds: the requirements are named.
+
+A pickled model runs code when loaded; checkpoints (:mod:`pyrovae.run.checkpoint`) and
+``weights/*.pt`` are the form that loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+
+import torch
+
+from pyrovae.run.tracking import MlflowRun
+from pyrovae.errors import UserError, first_line
+from pyrovae.model.vae import VAE, build_vae
+
+#: the packages a pickled VAE needs to load
+REQUIREMENTS = ("torch", "pyro-ppl", "zuko", "pyrovae")
+
+
+def pip_requirements() -> list[str]:
+    out = []
+    for name in REQUIREMENTS:
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def clean_copy(vae: VAE, model_config: dict, state_dict: dict | None = None) -> VAE:
+    """A fresh CPU VAE built from ``model_config`` holding ``state_dict`` (default: ``vae``'s weights)."""
+    with torch.random.fork_rng(devices=[]):  # the fresh modules' initialization must not move training's RNG
+        copy = build_vae(model_config, vae.data_shape)
+    copy.load_state_dict({k: v.detach().cpu() for k, v in (state_dict or vae.state_dict()).items()})
+    return copy.eval()
+
+
+def log_vae(run, vae: VAE, model_config: dict, name: str = "model", state_dict: dict | None = None,
+            step: int = 0) -> None:
+    """Log a clean copy of ``vae`` (or of ``state_dict``) as the logged model ``name`` of ``run``
+    (a :class:`~pyrovae.run.tracking.MlflowRun`)."""
+    copy = clean_copy(vae, model_config, state_dict)
+    quiet = logging.getLogger("mlflow.pytorch")  # it warns that pickle runs code on load: said above
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        run.log_model(copy, name=name, serialization_format="pickle", step=step,
+                      pip_requirements=pip_requirements(),
+                      metadata={"latent_dim": copy.latent_dim, "data_shape": list(copy.data_shape)})
+    finally:
+        quiet.setLevel(level)
+
+
+def load_logged_vae(run_id: str, best: bool = False, uri: str = "") -> VAE:
+    """The run's logged ``model`` (or ``best_model``) as a CPU :class:`VAE` in eval mode.
+
+    This unpickles the model, which runs code from the run's files: only for runs you trust
+    (:func:`pyrovae.run.restore.load_vae` rebuilds from weights instead).
+    """
+    from pyrovae.run.tracking import tracking_uri
+
+    name = "best_model" if best else "model"
+    uri = tracking_uri(uri)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = MlflowRun(run_id, uri).load_model(name)
+    except Exception as err:
+        raise UserError(f"cannot load the logged model '{name}' of run '{run_id}' from "
+                        f"{uri} ({first_line(err, 200)}); did the run finish?") from None
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "generate"):
+        raise UserError(f"the logged model '{name}' of run '{run_id}' is not a pyrovae VAE")
+    return model.eval()

@@ -1,0 +1,201 @@
+"""One straight data flow: config or Python objects -> data -> VAE -> MLflow run -> train -> test.
+
+:func:`train` is the one way a training is tracked, from Python (``train(vae, data, epochs=5)``)
+or from a config (:func:`train_config`, what ``pyrovae train`` calls): both log the same
+resolved config, so ``pyrovae evaluate``, ``sample`` and ``resume`` work on either. Everything a
+user can get wrong (the config, the data, a module's shapes, a class that could not be imported
+again) is checked *before* the MLflow run starts, so bad input leaves no run behind; once it has
+started, any failure ends it FAILED with the reason.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import pyro
+import torch
+
+from pyrovae import __version__
+from pyrovae.data import Splits, load_data
+from pyrovae.devices import describe, select_device
+from pyrovae.errors import UserError
+from pyrovae.infer.callbacks import Callback
+from pyrovae.infer.faults import NonFiniteLoss
+from pyrovae.infer.settings import TrainSettings
+from pyrovae.infer.trainer import Trainer
+from pyrovae.model.components import spec_name
+from pyrovae.model.vae import TABLES, VAE, build_vae
+from pyrovae.run import checkpoint
+from pyrovae.run.config import COMPONENTS, MlflowSettings, parse_override, resolve, to_toml
+from pyrovae.run.logger import MlflowLogger
+from pyrovae.run.restore import run_config
+from pyrovae.run.tracking import MlflowRun
+
+
+def check_data(vae: VAE, data: Splits) -> None:
+    """The likelihood accepts every split, and every module keeps the shape contract."""
+    check = getattr(vae.likelihood, "check_data", None)
+    for name in ("train", "val", "test"):
+        if check is not None and not (name == "train" and data.binarize):  # dynamic: binary by construction
+            check(data.evaluation_data(name), name)
+    vae.check_contract(data.evaluation_data("val")[:4])
+
+
+def prepare(config: dict) -> tuple[VAE, Splits]:
+    """Seed, load the data onto the device, build the VAE and check that they fit."""
+    device = select_device(config["train"]["device"])
+    pyro.set_rng_seed(config["train"]["seed"])
+    data = load_data(config["data"], device)
+    vae = build_vae(config["model"], data.data_shape).to(device)
+    return vae, data
+
+
+def run_tags(device: torch.device) -> dict[str, str]:
+    return {"pyrovae.version": __version__, "torch.version": torch.__version__,
+            "pyro.version": pyro.__version__, "device": describe(device),
+            "torch.threads": str(torch.get_num_threads()), "host.python": platform.python_version()}
+
+
+@dataclass
+class RunResult:
+    """A tracked training: its MLflow run id and store, and the last value of every metric."""
+
+    run_id: str
+    tracking_uri: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class _LastMetrics(Callback):
+    def __init__(self, result: RunResult):
+        self.result = result
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        self.result.metrics.update(metrics)
+
+    def on_train_end(self, trainer, metrics):
+        self.result.metrics.update(metrics)
+
+
+def loggable_model_config(vae: VAE) -> dict:
+    """``vae.config`` with every component class replaced by the name a run can import again."""
+    if vae.config is None:
+        raise UserError("this VAE was built from module instances, so a run could not rebuild it; "
+                        "give VAE(...) component names, classes or {'name': ..., **arguments} tables instead")
+    return {**vae.config, **{kind: {**vae.config[kind], "name": spec_name(kind, vae.config[kind]["name"], TABLES[kind])}
+                             for kind in COMPONENTS}}
+
+
+def train(vae: VAE, data: Splits, *, tracking: MlflowSettings | Mapping | None = None,
+          settings: TrainSettings | Mapping | None = None, evaluation: Mapping | None = None,
+          callbacks: Sequence[Callback] = (), progress: bool = True, parent_run_id: str | None = None,
+          **train_keys: Any) -> RunResult:
+    """Train ``vae`` on ``data`` (from :func:`~pyrovae.data.load_data`) into one MLflow run.
+
+    ``tracking`` holds the ``[mlflow]`` keys (``tracking_uri``, ``experiment``, ``run_name``);
+    keyword arguments are the ``[train]`` keys, ``evaluation`` the ``[eval]`` keys. Logs the
+    params and ``config.toml`` a ``pyrovae train`` run logs, per-epoch metrics and pictures,
+    checkpoints and the final models; returns the run id and the last metrics.
+    """
+    check_data(vae, data)
+    if data.settings is None:
+        raise UserError("these data were not loaded by load_data(...), so a run could not load them again; "
+                        "use pyrovae.load_data (or data.name = 'arrays' for your own files)")
+    mlflow_settings = MlflowSettings.parse(tracking)
+    trainer = Trainer(vae, data, settings=settings, evaluation=evaluation, progress=progress, **train_keys)
+    config = resolve({"data": data.settings.as_dict(), "model": loggable_model_config(vae),
+                      "train": trainer.settings.as_dict(), "eval": trainer.evaluation.as_dict(),
+                      "mlflow": mlflow_settings.as_dict()})
+    run = MlflowRun.create(mlflow_settings.tracking_uri, mlflow_settings.experiment, mlflow_settings.run_name,
+                           tags=run_tags(trainer.device), parent_run_id=parent_run_id)
+    with run.lifecycle():
+        run.log_config(config)
+        return _fit(trainer, run, config, callbacks)
+
+
+def _fit(trainer: Trainer, run: MlflowRun, config: dict, callbacks: Sequence[Callback],
+         best_module: dict | None = None) -> RunResult:
+    """Fit with the logger, the checkpointer and ``callbacks``, inside an open run."""
+    result = RunResult(run.run_id, run.uri)
+    checkpointer = checkpoint.Checkpointer(run, config["model"], best_module, last_epoch=trainer.epoch)
+    trainer.callbacks += [MlflowLogger(run, config["model"]), checkpointer, _LastMetrics(result), *callbacks]
+    try:
+        trainer.fit()
+    except NonFiniteLoss as err:
+        err.last_good_epoch = checkpointer.last_epoch
+        raise
+    return result
+
+
+def train_config(config: dict, progress: bool = True, callbacks: Sequence[Callback] = (),
+                 parent_run_id: str | None = None) -> RunResult:
+    """``pyrovae train``: one VAE from a resolved config (:func:`pyrovae.run.config.load`) into one run."""
+    vae, data = prepare(config)
+    return train(vae, data, tracking=config["mlflow"], settings=config["train"], evaluation=config["eval"],
+                 callbacks=callbacks, progress=progress, parent_run_id=parent_run_id)
+
+
+#: what ``pyrovae resume --set`` may change; anything else would not be the same run
+RESUMABLE = ("train.epochs", "train.patience", "train.checkpoint_every", "train.device", "mlflow.tracking_uri")
+
+
+def resume_config(run: MlflowRun, overrides: Sequence[str] = ()) -> dict:
+    """The run's logged config with the (few) keys a resumed run may change overridden."""
+    config = run_config(run)
+    for text in overrides:
+        keys, value = parse_override(text)
+        section, key = keys[0], ".".join(keys[1:])
+        config[section][key] = value
+    return resolve(config)
+
+
+def _check_overrides(overrides: Sequence[str]) -> str:
+    """The tracking URI named among ``overrides`` ('' if none); refuse keys a resume cannot change."""
+    uri = ""
+    for text in overrides:
+        keys, value = parse_override(text)
+        if ".".join(keys) not in RESUMABLE:
+            raise UserError(f"resume cannot change '{'.'.join(keys)}' (it would not be the same run); "
+                            f"it can change {', '.join(RESUMABLE)}; train a new run instead")
+        if keys == ["mlflow", "tracking_uri"]:
+            uri = value
+    return uri
+
+
+def resume(run_id: str, overrides: Sequence[str] = (), progress: bool = True,
+           callbacks: Sequence[Callback] = ()) -> RunResult:
+    """Continue run ``run_id`` from ``checkpoints/last.pt`` in the same MLflow run.
+
+    Weights, optimizer and schedule state, RNG states, the epoch and the beta schedule's step
+    come back as they were, so metrics continue at the next step with the values an
+    uninterrupted run would have logged (on CPU; CUDA kernels need not be deterministic).
+    """
+    run = MlflowRun.existing(run_id, _check_overrides(overrides))
+    config = resume_config(run, overrides)
+    state = checkpoint.download(run, "last")
+    epochs, changed = config["train"]["epochs"], {o.partition("=")[0].strip() for o in overrides}
+    if state["stopped_early"] and state["finished"] and "train.patience" not in changed:
+        raise UserError(f"run '{run_id}' stopped early at epoch {state['epoch']} (val/loss last improved at "
+                        f"epoch {state['best_epoch']}); to go on anyway: --set train.patience=0 (off) or more")
+    if state["finished"] and state["epoch"] >= epochs and not state["stopped_early"]:
+        raise UserError(f"run '{run_id}' already finished its {state['epoch']} epochs; "
+                        f"to train longer: pyrovae resume {run_id} --set train.epochs=N (N > {state['epoch']})")
+    status = run.info().status
+    position = state.get("mid_epoch") or state.get("partial")
+    where = f"epoch {state['epoch']}" + (f", batch {position['batch']} of epoch {state['epoch'] + 1}"
+                                         if position else "")
+    if status == "RUNNING":
+        print(f"pyrovae: run '{run_id}' was left RUNNING: its process ended without closing it (killed?); "
+              f"continuing from its last checkpoint ({where}), work after that is redone")
+    else:
+        print(f"pyrovae: resuming {status} run '{run_id}' from {where}")
+    best = checkpoint.download(run, "best")["module"] if state["best_epoch"] else None
+    vae, data = prepare(config)
+    check_data(vae, data)
+    trainer = Trainer(vae, data, settings=config["train"], evaluation=config["eval"], progress=progress)
+    trainer.load_state_dict(checkpoint.upgrade(state, trainer))
+    with run.lifecycle():
+        run.set_tags({f"pyrovae.resumed.epoch_{state['epoch']}": " ".join(overrides) or "no overrides"})
+        run.log_text(to_toml(config), "config.toml")  # a later resume reads the extended config
+        return _fit(trainer, run, config, callbacks, best)

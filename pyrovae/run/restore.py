@@ -1,0 +1,66 @@
+"""What a finished run gives back: its resolved config, and its VAE rebuilt from weights.
+
+Rebuilding runs no code from the run's files (weights load with ``weights_only=True``); it
+imports the component classes its config names, so open only runs whose code you trust.
+"""
+
+from __future__ import annotations
+
+import tomllib
+
+import torch
+
+from pyrovae.errors import UserError
+from pyrovae.model.vae import VAE, build_vae
+from pyrovae.run.config import over_defaults
+from pyrovae.run.tracking import MlflowRun
+
+#: what a run rebuilt from ``weights`` is read from
+WEIGHTS = {"final": "weights/final.pt", "best": "checkpoints/best.pt"}
+
+
+def run_config(run: MlflowRun) -> dict:
+    """The resolved config a run logged (``config.toml``), resolved again against this pyrovae."""
+    try:
+        text = run.load_text("config.toml")
+    except Exception as err:
+        raise UserError(f"cannot read config.toml of run '{run.run_id}' from {run.uri} "
+                        f"({type(err).__name__}); check the run id and MLFLOW_TRACKING_URI") from None
+    return over_defaults(tomllib.loads(text))  # keys added since the run get their defaults
+
+
+def rebuild(run: MlflowRun, config: dict, weights: str = "final",
+            device: str | torch.device = "cpu") -> VAE:
+    """The run's VAE from ``config`` and its ``final`` weights or its ``best`` checkpoint."""
+    from pyrovae.run import checkpoint
+
+    path = WEIGHTS[weights]
+    try:
+        local = run.download(path)
+    except Exception as err:
+        raise UserError(f"run '{run.run_id}' has no {path} ({type(err).__name__}); "
+                        f"did the run finish (or reach a best epoch)?") from None
+    if weights == "best":
+        saved = checkpoint.load(local, f"{path} of run '{run.run_id}'")
+        state, data_shape = saved["module"], None
+    else:
+        saved = torch.load(local, map_location="cpu", weights_only=True)
+        state, data_shape = saved["state_dict"], tuple(saved["data_shape"])
+    if data_shape is None:
+        from pyrovae.data import load_data
+
+        data_shape = load_data(config["data"], "cpu").data_shape
+    vae = build_vae(config["model"], data_shape)
+    vae.load_state_dict(state)
+    return vae.to(device).eval()
+
+
+def load_vae(run_id: str, weights: str = "final", device: str | torch.device = "cpu", uri: str = "") -> VAE:
+    """A finished run's VAE, rebuilt from its config and weights, in ``eval()`` mode.
+
+    ``weights``: ``"final"`` (the end of training) or ``"best"`` (the epoch with the lowest
+    val/loss). ``uri``: the tracking store (default: ``$MLFLOW_TRACKING_URI``, else
+    ``./mlruns/mlflow.db``). Then ``vae.encode(x)``, ``vae.decode(z)``, ``vae.generate(n)``.
+    """
+    run = MlflowRun.existing(run_id, uri)
+    return rebuild(run, run_config(run), weights, device)

@@ -1,0 +1,173 @@
+"""The training step: Pyro's ELBO as a torch loss + a torch optimizer is SVI, bit for bit.
+
+The reference is the step pyrovae used before (``SVI.step`` with one fused torch Adam behind
+Pyro's optimizer interface), kept here only to compare against. Correctness only; speed is
+measured by ``benchmarks/speed.py``, never asserted in a test.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+from pyro.infer import SVI
+from pyro.infer.util import is_validation_enabled
+from pyro.optim import PyroOptim
+
+from pyrovae.data import Splits
+from pyrovae.infer.elbo import ELBOLoss, make_elbo
+from pyrovae.infer.faults import NonFiniteLoss
+from pyrovae.infer.optim import lr_factor, make_optimizer
+from pyrovae.infer.trainer import Trainer
+from pyrovae.run import config
+from pyrovae.run.pipeline import prepare
+
+ELBOS = [("trace", False), ("meanfield", False), ("trace", True), ("meanfield", True)]
+
+
+class OneTorchAdam(PyroOptim):
+    """The reference: SVI hands its parameters to one fused ``torch.optim.Adam`` made up front."""
+
+    def __init__(self, params, lr):
+        self.optimizer = torch.optim.Adam(list(params), lr=lr, fused=True)
+
+    def __call__(self, params, *args, **kwargs):
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def tiny(tiny_overrides, *extra):
+    cfg = config.load(overrides=[*tiny_overrides, *extra])
+    vae, splits = prepare(cfg)  # seeds torch with train.seed: same weights every call
+    return cfg, vae, splits
+
+
+def batches(x, steps):
+    return [x[i % 4 * 50:(i % 4 + 1) * 50] for i in range(steps)]
+
+
+@pytest.mark.parametrize("kind,jit", ELBOS)
+def test_twenty_steps_of_the_elbo_module_equal_svi_step_bit_for_bit(tiny_overrides, kind, jit):
+    _, vae, splits = tiny(tiny_overrides)
+    xs, beta = batches(splits.evaluation_data("train"), 20), torch.tensor(0.5)
+    svi = SVI(vae.model, vae.guide, OneTorchAdam(vae.parameters(), 1e-2), make_elbo(kind, jit=jit))
+    torch.manual_seed(1)
+    ref_losses = [svi.step(x, beta) for x in xs]
+    reference = {k: v.detach().clone() for k, v in vae.named_parameters()}
+
+    pyro.clear_param_store()
+    _, vae, _ = tiny(tiny_overrides)
+    loss_module, optimizer = ELBOLoss(vae, make_elbo(kind, jit=jit)), make_optimizer(vae.parameters(), lr=1e-2)
+    torch.manual_seed(1)
+    losses = []
+    for x in xs:
+        loss = loss_module(x, beta)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    for name, value in vae.named_parameters():
+        assert torch.equal(value, reference[name]), name
+    assert losses == pytest.approx(ref_losses, rel=1e-6)
+    assert list(ELBOLoss(vae, make_elbo(kind)).parameters())  # DDP and optimizers see the VAE's
+
+
+@pytest.mark.parametrize("kind", ["trace"])  # JitTraceMeanField_ELBO draws other random numbers than
+def test_a_jit_elbo_gives_the_gradient_of_its_plain_twin(tiny_overrides, kind):  # its twin; SVI test above
+    _, vae, splits = tiny(tiny_overrides)
+    x = splits.evaluation_data("train")[:50]
+    grads = {}
+    for jit in (False, True):
+        loss = ELBOLoss(vae, make_elbo(kind, jit=jit))
+        loss(x, torch.tensor(0.7))  # a JIT ELBO compiles on its first call, drawing random numbers
+        vae.zero_grad(set_to_none=True)
+        torch.manual_seed(5)
+        loss(x, torch.tensor(0.7)).backward()
+        grads[jit] = [p.grad.clone() for p in vae.parameters()]
+    for plain, traced in zip(grads[False], grads[True]):
+        torch.testing.assert_close(traced, plain, rtol=1e-4, atol=1e-5)  # not twice it
+
+
+def test_one_epoch_of_the_trainer_equals_the_svi_loop(tiny_overrides):
+    """Shuffling, dynamic binarization, the beta schedule and first-step-only checks included."""
+    annealed = ("train.beta_start=0.3", "train.warmup_epochs=2")
+    cfg, vae, splits = tiny(tiny_overrides, *annealed)
+    trainer = Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
+    torch.manual_seed(3)
+    metrics = trainer.train_epoch()
+    trained = {k: v.detach().clone() for k, v in vae.named_parameters()}
+
+    pyro.clear_param_store()
+    _, vae, _ = tiny(tiny_overrides, *annealed)
+    svi = SVI(vae.model, vae.guide, OneTorchAdam(vae.parameters(), cfg["train"]["lr"]), make_elbo())
+    torch.manual_seed(3)
+    losses, n = [], 0
+    for step, x in enumerate(splits.train_batches(cfg["train"]["batch_size"])):
+        losses.append(svi.step(x, beta=torch.tensor(trainer.beta(step))))
+        n += x.shape[0]
+    for name, value in vae.named_parameters():
+        assert torch.equal(value, trained[name]), name
+    assert metrics["train/loss"] == pytest.approx(sum(losses) / n, rel=1e-6)
+    assert metrics["train/beta"] == pytest.approx(0.3 + 0.7 * 1.5 / 8)  # mean of steps 0..3 of 8
+
+
+@pytest.mark.parametrize("schedule,expected", [
+    ("constant", [1.0] * 5),
+    ("cosine", [1.0, 0.8535534, 0.5, 0.1464466, 0.0]),       # (1 + cos(pi t / 4)) / 2, t = 0..4
+    ("step", [1.0, 1.0, 0.5, 0.5, 0.25]),                      # x 0.5 every 1 epoch of 2 steps
+])
+def test_learning_rate_schedules(schedule, expected):
+    got = [lr_factor(schedule, t, 4, 2, lr=1.0, lr_decay=0.5, lr_decay_epochs=1) for t in range(5)]
+    assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_schedule_steps_the_optimizer_and_is_logged_as_train_lr(tiny_overrides):
+    cfg, vae, splits = tiny(tiny_overrides, "train.lr_schedule=\"cosine\"", "train.lr_min=1e-4",
+                            "train.epochs=2", "train.optimizer=\"adamw\"", "train.weight_decay=0.01")
+    trainer = Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW) and trainer.optimizer.defaults["fused"]
+    first = trainer.train_epoch()["train/lr"]
+    trainer.epoch += 1
+    second = trainer.train_epoch()["train/lr"]
+    total = 2 * trainer.steps_per_epoch  # 4 steps an epoch
+    assert first == pytest.approx(1e-4 + (1e-3 - 1e-4) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 4 / total))))
+    assert second == pytest.approx(1e-4)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_a_longer_resumed_run_continues_the_stretched_schedule(tiny_overrides):
+    """Defined behaviour: the schedule is a function of (step, epochs now configured)."""
+    cfg, vae, splits = tiny(tiny_overrides, "train.lr_schedule=\"cosine\"", "train.epochs=1")
+    trainer = Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
+    trainer.train_epoch()
+    trainer.epoch += 1
+    state = trainer.state_dict()
+    longer = Trainer(vae, splits, settings={**cfg["train"], "epochs": 2}, evaluation=cfg["eval"], progress=False)
+    longer.load_state_dict(state)
+    steps = longer.steps_per_epoch
+    assert longer.scheduler.last_epoch == steps
+    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * lr_factor("cosine", steps, 2 * steps, steps))
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_bad_data_in_the_first_step_still_fails_and_the_setting_is_restored(tiny_overrides):
+    cfg, vae, splits = tiny(tiny_overrides)
+    bad = splits.train.clone()
+    bad[:] = float("nan")  # NaN pixels -> NaN loc in q(z|x): Pyro's checks reject the Normal
+    broken = Splits("broken", train=bad, val=splits.val, test=splits.test)
+    trainer = Trainer(vae, broken, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
+    with pytest.raises(ValueError, match="loc"):
+        trainer.train_epoch()
+    assert is_validation_enabled()
+    pyro.enable_validation(False)
+    with pytest.raises(NonFiniteLoss):  # unchecked, the NaN reaches the loss, and that stops it too
+        trainer.train_epoch()
+    assert not is_validation_enabled()  # the user's choice (off) is respected and restored
+
+
+def test_jit_option_trains(tiny_overrides):
+    cfg, vae, splits = tiny(tiny_overrides, "train.jit=true", "data.subset=230")
+    trainer = Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
+    first, second = trainer.train_epoch(), trainer.train_epoch()  # 230 = 4 x 50 + a ragged 30
+    assert type(trainer.elbo).__name__ == "JitTrace_ELBO"
+    assert second["train/loss"] < first["train/loss"]
