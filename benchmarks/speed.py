@@ -87,7 +87,7 @@ def bench_training(splits: Splits, args, device: torch.device) -> dict[str, list
         trainers[f"pyrovae[{name}]"] = pyrovae_trainer(splits, n, [*base, *sets])
     hand = HandVAE().to(device)
     example = ExamplePipeline(splits.train[:n], args.batch_size, device)
-    sub = trainers["pyrovae"].splits
+    sub = trainers["pyrovae"].data
     contenders = {name: own_store(t) for name, t in trainers.items()}
     contenders["hand-written PyTorch"] = lambda: hand.train_batches(sub.train_batches(args.batch_size))
     contenders["Pyro example style"] = example.train_epoch

@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def print_result(result) -> None:
-    """The run id, its final val/ and test/ metrics, and how to look at it."""
+    """The run id, its final val/ and test/ metrics, and how to look at it (rank 0 of torchrun's only)."""
+    if not result.run_id:
+        return
     print(f"run {result.run_id} finished")
     for key in sorted(result.metrics):
         if key.startswith(("val/", "test/")) and not key.endswith("seconds"):

@@ -87,3 +87,29 @@ class Splits:
 
     def num_batches(self, batch_size: int) -> int:
         return -(-self.train.shape[0] // batch_size)
+
+    def shard_batches(self, batch_size: int, rank: int, world_size: int, seed: int, epoch: int,
+                      start: int = 0) -> Iterator[torch.Tensor]:
+        """This rank's share of each global batch of one epoch (distributed training).
+
+        The epoch's permutation comes from a generator seeded by ``(seed, epoch)``, the same on
+        every rank; global batch b is split into ``world_size`` near-equal slices and rank r
+        takes slice r, binarized with the global torch RNG, which each rank seeds apart. A last
+        global batch with fewer rows than ranks is dropped (``pyro.plate`` cannot be empty).
+        Batches before ``start`` are skipped without drawing random numbers, so a run resumed
+        mid-epoch continues with the same rows and draws.
+        """
+        x = self.train
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(x.shape[0], generator=generator).to(x.device)
+        for b in range(self.num_shard_batches(batch_size, world_size)):
+            if b < start:
+                continue
+            rows = x[torch.tensor_split(order[b * batch_size:(b + 1) * batch_size], world_size)[rank]]
+            if self.binarize:
+                rows = (torch.rand(rows.shape, dtype=rows.dtype, device=rows.device) < rows).to(rows.dtype)
+            yield rows
+
+    def num_shard_batches(self, batch_size: int, world_size: int) -> int:
+        full, last = divmod(self.train.shape[0], batch_size)
+        return full + (1 if last >= world_size else 0)

@@ -8,11 +8,20 @@ run with the test split. The trainer knows no logger: callbacks report
 (:mod:`pyrovae.infer.callbacks`). Its whole state -- weights, optimizer, schedule, counters, RNG
 streams and, after an interrupt, the position inside the epoch -- is :meth:`Trainer.state_dict`,
 plain data that ``torch.load(..., weights_only=True)`` reads back.
+
+Under ``torch.distributed`` (torchrun, :mod:`pyrovae.infer.distributed`) the ELBO module runs
+inside ``DistributedDataParallel``: each rank steps on its slice of every global batch with its
+own random numbers (seeded ``seed + rank``), one small all-reduce per step sums the loss, the row
+count and a stop flag, so ``train/loss`` is the global mean and a NaN or a signal on any rank
+stops every rank after the same step. Validation and test are computed identically on every
+rank (same weights, same seed), so their numbers do not depend on the world size and early
+stopping agrees. At world size 1 none of this runs.
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from typing import Any, Mapping, Sequence
 
@@ -20,6 +29,7 @@ import pyro
 import torch
 
 from pyrovae.data import Splits
+from pyrovae.infer import distributed
 from pyrovae.infer.callbacks import BitsPerDim, Callback, IWAEEvery, ProgressBar, overrides
 from pyrovae.infer.elbo import ELBOLoss, make_elbo
 from pyrovae.infer.faults import Interrupted, NonFiniteLoss, StopOnSignals, validate_first_step_only
@@ -50,11 +60,20 @@ class Trainer:
         self.evaluation = EvalSettings.parse(evaluation)
         self.vae, self.data = vae, data
         self.device = data.train.device
+        self.world = distributed.World.current()
         self.elbo = make_elbo(self.settings.elbo, self.settings.num_particles, self.settings.jit)
         self.loss = ELBOLoss(vae, self.elbo)
+        self._forward = self.loss
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._forward = DistributedDataParallel(
+                self.loss, device_ids=[self.device] if self.device.type == "cuda" else None)
+            pyro.set_rng_seed(self.settings.seed + self.world.rank)  # each rank its own noise and binarization
         self.optimizer = make_optimizer(vae.parameters(), self.settings.optimizer, self.settings.lr,
                                         self.settings.weight_decay, self.settings.adam)
-        self.steps_per_epoch = data.num_batches(self.settings.batch_size)
+        self.steps_per_epoch = (data.num_shard_batches(self.settings.batch_size, self.world.size)
+                                if self.world.distributed else data.num_batches(self.settings.batch_size))
         self.scheduler = make_scheduler(self.optimizer, self.settings, self.steps_per_epoch)
         ev = self.evaluation
         self.callbacks = [*([ProgressBar()] if progress else []), BitsPerDim(),
@@ -68,7 +87,10 @@ class Trainer:
         self.mid_epoch: dict | None = None  # where inside an epoch an interrupt stopped it
         self.batches_done = 0
         self._loss_sum, self._count = 0.0, 0
+        self.reseeded = ""  # says why the random streams could not continue, after load_state_dict
         self._stop_signal: int | None = None
+        self._stopping = False  # the stop all ranks agreed on (the local signal, in one process)
+        self._rng_per_rank: list | None = None  # every rank's RNG, gathered where callbacks may save
         # A param store left by another VAE under the same "vae" name would shadow this one's
         # parameters in the traces; training steps the module's own parameters either way.
         pyro.clear_param_store()
@@ -82,7 +104,9 @@ class Trainer:
                         "module": self.vae.state_dict(),
                         "optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict(),
-                        "rng": get_rng_state()})
+                        "rng": get_rng_state(),
+                        "world_size": self.world.size,
+                        **({"rng_per_rank": self._rng_per_rank} if self.world.distributed else {})})
 
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from ``state`` (from :meth:`state_dict`); call before :meth:`fit`."""
@@ -94,7 +118,13 @@ class Trainer:
             setattr(self, key, state[key])
         self.history = [dict(m) for m in state["history"]]
         self.mid_epoch = state.get("mid_epoch")
-        set_rng_state(state["rng"])
+        saved_size = state.get("world_size", 1)
+        if saved_size == self.world.size:
+            set_rng_state(state["rng_per_rank"][self.world.rank] if self.world.distributed else state["rng"])
+        else:  # another world size: the streams cannot continue; a fresh one per rank and epoch
+            self.mid_epoch = None
+            pyro.set_rng_seed(self.settings.seed + 1_000 * self.epoch + self.world.rank)
+            self.reseeded = f"trained on {saved_size} process(es), resumed on {self.world.size}: random streams reseeded"
 
     # -- what the loop is made of -------------------------------------------------------
     def beta(self, step: int) -> float:
@@ -140,21 +170,20 @@ class Trainer:
             cb.on_epoch_begin(self)
         started = time.perf_counter()
         self.vae.train()
-        batches = self.data.train_batches(self.settings.batch_size)
-        for i, x in enumerate(validate_first_step_only(batches)):
+        for i, x in enumerate(validate_first_step_only(self._batches(done))):
             if i < done:
                 continue
             if i == done and resumed:
                 set_rng_state(resumed["rng"])
-            loss = self._step(x, betas[i])
+            loss, rows = self._step(x, betas[i])
             if not math.isfinite(loss):
                 raise NonFiniteLoss(loss, self.epoch + 1, i + 1)
             self._loss_sum += loss
-            self._count += x.shape[0]
+            self._count += rows
             self.batches_done = i + 1
             for cb in self._step_hooks:
                 cb.on_step_end(self, loss)
-            if self._stop_signal is not None and i + 1 < self.steps_per_epoch:
+            if self._stopping and i + 1 < self.steps_per_epoch:
                 self.mid_epoch = {"batch": i + 1, "loss_sum": self._loss_sum, "n": self._count,
                                   "epoch_rng": epoch_rng, "rng": get_rng_state()}
                 self._interrupt()
@@ -162,17 +191,46 @@ class Trainer:
         return {"train/loss": self._loss_sum / self._count, "train/beta": sum(beta_list) / self.steps_per_epoch,
                 "train/lr": self.scheduler.get_last_lr()[0], "train/seconds": time.perf_counter() - started}
 
-    def _step(self, x: torch.Tensor, beta: torch.Tensor) -> float:
-        loss = self.loss(x, beta)
-        loss.backward()
+    def _batches(self, done: int):
+        """This epoch's batches; distributed: this rank's slices, the ``done`` first ones left out
+        (yielded as None placeholders so that batch indices stay global)."""
+        if not self.world.distributed:
+            return self.data.train_batches(self.settings.batch_size)
+        shards = self.data.shard_batches(self.settings.batch_size, self.world.rank, self.world.size,
+                                         self.settings.seed, self.epoch, start=done)
+        return (x for part in ([None] * done, shards) for x in part)
+
+    def _step(self, x: torch.Tensor, beta: torch.Tensor) -> tuple[float, int]:
+        """One optimizer step; the loss summed over the (global) batch and its number of rows."""
+        loss = self._forward(x, beta)
+        (loss * self.world.size if self.world.distributed else loss).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        return loss.item()
+        if not self.world.distributed:
+            self._stopping = self._stop_signal is not None
+            return loss.item(), x.shape[0]
+        total, rows, stop = distributed.all_reduce_sum(
+            [loss.item(), x.shape[0], float(self._stop_signal is not None)], self.device)
+        self._agree_on_stop(stop)
+        return total, int(rows)
+
+    def _agree_on_stop(self, votes: float) -> None:
+        """Stop exactly when some rank was signalled by the last collective (never on a local signal
+        that arrived after it, or the ranks would part ways)."""
+        self._stopping = votes > 0
+        if self._stopping and self._stop_signal is None:
+            self._stop_signal = signal.SIGTERM
+
+    def _gather_rng(self) -> None:
+        """Every rank's RNG state, collected on every rank before callbacks may save a checkpoint."""
+        if self.world.distributed:
+            self._rng_per_rank = distributed.gather_objects(get_rng_state())
 
     def _interrupt(self) -> None:
         """Let the callbacks keep this point (a checkpoint), then stop with :class:`Interrupted`."""
+        self._gather_rng()
         for cb in self.callbacks:
             cb.on_interrupt(self)
         batch = self.mid_epoch["batch"] if self.mid_epoch else 0
@@ -203,7 +261,11 @@ class Trainer:
 
     def _fit(self) -> dict[str, float]:
         while self.epoch < self.settings.epochs:
-            if self._stop_signal is not None:  # arrived during validation or logging
+            if self.world.distributed:
+                self._agree_on_stop(distributed.all_reduce_sum([float(self._stop_signal is not None)], self.device)[0])
+            else:
+                self._stopping = self._stop_signal is not None
+            if self._stopping:  # arrived during validation or logging
                 self._interrupt()
             metrics = self.train_epoch()
             started = time.perf_counter()
@@ -212,11 +274,13 @@ class Trainer:
             self.epoch += 1
             self.history.append(dict(metrics))
             self._track_best(metrics["val/loss"])
+            self._gather_rng()
             for cb in self.callbacks:
                 cb.on_epoch_end(self, self.epoch, metrics)
             if self.stopped_early:
                 break
         test = self.validate("test")
+        self._gather_rng()
         for cb in self.callbacks:
             cb.on_train_end(self, test)
         return test

@@ -10,6 +10,7 @@ started, any failure ends it FAILED with the reason.
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -19,9 +20,11 @@ import torch
 
 from pyrovae import __version__
 from pyrovae.data import Splits, load_data
-from pyrovae.devices import describe, select_device
+from pyrovae.devices import describe
 from pyrovae.errors import UserError
+from pyrovae.infer import distributed
 from pyrovae.infer.callbacks import Callback
+from pyrovae.infer.distributed import World, init_from_env
 from pyrovae.infer.faults import NonFiniteLoss
 from pyrovae.infer.settings import TrainSettings
 from pyrovae.infer.trainer import Trainer
@@ -31,7 +34,7 @@ from pyrovae.run import checkpoint
 from pyrovae.run.config import COMPONENTS, MlflowSettings, parse_override, resolve, to_toml
 from pyrovae.run.logger import MlflowLogger
 from pyrovae.run.restore import run_config
-from pyrovae.run.tracking import MlflowRun
+from pyrovae.run.tracking import MlflowRun, experiment_id, tracking_uri
 
 
 def check_data(vae: VAE, data: Splits) -> None:
@@ -44,8 +47,8 @@ def check_data(vae: VAE, data: Splits) -> None:
 
 
 def prepare(config: dict) -> tuple[VAE, Splits]:
-    """Seed, load the data onto the device, build the VAE and check that they fit."""
-    device = select_device(config["train"]["device"])
+    """Join torchrun's processes (if any), seed, load the data onto the device, build the VAE."""
+    _, device = init_from_env(config["train"]["device"])
     pyro.set_rng_seed(config["train"]["seed"])
     data = load_data(config["data"], device)
     vae = build_vae(config["model"], data.data_shape).to(device)
@@ -53,9 +56,20 @@ def prepare(config: dict) -> tuple[VAE, Splits]:
 
 
 def run_tags(device: torch.device) -> dict[str, str]:
-    return {"pyrovae.version": __version__, "torch.version": torch.__version__,
+    world = World.current()
+    tags = {"pyrovae.version": __version__, "torch.version": torch.__version__,
             "pyro.version": pyro.__version__, "device": describe(device),
-            "torch.threads": str(torch.get_num_threads()), "host.python": platform.python_version()}
+            "torch.threads": str(torch.get_num_threads()), "host.python": platform.python_version(),
+            "distributed.world_size": str(world.size)}
+    if world.distributed:
+        tags["distributed.backend"] = world.backend
+        tags["devices"] = ", ".join(distributed.gather_objects(describe(device)))
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # torchrun: a restarted worker finds its run by this
+        tags[ELASTIC_TAG] = os.environ["TORCHELASTIC_RUN_ID"]
+    return tags
+
+
+ELASTIC_TAG = "pyrovae.torchelastic_run_id"
 
 
 @dataclass
@@ -107,8 +121,12 @@ def train(vae: VAE, data: Splits, *, tracking: MlflowSettings | Mapping | None =
     config = resolve({"data": data.settings.as_dict(), "model": loggable_model_config(vae),
                       "train": trainer.settings.as_dict(), "eval": trainer.evaluation.as_dict(),
                       "mlflow": mlflow_settings.as_dict()})
+    tags = run_tags(trainer.device)  # a collective under torchrun: every rank
+    if not trainer.world.is_main:  # only rank 0 talks to MLflow; every rank trains
+        trainer.fit()
+        return RunResult("", tracking_uri(mlflow_settings.tracking_uri))
     run = MlflowRun.create(mlflow_settings.tracking_uri, mlflow_settings.experiment, mlflow_settings.run_name,
-                           tags=run_tags(trainer.device), parent_run_id=parent_run_id)
+                           tags=tags, parent_run_id=parent_run_id)
     with run.lifecycle():
         run.log_config(config)
         return _fit(trainer, run, config, callbacks)
@@ -130,10 +148,34 @@ def _fit(trainer: Trainer, run: MlflowRun, config: dict, callbacks: Sequence[Cal
 
 def train_config(config: dict, progress: bool = True, callbacks: Sequence[Callback] = (),
                  parent_run_id: str | None = None) -> RunResult:
-    """``pyrovae train``: one VAE from a resolved config (:func:`pyrovae.run.config.load`) into one run."""
+    """``pyrovae train``: one VAE from a resolved config (:func:`pyrovae.run.config.load`) into one run.
+
+    A worker that torchrun restarted (``TORCHELASTIC_RESTART_COUNT > 0``) continues the run its
+    first attempt started, from that run's last checkpoint, instead of opening a new one.
+    """
+    restarted = _restarted_run(config)
+    if restarted:
+        return resume(restarted, progress=progress, callbacks=callbacks)
     vae, data = prepare(config)
     return train(vae, data, tracking=config["mlflow"], settings=config["train"], evaluation=config["eval"],
                  callbacks=callbacks, progress=progress, parent_run_id=parent_run_id)
+
+
+def _restarted_run(config: dict) -> str:
+    """Under a torchrun restart, the id of the run this job's first attempt logged (else '')."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        return ""
+    world, _ = init_from_env(config["train"]["device"])
+    run_id = ""
+    if world.is_main:
+        from mlflow.tracking import MlflowClient
+
+        uri = tracking_uri(config["mlflow"]["tracking_uri"])
+        client = MlflowClient(uri)
+        found = client.search_runs([experiment_id(uri, config["mlflow"]["experiment"])],
+                                   filter_string=f"tags.`{ELASTIC_TAG}` = '{os.environ['TORCHELASTIC_RUN_ID']}'")
+        run_id = found[0].info.run_id if found else ""
+    return distributed.broadcast_object(run_id) if world.distributed else run_id
 
 
 #: what ``pyrovae resume --set`` may change; anything else would not be the same run
@@ -163,15 +205,9 @@ def _check_overrides(overrides: Sequence[str]) -> str:
     return uri
 
 
-def resume(run_id: str, overrides: Sequence[str] = (), progress: bool = True,
-           callbacks: Sequence[Callback] = ()) -> RunResult:
-    """Continue run ``run_id`` from ``checkpoints/last.pt`` in the same MLflow run.
-
-    Weights, optimizer and schedule state, RNG states, the epoch and the beta schedule's step
-    come back as they were, so metrics continue at the next step with the values an
-    uninterrupted run would have logged (on CPU; CUDA kernels need not be deterministic).
-    """
-    run = MlflowRun.existing(run_id, _check_overrides(overrides))
+def _load_for_resume(run_id: str, uri: str, overrides: Sequence[str]) -> tuple[dict, dict, dict | None]:
+    """The config, last checkpoint and best weights of a run to resume; says where it goes on from."""
+    run = MlflowRun.existing(run_id, uri)
     config = resume_config(run, overrides)
     state = checkpoint.download(run, "last")
     epochs, changed = config["train"]["epochs"], {o.partition("=")[0].strip() for o in overrides}
@@ -191,10 +227,34 @@ def resume(run_id: str, overrides: Sequence[str] = (), progress: bool = True,
     else:
         print(f"pyrovae: resuming {status} run '{run_id}' from {where}")
     best = checkpoint.download(run, "best")["module"] if state["best_epoch"] else None
+    return config, state, best
+
+
+def resume(run_id: str, overrides: Sequence[str] = (), progress: bool = True,
+           callbacks: Sequence[Callback] = ()) -> RunResult:
+    """Continue run ``run_id`` from ``checkpoints/last.pt`` in the same MLflow run.
+
+    Weights, optimizer and schedule state, RNG states, the epoch and the beta schedule's step
+    come back as they were, so metrics continue at the next step with the values an
+    uninterrupted run would have logged (on CPU; CUDA kernels need not be deterministic).
+    """
+    uri = _check_overrides(overrides)
+    device = dict(o.split("=", 1) for o in overrides).get("train.device", "auto").strip('"')
+    world, _ = init_from_env(device)
+    found = _load_for_resume(run_id, uri, overrides) if world.is_main else None
+    if world.distributed:  # rank 0 reads the store and hands the others what they need
+        found = distributed.broadcast_object(found)
+    config, state, best = found
     vae, data = prepare(config)
     check_data(vae, data)
     trainer = Trainer(vae, data, settings=config["train"], evaluation=config["eval"], progress=progress)
     trainer.load_state_dict(checkpoint.upgrade(state, trainer))
+    if trainer.reseeded and world.is_main:
+        print(f"pyrovae: {trainer.reseeded}")
+    if not world.is_main:
+        trainer.fit()
+        return RunResult("", uri)
+    run = MlflowRun(run_id, uri)
     with run.lifecycle():
         run.set_tags({f"pyrovae.resumed.epoch_{state['epoch']}": " ".join(overrides) or "no overrides"})
         run.log_text(to_toml(config), "config.toml")  # a later resume reads the extended config
