@@ -98,7 +98,7 @@ def main() -> None:
         for seed in args.seeds:  # pyrovae and hand-written alternate, so a cut-short study stays paired
             cfg = config.load(None, [*base, f"train.seed={seed}", f'mlflow.run_name="pyrovae-seed{seed}"'])
             result = train_config(cfg, progress=False, parent_run_id=parent.run_id)
-            metrics = evaluate_run(result.run_id, iwae_k=args.iwae_k, progress=False)
+            metrics = evaluate_run(result.run_id, iwae_k=args.iwae_k, progress=False).metrics
             print(f"pyrovae seed {seed}: test/nll_iwae {metrics['test/nll_iwae']:.3f}", flush=True)
             train_hand(cfg, parent.run_id, args.iwae_k)
     print(f"parent run {parent.run_id}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import re
 import random
 
 import pytest
@@ -82,8 +84,8 @@ def table_of(text: str) -> tuple[str, list[str], list[list[str]]]:
     """``compare``'s output -> (title line, header cells, rows of cells)."""
     lines = text.strip().splitlines()
     start = next(i for i, line in enumerate(lines) if "best first by" in line)
-    title, header, _rule, *rows = lines[start:]
-    return title, header.split(), [row.split() for row in rows]
+    title, header, _rule, *rows = [line for line in lines[start:] if not line.startswith(("store: ", "pyrovae"))]
+    return title, header.split(), [row.split() for row in rows if "more params differ" not in row]
 
 
 def test_sweep_prints_its_children_best_first(sweep):
@@ -91,7 +93,8 @@ def test_sweep_prints_its_children_best_first(sweep):
     parent, children = runs_of(uri)
     assert printed.startswith("sweep: 2 runs: ") and f"parent run {parent.info.run_id}" in printed
     title, header, rows = table_of(printed)
-    assert title == f"2 runs in {uri}, best first by val/loss (lower is better)"
+    assert title == "2 runs in experiment 'pyrovae', best first by val/loss (lower is better)"
+    assert f"store: {uri}" in printed
     # only the param that differs gets a column; the run name holds spaces, so read from the right
     assert header == ["run", "name", "train.lr", "val/loss", "test/loss"]
     best, worst = sorted(children, key=lambda c: c.data.metrics["val/loss"])
@@ -152,3 +155,38 @@ def test_compare_shows_status_when_a_run_did_not_finish_and_puts_runs_without_th
     assert title.startswith("1 run in ") and [row[1] for row in rows] == ["done"]
     assert main(["compare", "--experiment", "manual", "--metric", "val/los"]) == 2
     assert capsys.readouterr().err.strip().endswith("no run has metric 'val/los'; metrics logged: val/loss")
+
+
+def test_compare_defaults_to_the_newest_experiment_fits_120_columns_and_filters_and_exports(sweep, capsys):
+    client = MlflowClient(sweep[0])
+    other = client.create_experiment("wide")
+    for i in range(2):  # newer than the sweep, with many long params that differ
+        run = client.create_run(other, run_name=f"wide-{i}")
+        for k in range(12):
+            client.log_param(run.info.run_id, f"model.likelihood.a_rather_long_argument_name_{k}", str(i * 1000 + k))
+        client.log_param(run.info.run_id, "data.name", ["mnist", "synthetic"][i])
+        client.log_metric(run.info.run_id, "val/loss", 100.0 + i, step=1)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    assert main(["compare"]) == 0
+    out = capsys.readouterr().out
+    title, _, rows = table_of(re.split(r"\n\d+ more params", out)[0])
+    assert title.startswith("2 runs in experiment 'wide'") and {row[1] for row in rows} == {"wide-0", "wide-1"}
+    assert max(len(line) for line in out.splitlines() if not line.startswith("store: ")) <= 120
+    assert "more params differ (first: model.likelihood.a_rather_long_argument_name_" in out and "--param KEY" in out
+
+    assert main(["compare", "--experiment", "wide", "--param", "data.name", "--where", "data.name=synthetic"]) == 0
+    _, header, rows = table_of(capsys.readouterr().out)
+    assert header == ["run", "name", "data.name", "val/loss"] and [row[1:] for row in rows] == [
+        ["wide-1", "synthetic", "101.0000"]]
+    assert main(["compare", "--all-experiments", "--where", "metrics.`val/loss` < 100.5"]) == 0
+    names = [row[1] for row in table_of(capsys.readouterr().out)[2]]
+    assert "wide-0" in names and "wide-1" not in names and len(names) >= 2  # the sweep's runs too
+
+    assert main(["compare", "--experiment", "wide", "--param", "data.name", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "run,name,data.name,val/loss" and len(lines) == 3 and len(lines[1].split(",")[0]) == 32
+    assert main(["compare", "--experiment", "wide", "--param", "data.name", "--format", "json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in records] == ["wide-0", "wide-1"] and records[0]["val/loss"] == "100.0000"
+    assert main(["compare", "--where", "metrics.val/loss <<< 3"]) == 2
+    assert "cannot filter runs by" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from pathlib import Path
 import mlflow
 import psutil
 import pytest
+from mlflow.tracking import MlflowClient
 
 from pyrovae.cli import main
 from pyrovae.run.server import free_port
@@ -91,7 +92,10 @@ def ui(tmp_path_factory):
     process.send_signal(signal.SIGINT)
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 0, out
-    assert f"MLflow UI for {uri}: {server.url}" in out and "MLflow UI stopped" in out
+    experiment = MlflowClient(uri).get_experiment_by_name("pyrovae").experiment_id
+    # the URL opens the runs table in the model-training view, not MLflow's GenAI overview
+    assert f"MLflow UI for {uri}: {server.url}/#/experiments/{experiment}?workflowType=machine_learning" in out
+    assert "MLflow UI stopped" in out
     _, alive = psutil.wait_procs(family[1:], timeout=10)
     assert not alive, f"left running after Ctrl-C: {[p.cmdline() for p in alive]}"
 
@@ -160,8 +164,9 @@ def test_compare_reads_the_server(ui, http_run, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", ui.url)
     assert main(["compare", "--experiment", "served"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"1 run in {ui.url}, best first by val/loss (lower is better)"
+    assert lines[0] == "1 run in experiment 'served', best first by val/loss (lower is better)"
     assert lines[3].split()[:2] == [http_run[0][:8], "over-http"]
+    assert lines[-1] == f"store: {ui.url}"
 
 
 def test_browser_shows_the_runs(ui, http_run, tmp_path):
@@ -200,3 +205,5 @@ def test_ui_refuses_a_folder_without_a_store_or_a_server_uri(tmp_path, monkeypat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert main(["ui"]) == 2
     assert "points at a server already: open http://127.0.0.1:5000" in capsys.readouterr().err
+    assert main(["ui", "--host", "0.0.0.0"]) == 2  # reachable by others, no authentication: opt in
+    assert "add --allow-remote" in capsys.readouterr().err

@@ -12,7 +12,9 @@ HELP = "estimate log p(x) of a trained run (IWAE, AIS, BDMC) and log it into tha
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_id", help="the MLflow run id of a finished `pyrovae train`")
+    parser.add_argument("run_id", help="the MLflow run id (or 8+ first characters) of a `pyrovae train` run")
+    parser.add_argument("--best", action="store_true", help="score the best epoch's weights (checkpoints/best.pt), "
+                                                            "not the final ones")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--iwae-k", type=int, default=5000, help="importance samples K (0 = skip IWAE)")
     parser.add_argument("--subset", type=int, default=0, help="only the first N datapoints of the split (0 = all)")
@@ -31,14 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from pyrovae.infer.estimators.ais import AISSettings
     from pyrovae.run.evaluation import evaluate_run
 
     settings = AISSettings(steps=args.ais_steps, chains=args.ais_chains, leapfrog_steps=args.ais_leapfrog,
                            start=args.ais_start)
-    metrics = evaluate_run(args.run_id, args.split, args.iwae_k, args.subset, args.batch_size, args.ais, settings,
-                           args.ais_subset, args.bdmc, args.seed, args.device, progress=not args.no_progress)
-    print(f"run {args.run_id}: {args.split} split, {metrics.pop('n')} datapoints")
-    for key in sorted(metrics):
-        print(f"  {key:<28} {metrics[key]:.4f}")
+    result = evaluate_run(args.run_id, args.split, args.iwae_k, args.subset, args.batch_size, args.ais, settings,
+                          args.ais_subset, args.bdmc, args.seed, args.device, progress=not args.no_progress,
+                          weights="best" if args.best else "final")
+    print(f"run {result.of}: {args.split} split, {result.n} datapoints; kept as evaluation run {result.run_id}")
+    for key in sorted(result.metrics):
+        print(f"  {key:<32} {result.metrics[key]:.4f}")
+    for warning in result.warnings:
+        print(f"pyrovae: warning: {warning}", file=sys.stderr)
     return 0

@@ -28,7 +28,10 @@ def print_result(result) -> None:
         if key.startswith(("val/", "test/")) and not key.endswith("seconds"):
             print(f"  {key:<14} {result.metrics[key]:.4f}")
     print(f"tracking store: {result.tracking_uri}")
-    print(f"see it in the MLflow UI:  pyrovae ui   (or: mlflow ui --backend-store-uri {result.tracking_uri})")
+    if result.tracking_uri.startswith(("http://", "https://")):
+        print(f"see it in the MLflow UI: open {result.tracking_uri} in a browser")
+    else:
+        print(f"see it in the MLflow UI:  pyrovae ui   (or: mlflow ui --backend-store-uri {result.tracking_uri})")
 
 
 def run(args: argparse.Namespace) -> int:

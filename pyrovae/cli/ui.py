@@ -22,7 +22,24 @@ HELP = "start the MLflow UI on the project's store (127.0.0.1, a free port) and 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (default 127.0.0.1: only this machine can connect)")
-    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    parser.add_argument("--port", type=int, default=0, help="port (0: a free one)")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="needed with a --host other machines reach: the server has no authentication")
+    parser.add_argument("--experiment", default="pyrovae", help="the experiment whose runs table the URL opens")
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def runs_table_url(base: str, uri: str, experiment: str) -> str:
+    """The experiment's runs table in MLflow's model-training view (MLflow 3.17 opens on its GenAI
+    overview otherwise), or the server's front page when the experiment does not exist yet."""
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient(uri).get_experiment_by_name(experiment)
+    if found is None:
+        return base
+    return f"{base}/#/experiments/{found.experiment_id}?workflowType=machine_learning"
 
 
 def _stop_on_sigterm(signum, frame):
@@ -34,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from pyrovae.run.server import MlflowServer
     from pyrovae.run.tracking import DEFAULT_STORE, tracking_uri
 
+    if args.host not in LOOPBACK and not args.allow_remote:
+        raise UserError(f"--host {args.host} lets other machines read and change every run: the MLflow server "
+                        f"has no authentication; add --allow-remote if that is what you want, or serve it "
+                        f"with MLflow's own authentication (mlflow server --app-name basic-auth)")
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         raise UserError(f"MLFLOW_TRACKING_URI points at a server already: open {uri} in a browser")
@@ -44,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         with server:
-            print(f"MLflow UI for {uri}: {server.url}  (Ctrl-C stops it)", flush=True)
+            print(f"MLflow UI for {uri}: {runs_table_url(server.url, uri, args.experiment)}  (Ctrl-C stops it)",
+                  flush=True)
             while server.process.poll() is None:
                 time.sleep(0.5)
             raise UserError(f"the MLflow server stopped by itself (status {server.process.returncode}): "

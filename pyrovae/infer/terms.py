@@ -81,16 +81,21 @@ def elbo_terms(vae, elbo: ELBO, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
-def evaluate(vae, elbo: ELBO, x: torch.Tensor, batch_size: int, seed: int | None = 0) -> dict[str, float]:
-    """Mean of :func:`elbo_terms` over ``x`` (shape ``(N, *data_shape)``), in large batches.
+def datapoint_terms(vae, elbo: ELBO, x: torch.Tensor, batch_size: int, seed: int | None = 0) -> dict[str, torch.Tensor]:
+    """:func:`elbo_terms` of every datapoint of ``x`` (shape ``(N, *data_shape)``): each ``(N,)``.
 
-    Never changes a parameter: no optimizer is involved, gradients are off, and the RNG
-    state of the caller is restored afterwards.
+    Computed in batches of ``batch_size``; never changes a parameter: no optimizer is involved,
+    gradients are off, and the RNG state of the caller is restored afterwards.
     """
-    totals = {t: torch.zeros((), dtype=torch.float64, device=x.device) for t in TERMS}
+    parts: dict[str, list[torch.Tensor]] = {t: [] for t in TERMS}
     with evaluation_mode(vae, seed, x.device):
         for start in range(0, x.shape[0], batch_size):
             terms = elbo_terms(vae, elbo, x[start:start + batch_size])
             for t in TERMS:
-                totals[t] += terms[t].double().sum()
-    return {t: float(v) / x.shape[0] for t, v in totals.items()}
+                parts[t].append(terms[t])
+    return {t: torch.cat(v) for t, v in parts.items()}
+
+
+def evaluate(vae, elbo: ELBO, x: torch.Tensor, batch_size: int, seed: int | None = 0) -> dict[str, float]:
+    """Means of :func:`datapoint_terms` over ``x``: ``loss`` (-ELBO), ``recon``, ``kl``, ``mse``."""
+    return {t: float(v.double().mean()) for t, v in datapoint_terms(vae, elbo, x, batch_size, seed).items()}

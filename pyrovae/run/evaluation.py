@@ -1,20 +1,23 @@
-"""Tighter estimates of log p(x) for a trained run (IWAE, AIS, BDMC), logged into that run.
+"""Tighter estimates of log p(x) for a trained run (IWAE, AIS, BDMC), each kept as its own record.
 
-What ``pyrovae evaluate`` does, callable from Python as :func:`evaluate_run`. Loads the run's VAE
-(``config.toml`` + ``weights/final.pt``) and data, then computes
+What ``pyrovae evaluate`` does, callable from Python as :func:`evaluate_run`. Every evaluation
+is a *child run* of the trained run (tag ``pyrovae.kind = evaluation``, named after its split and
+weights), holding its settings as params -- ``eval.of``, ``eval.split``, ``eval.n``,
+``eval.iwae_k``, ``eval.seed``, ``eval.weights`` (final or best) and ``eval.weights_epoch``,
+``ais.*`` -- and its numbers as metrics at the step of the weights' epoch:
 
-- ``<split>/nll_iwae``: minus the mean IWAE bound with K importance samples (default 5000,
-  the literature's standard: Burda et al. 2016), over the whole split;
-- with ``ais``: ``<split>/nll_ais``, minus the mean AIS estimate on the first ``ais_subset``
-  datapoints, beside ``<split>/ais_subset/nll_elbo`` and ``.../nll_iwae`` on the same points,
-  so the three compare like with like (ELBO >= IWAE >= AIS in nats of NLL, up to noise);
-- with ``bdmc``: forward and reverse AIS on data simulated from the model, ``bdmc/gap``
-  (upper minus lower bound on log p(x), nats per datapoint).
+- ``<split>/nll_iwae``: minus the mean IWAE bound with K importance samples (default 5000, the
+  literature's standard: Burda et al. 2016), with its standard error ``<split>/nll_iwae_se``;
+- with ``ais``: ``<split>/nll_ais`` on the first ``ais_subset`` datapoints, beside
+  ``<split>/ais_subset/nll_elbo`` and ``.../nll_iwae`` on the same points (each with ``_se``),
+  and ``<split>/ais_subset/ais_minus_iwae`` (paired mean difference of the NLLs, with ``_se``):
+  AIS is only a better estimate once it converges, so when its NLL lies more than 2 standard
+  errors *above* IWAE's on the same points, a warning says so (Wu et al. 2017);
+- with ``bdmc``: forward and reverse AIS on data simulated from the model, ``bdmc/gap``.
 
-Settings go in as tags (``eval.iwae_k``, ``ais.steps``, ...); a histogram of the per-datapoint
-estimates and the values themselves (``.npy``) go in as artifacts under ``evaluation/``. The
-run's status is restored afterwards, also when the evaluation fails (its error is left in the
-tag ``pyrovae.evaluate.error``).
+So evaluations with other settings never overwrite each other, and the trained run itself is
+never reopened. The per-datapoint estimates (``.npy``) and their histogram are artifacts of the
+evaluation run under ``evaluation/``.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
+import torch
 
 from pyrovae.data import load_data
 from pyrovae.devices import select_device
@@ -34,19 +37,9 @@ from pyrovae.errors import UserError
 from pyrovae.infer.elbo import make_elbo
 from pyrovae.infer.estimators.ais import AISSettings, ais, bdmc
 from pyrovae.infer.estimators.iwae import iwae
-from pyrovae.infer.terms import evaluate
+from pyrovae.infer.terms import datapoint_terms
 from pyrovae.run.restore import rebuild, run_config
 from pyrovae.run.tracking import MlflowRun
-
-
-@contextmanager
-def reopened(run: MlflowRun) -> Iterator[MlflowRun]:
-    """Reopen a run for logging; afterwards put back its status (FINISHED, say), error or not."""
-    status = run.info().status
-    final = status if status != "RUNNING" else "FINISHED"
-    with run.lifecycle(system_metrics=False, final_status=final, error_status=final,
-                       error_tag="pyrovae.evaluate.error"):
-        yield run
 
 
 def histogram_png(estimates: dict, path: Path, title: str) -> None:
@@ -69,64 +62,113 @@ def _bar(total: int, desc: str, disable: bool):
     return tqdm(total=total, desc=desc, disable=disable, mininterval=0.5)
 
 
+@dataclass
+class Evaluation:
+    """One evaluation: its own run id, the run it scored, how many points, and its numbers."""
+
+    run_id: str
+    of: str
+    n: int
+    metrics: dict[str, float]
+    warnings: list[str]
+
+
+def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
+    """The mean of per-datapoint numbers and its standard error, ``std / sqrt(n)``."""
+    values = values.double()
+    se = float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
+    return float(values.mean()), se
+
+
+def ais_check(log_px_ais: torch.Tensor, log_px_iwae: torch.Tensor, settings: AISSettings) -> tuple[dict, list[str]]:
+    """Paired comparison of AIS and IWAE on the same points; a warning when AIS lost to IWAE."""
+    gap, se = mean_and_se(log_px_iwae - log_px_ais)  # NLL(AIS) - NLL(IWAE): negative once AIS converged
+    metrics = {"ais_minus_iwae": gap, "ais_minus_iwae_se": se}
+    if gap > 2 * se:
+        return metrics, [f"AIS's NLL is {gap:.3f} +- {se:.3f} nats above IWAE's on the same points: AIS has not "
+                         f"converged; raise --ais-steps (now {settings.steps}) or --ais-chains (now {settings.chains}), "
+                         f"or start from the posterior (--ais-start posterior)"]
+    return metrics, []
+
+
 def evaluate_run(run_id: str, split: str = "test", iwae_k: int = 5000, subset: int = 0, batch_size: int = 100,
                  ais_run: bool = False, ais_settings: AISSettings = AISSettings(), ais_subset: int = 100,
                  bdmc_run: bool = False, seed: int = 0, device: str = "auto", progress: bool = True,
-                 uri: str = "") -> dict[str, float]:
-    """Estimate log p(x) of run ``run_id`` on ``split`` and log it into that run; return the metrics."""
+                 uri: str = "", weights: str = "final") -> Evaluation:
+    """Estimate log p(x) of run ``run_id`` (any unique prefix of 8+ characters) on ``split`` with its
+    ``final`` or ``best`` weights, and keep it as a new evaluation run under that run."""
     for name, value in (("iwae_k", iwae_k), ("subset", subset), ("ais_subset", ais_subset), ("batch_size", batch_size)):
         if value < (1 if name == "batch_size" else 0):
             raise UserError(f"--{name.replace('_', '-')} must be non-negative (batch size positive), got {value}")
     run = MlflowRun.existing(run_id, uri)
     torch_device = select_device(device)
     config = run_config(run)
-    vae = rebuild(run, config, "final", torch_device)
+    vae = rebuild(run, config, weights, torch_device)
+    epoch = weights_epoch(run, weights)
     x = load_data(config["data"], torch_device).evaluation_data(split)
     if subset:
         x = x[:subset]
-    step, quiet, settings = config["train"]["epochs"], not progress, ais_settings
-    metrics, tags, estimates = {}, {"eval.split": split, "eval.seed": str(seed)}, {}
+    quiet, settings = not progress, ais_settings
+    params = {"eval.of": run.run_id, "eval.split": split, "eval.n": x.shape[0], "eval.seed": seed,
+              "eval.weights": weights, "eval.weights_epoch": epoch, "eval.iwae_k": iwae_k}
+    metrics, estimates, warnings = {}, {}, []
 
-    with reopened(run), tempfile.TemporaryDirectory() as tmp:
+    child = MlflowRun.create_in(run, f"evaluation {split} {weights}", tags={"pyrovae.kind": "evaluation"})
+    with child.lifecycle(system_metrics=False), tempfile.TemporaryDirectory() as tmp:
         if iwae_k:
-            tags.update({"eval.iwae_k": str(iwae_k), "eval.iwae_n": str(x.shape[0])})
             started = time.perf_counter()
             with _bar(x.shape[0], f"IWAE K={iwae_k}", quiet) as bar:
                 log_px = iwae(vae, x, iwae_k, batch_size, seed=seed, progress=bar.update)
-            metrics[f"{split}/nll_iwae"] = -float(log_px.mean())
+            metrics[f"{split}/nll_iwae"], metrics[f"{split}/nll_iwae_se"] = mean_and_se(-log_px)
             metrics[f"{split}/iwae_seconds"] = time.perf_counter() - started
             estimates[f"IWAE K={iwae_k}"] = log_px
         if ais_run:
             xs = x[:ais_subset]
-            tags.update({**settings.as_tags(), "ais.subset": str(xs.shape[0])})
+            params.update({**settings.as_tags(), "ais.subset": xs.shape[0]})
             started = time.perf_counter()
             with _bar(math.ceil(xs.shape[0] / batch_size) * settings.steps, "AIS", quiet) as bar:
                 log_px_ais = ais(vae, xs, settings, batch_size, seed=seed, progress=bar.update)
-            metrics[f"{split}/nll_ais"] = -float(log_px_ais.mean())
+            metrics[f"{split}/nll_ais"], metrics[f"{split}/nll_ais_se"] = mean_and_se(-log_px_ais)
             metrics[f"{split}/ais_seconds"] = time.perf_counter() - started
             elbo = make_elbo(config["train"]["elbo"], config["train"]["num_particles"])
-            metrics[f"{split}/ais_subset/nll_elbo"] = evaluate(vae, elbo, xs, batch_size, seed=seed)["loss"]
+            loss = datapoint_terms(vae, elbo, xs, batch_size, seed=seed)["loss"]
+            metrics[f"{split}/ais_subset/nll_elbo"], metrics[f"{split}/ais_subset/nll_elbo_se"] = mean_and_se(loss)
             if iwae_k:
-                metrics[f"{split}/ais_subset/nll_iwae"] = -float(log_px[:xs.shape[0]].mean())
+                same = log_px[:xs.shape[0]]
+                metrics[f"{split}/ais_subset/nll_iwae"], metrics[f"{split}/ais_subset/nll_iwae_se"] = mean_and_se(-same)
+                check, warnings = ais_check(log_px_ais, same, settings)
+                metrics.update({f"{split}/ais_subset/{k}": v for k, v in check.items()})
             estimates[f"AIS ({xs.shape[0]} points)"] = log_px_ais
         if bdmc_run:
             n = ais_subset or 100
-            tags.update({**settings.as_tags(), "bdmc.n": str(n)})
+            params.update({**settings.as_tags(), "bdmc.n": n})
             started = time.perf_counter()
             with _bar(2 * math.ceil(n / batch_size) * settings.steps, "BDMC", quiet) as bar:
                 result = bdmc(vae, n, settings, batch_size, seed=seed, progress=bar.update)
             metrics.update({"bdmc/gap": result.gap, "bdmc/log_px_lower": float(result.lower.mean()),
                             "bdmc/log_px_upper": float(result.upper.mean()),
                             "bdmc/seconds": time.perf_counter() - started})
-        run.set_tags(tags)
-        run.log_metrics(metrics, step=step)
+        child.log_params(params)
+        child.log_metrics(metrics, step=epoch)
+        if warnings:
+            child.set_tags({"pyrovae.evaluate.warning": " | ".join(warnings)})
         if estimates:
             png = Path(tmp) / f"loglik_hist_{split}.png"
-            histogram_png(estimates, png, f"run {run_id[:8]}, {split} split, per-datapoint log p(x)")
-            run.log_artifact(png, "evaluation")
+            histogram_png(estimates, png, f"run {run.run_id[:8]}, {split} split, {weights} weights, per-datapoint log p(x)")
+            child.log_artifact(png, "evaluation")
             for label, values in estimates.items():
                 npy = Path(tmp) / f"loglik_{split}_{label.split(' ')[0].lower()}.npy"
                 np.save(npy, values.cpu().numpy())
-                run.log_artifact(npy, "evaluation")
-    metrics["n"] = x.shape[0]
-    return metrics
+                child.log_artifact(npy, "evaluation")
+    return Evaluation(child.run_id, run.run_id, x.shape[0], metrics, warnings)
+
+
+def weights_epoch(run: MlflowRun, weights: str) -> int:
+    """The epoch of a run's ``final`` weights (its last logged ``val/loss``: early stopping
+    included) or of its ``best`` checkpoint."""
+    if weights == "best":
+        from pyrovae.run import checkpoint
+
+        return int(checkpoint.download(run, "best")["epoch"])
+    history = run.client.get_metric_history(run.run_id, "val/loss")
+    return max((m.step for m in history), default=0)

@@ -205,9 +205,10 @@ def _check_overrides(overrides: Sequence[str]) -> str:
     return uri
 
 
-def _load_for_resume(run_id: str, uri: str, overrides: Sequence[str]) -> tuple[dict, dict, dict | None]:
-    """The config, last checkpoint and best weights of a run to resume; says where it goes on from."""
+def _load_for_resume(run_id: str, uri: str, overrides: Sequence[str]) -> tuple[str, dict, dict, dict | None]:
+    """The full id, config, last checkpoint and best weights of a run to resume; says where it goes on from."""
     run = MlflowRun.existing(run_id, uri)
+    run_id = run.run_id
     config = resume_config(run, overrides)
     state = checkpoint.download(run, "last")
     epochs, changed = config["train"]["epochs"], {o.partition("=")[0].strip() for o in overrides}
@@ -227,7 +228,7 @@ def _load_for_resume(run_id: str, uri: str, overrides: Sequence[str]) -> tuple[d
     else:
         print(f"pyrovae: resuming {status} run '{run_id}' from {where}")
     best = checkpoint.download(run, "best")["module"] if state["best_epoch"] else None
-    return config, state, best
+    return run_id, config, state, best
 
 
 def resume(run_id: str, overrides: Sequence[str] = (), progress: bool = True,
@@ -244,7 +245,7 @@ def resume(run_id: str, overrides: Sequence[str] = (), progress: bool = True,
     found = _load_for_resume(run_id, uri, overrides) if world.is_main else None
     if world.distributed:  # rank 0 reads the store and hands the others what they need
         found = distributed.broadcast_object(found)
-    config, state, best = found
+    run_id, config, state, best = found
     vae, data = prepare(config)
     check_data(vae, data)
     trainer = Trainer(vae, data, settings=config["train"], evaluation=config["eval"], progress=progress)

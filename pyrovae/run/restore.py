@@ -24,8 +24,8 @@ def run_config(run: MlflowRun) -> dict:
     try:
         text = run.load_text("config.toml")
     except Exception as err:
-        raise UserError(f"cannot read config.toml of run '{run.run_id}' from {run.uri} "
-                        f"({type(err).__name__}); check the run id and MLFLOW_TRACKING_URI") from None
+        raise UserError(f"run '{run.run_id}' has no config.toml ({type(err).__name__}), so it was not made by "
+                        f"pyrovae train (or pyrovae.train); only such runs can be evaluated, sampled or resumed") from None
     return over_defaults(tomllib.loads(text))  # keys added since the run get their defaults
 
 

@@ -138,19 +138,51 @@ class MlflowRun:
         return cls(run.info.run_id, uri)
 
     @classmethod
+    def create_in(cls, parent: "MlflowRun", run_name: str, tags: dict | None = None) -> "MlflowRun":
+        """A new child run of ``parent``, in its experiment and store."""
+        tags = {**(tags or {}), "mlflow.parentRunId": parent.run_id}
+        run = parent.client.create_run(parent.info().experiment_id, tags=tags, run_name=run_name)
+        return cls(run.info.run_id, parent.uri)
+
+    @classmethod
     def existing(cls, run_id: str, uri: str = "") -> "MlflowRun":
-        """The run ``run_id`` of the store ``uri``; one :class:`UserError` line when there is none."""
+        """The run whose id is (or starts with, 8 characters or more) ``run_id`` in the store
+        ``uri``; one :class:`UserError` line when there is none or the prefix is ambiguous."""
         run = cls(run_id, uri)
         check_server(run.uri)
         db = sqlite_path(run.uri)
+        missing = UserError(f"no run '{run_id}' in the MLflow store {run.uri}; check the id "
+                            f"(pyrovae compare, the MLflow UI) and MLFLOW_TRACKING_URI")
+        if db is not None and not db.exists():
+            raise missing
+        if len(run_id) < 32:
+            run.run_id = run.full_id(run_id) or ""
         try:
-            if db is not None and not db.exists():
-                raise FileNotFoundError(db)
             run.info()
         except Exception:
-            raise UserError(f"no run '{run_id}' in the MLflow store {run.uri}; check the id "
-                            f"(pyrovae compare, the MLflow UI) and MLFLOW_TRACKING_URI") from None
+            raise missing from None
         return run
+
+    def full_id(self, prefix: str) -> str | None:
+        """The one run id that starts with ``prefix`` (at least 8 characters)."""
+        from mlflow.entities import ViewType
+
+        if len(prefix) < 8:
+            raise UserError(f"run id '{prefix}' is too short: give at least 8 characters "
+                            f"(the column 'run' of pyrovae compare)")
+        experiments = [e.experiment_id for e in self.client.search_experiments(view_type=ViewType.ALL)]
+        matches, token = [], None
+        while experiments:
+            page = self.client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=1000,
+                                           page_token=token)
+            matches += [r.info.run_id for r in page if r.info.run_id.startswith(prefix)]
+            token = page.token
+            if not token:
+                break
+        if len(matches) > 1:
+            raise UserError(f"run id '{prefix}' is ambiguous: {len(matches)} runs start with it "
+                            f"({', '.join(sorted(matches)[:4])}{', ...' if len(matches) > 4 else ''}); give more characters")
+        return matches[0] if matches else None
 
     # -- reading -------------------------------------------------------------------------
     def info(self):

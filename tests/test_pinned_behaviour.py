@@ -1,0 +1,123 @@
+"""Promises of the README pinned by their values, so that a small realistic bug fails a test:
+KL annealing in model *and* guide, ``mse`` as a per-pixel mean, dynamic binarization redrawn
+every epoch, every RNG restored, and every numeric config range enforced at its edge."""
+
+from __future__ import annotations
+
+import random
+import typing
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+from pyrovae.data import Splits
+from pyrovae.infer.elbo import ELBOLoss, make_elbo
+from pyrovae.infer.rng import get_rng_state, set_rng_state
+from pyrovae.infer.terms import elbo_terms
+from pyrovae.model.vae import VAE
+from pyrovae.run import config
+from pyrovae.run.config import SECTIONS
+
+SHAPE = (1, 4, 4)
+
+
+def tiny_vae() -> VAE:
+    pyro.set_rng_seed(0)
+    return VAE(guide={"name": "diagonal_normal", "hidden": [8]}, likelihood={"name": "bernoulli", "hidden": [8]},
+               latent_dim=3, data_shape=SHAPE)
+
+
+def batch() -> torch.Tensor:
+    return torch.bernoulli(torch.full((6, *SHAPE), 0.4), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("kind", ["trace", "meanfield"])
+def test_annealing_removes_exactly_one_minus_beta_times_the_kl(kind):
+    """loss(1) - loss(beta) = (1 - beta) KL with the same z: the scale sits on the latent site in
+    model and guide (on the model's alone, Trace_ELBO would discount -log p(z) only, and
+    TraceMeanField_ELBO would not anneal at all)."""
+    vae, x, beta = tiny_vae(), batch(), 0.3
+    loss = ELBOLoss(vae, make_elbo(kind))
+    with torch.no_grad():
+        torch.manual_seed(1)
+        full = loss(x, torch.tensor(1.0))
+        torch.manual_seed(1)
+        annealed = loss(x, torch.tensor(beta))
+        torch.manual_seed(1)
+        kl = elbo_terms(vae, make_elbo(kind), x)["kl"].sum()
+    assert abs(float(kl)) > 0.1
+    assert float(full - annealed) == pytest.approx((1 - beta) * float(kl), rel=1e-4)
+
+
+def test_mse_is_the_per_pixel_mean_squared_error_of_the_decoder_mean_at_the_sampled_z():
+    vae, x = tiny_vae(), batch()
+    with torch.no_grad():
+        torch.manual_seed(2)
+        mse = elbo_terms(vae, make_elbo(), x)["mse"]
+        torch.manual_seed(2)
+        z = vae.posterior(x).rsample()  # the draw the ELBO's guide trace made
+        expected = ((vae.likelihood(z).mean - x) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(mse, expected)
+
+
+def as_multiset(rows: torch.Tensor) -> list[tuple]:
+    """The binary rows of an epoch, in no order: the shuffle cannot change this, only a new draw."""
+    return sorted(tuple(r.flatten().int().tolist()) for r in rows)
+
+
+def test_dynamic_binarization_is_redrawn_every_epoch_whatever_the_order():
+    grey = torch.full((64, *SHAPE), 0.5)
+    data = Splits("grey", train=grey, val=grey[:8], test=grey[:8], binarize=True)
+    torch.manual_seed(0)
+    first, second = (torch.cat(list(data.train_batches(16))) for _ in range(2))
+    assert as_multiset(first) != as_multiset(second)
+    assert set(first.unique().tolist()) == {0.0, 1.0} and 0.4 < float(first.mean()) < 0.6
+    shards = [torch.cat(list(data.shard_batches(16, rank=0, world_size=2, seed=0, epoch=e))) for e in (0, 1)]
+    assert as_multiset(shards[0]) != as_multiset(shards[1])
+
+
+def test_every_random_generator_is_restored():
+    state = get_rng_state()
+    draws = lambda: (torch.rand(3), np.random.rand(3), random.random(),  # noqa: E731
+                     torch.cuda.FloatTensor(3).uniform_() if torch.cuda.is_available() else None)
+    before = draws()
+    set_rng_state(state)
+    after = draws()
+    assert torch.equal(before[0], after[0]) and np.array_equal(before[1], after[1]) and before[2] == after[2]
+    if torch.cuda.is_available():
+        assert torch.equal(before[3], after[3])
+
+
+#: the nearest refused value of every numeric key, with its message, written out here: reading
+#: the bounds from the fields would let a removed bound remove its own check
+OUTSIDE = {
+    "data.seed": (-1, "must be at least 0"), "data.subset": (-1, "must be at least 0"),
+    "data.val_fraction": (0.91, "must be at most 0.9"), "data.test_fraction": (-0.01, "must be at least 0.0"),
+    "model.latent_dim": (0, "must be at least 1"),
+    "train.epochs": (0, "must be at least 1"), "train.batch_size": (0, "must be at least 1"),
+    "train.lr": (0, "must be greater than 0.0"), "train.seed": (-1, "must be at least 0"),
+    "train.num_particles": (0, "must be at least 1"), "train.beta_start": (0, "must be greater than 0.0"),
+    "train.warmup_epochs": (-0.5, "must be at least 0.0"), "train.weight_decay": (-0.1, "must be at least 0.0"),
+    "train.lr_min": (-1e-6, "must be at least 0.0"), "train.lr_decay": (1.01, "must be at most 1.0"),
+    "train.lr_decay_epochs": (0, "must be at least 1"), "train.checkpoint_every": (0, "must be at least 1"),
+    "train.patience": (-1, "must be at least 0"),
+    "eval.batch_size": (0, "must be at least 1"), "eval.seed": (-1, "must be at least 0"),
+    "eval.iwae_every": (-1, "must be at least 0"), "eval.iwae_k": (0, "must be at least 1"),
+}
+ALSO_ABOVE = {"train.beta_start": (1.01, "must be at most 1.0"), "train.lr_decay": (0, "must be greater than 0.0"),
+              "data.val_fraction": (-0.01, "must be at least 0.0"), "data.test_fraction": (0.91, "must be at most 0.9")}
+
+
+def test_the_table_covers_every_numeric_config_key():
+    numeric = {f"{section}.{name}" for section, cls in SECTIONS.items()
+               for name, hint in typing.get_type_hints(cls).items() if hint in (int, float)}
+    assert numeric == set(OUTSIDE)
+
+
+@pytest.mark.parametrize("key, value, message", [(k, *v) for k, v in [*OUTSIDE.items(), *ALSO_ABOVE.items()]])
+def test_the_nearest_value_outside_each_range_is_refused_in_one_line(key, value, message):
+    with pytest.raises(Exception) as err:
+        config.load(None, [f"{key}={value}"])
+    assert str(err.value) == f"config key '{key}' {message}, got {value!r}"
