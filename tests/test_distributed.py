@@ -151,3 +151,15 @@ def test_a_dead_worker_is_restarted_into_the_same_run(store):
     run = store.named("restarted")  # one run, not two
     assert run.info.status == "FINISHED"
     assert sorted({step for step, _ in store.history(run.info.run_id, "val/loss")}) == [1, 2]
+
+
+def test_early_stopping_is_decided_alike_on_every_rank(store):
+    """val/loss is computed identically on both ranks, so both stop after the same epoch (a rank
+    that went on alone would wait in its next collective until the job timed out)."""
+    done = store.run(torchrun("-m", "pyrovae", "train", "--no-progress",
+                              *overrides("mlflow.run_name=patience", "train.epochs=6", "train.lr=1e-30",
+                                         "train.patience=1")), timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = store.named("patience")
+    assert run.info.status == "FINISHED"
+    assert [step for step, _ in store.history(run.info.run_id, "val/loss")] == [1, 2]

@@ -118,3 +118,21 @@ def test_a_failure_during_evaluation_fails_the_evaluation_run_only(trained_run, 
     failed = evaluations_of(trained_run.run_id)[-1]
     assert failed.info.status == "FAILED" and failed.data.tags["pyrovae.error"] == "RuntimeError: out of memory"
     assert mlflow.get_run(trained_run.run_id).info.status == "FINISHED"
+
+
+def test_a_run_not_made_by_pyrovae_is_named_as_such(store, capsys):
+    client = mlflow.MlflowClient(store)
+    run = client.create_run(client.create_experiment("other-tool"), run_name="not-ours")
+    for command in (["evaluate", run.info.run_id, "--no-progress"], ["sample", run.info.run_id]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"run '{run.info.run_id}' has no config.toml" in err and "so it was not made by pyrovae train" in err
+
+
+def test_a_run_on_a_server_points_at_the_server_not_at_mlflow_ui(capsys):
+    from pyrovae.cli.train import print_result
+    from pyrovae.run.pipeline import RunResult
+
+    print_result(RunResult("0" * 32, "http://127.0.0.1:5000", {"val/loss": 1.0}))
+    out = capsys.readouterr().out
+    assert "open http://127.0.0.1:5000 in a browser" in out and "mlflow ui --backend-store-uri" not in out

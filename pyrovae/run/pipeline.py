@@ -192,17 +192,16 @@ def resume_config(run: MlflowRun, overrides: Sequence[str] = ()) -> dict:
     return resolve(config)
 
 
-def _check_overrides(overrides: Sequence[str]) -> str:
-    """The tracking URI named among ``overrides`` ('' if none); refuse keys a resume cannot change."""
-    uri = ""
+def _check_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``{"train.epochs": 20, ...}`` from ``--set`` texts; refuse keys a resume cannot change."""
+    values = {}
     for text in overrides:
         keys, value = parse_override(text)
         if ".".join(keys) not in RESUMABLE:
             raise UserError(f"resume cannot change '{'.'.join(keys)}' (it would not be the same run); "
                             f"it can change {', '.join(RESUMABLE)}; train a new run instead")
-        if keys == ["mlflow", "tracking_uri"]:
-            uri = value
-    return uri
+        values[".".join(keys)] = value
+    return values
 
 
 def _load_for_resume(run_id: str, uri: str, overrides: Sequence[str]) -> tuple[str, dict, dict, dict | None]:
@@ -239,9 +238,9 @@ def resume(run_id: str, overrides: Sequence[str] = (), progress: bool = True,
     come back as they were, so metrics continue at the next step with the values an
     uninterrupted run would have logged (on CPU; CUDA kernels need not be deterministic).
     """
-    uri = _check_overrides(overrides)
-    device = dict(o.split("=", 1) for o in overrides).get("train.device", "auto").strip('"')
-    world, _ = init_from_env(device)
+    changes = _check_overrides(overrides)
+    uri = changes.get("mlflow.tracking_uri", "")
+    world, _ = init_from_env(changes.get("train.device", "auto"))
     found = _load_for_resume(run_id, uri, overrides) if world.is_main else None
     if world.distributed:  # rank 0 reads the store and hands the others what they need
         found = distributed.broadcast_object(found)
