@@ -31,24 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def runs_table_url(base: str, uri: str, experiment: str) -> str:
-    """The experiment's runs table in MLflow's model-training view (MLflow 3.17 opens on its GenAI
-    overview otherwise), or the server's front page when the experiment does not exist yet."""
-    from mlflow.tracking import MlflowClient
-
-    found = MlflowClient(uri).get_experiment_by_name(experiment)
-    if found is None:
-        return base
-    return f"{base}/#/experiments/{found.experiment_id}?workflowType=machine_learning"
-
-
 def _stop_on_sigterm(signum, frame):
     raise KeyboardInterrupt  # unwinds through the server's context manager, which stops it
 
 
 def run(args: argparse.Namespace) -> int:
     from pyrovae.run.compare import existing_store
-    from pyrovae.run.server import MlflowServer
+    from pyrovae.run.server import MlflowServer, runs_table_url
     from pyrovae.run.tracking import DEFAULT_STORE, tracking_uri
 
     if args.host not in LOOPBACK and not args.allow_remote:
