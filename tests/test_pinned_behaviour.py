@@ -121,3 +121,21 @@ def test_the_nearest_value_outside_each_range_is_refused_in_one_line(key, value,
     with pytest.raises(Exception) as err:
         config.load(None, [f"{key}={value}"])
     assert str(err.value) == f"config key '{key}' {message}, got {value!r}"
+
+
+def test_each_rank_gets_its_slice_of_every_global_batch_and_tiny_last_batches_are_dropped():
+    rows = torch.arange(21, dtype=torch.float32).view(21, 1, 1, 1)  # 2 global batches of 8 and one of 5
+    data = Splits("numbered", train=rows, val=rows[:2], test=rows[:2], binarize=False)
+    epoch = {r: list(data.shard_batches(8, rank=r, world_size=2, seed=3, epoch=0)) for r in (0, 1)}
+    assert [b.shape[0] for b in epoch[0]] == [4, 4, 3] and [b.shape[0] for b in epoch[1]] == [4, 4, 2]
+    seen = torch.cat([*epoch[0], *epoch[1]]).flatten().sort().values
+    assert torch.equal(seen, rows.flatten())  # every row once per epoch, split between the ranks
+    again = torch.cat(list(data.shard_batches(8, rank=0, world_size=2, seed=3, epoch=0)))
+    assert torch.equal(again, torch.cat(epoch[0]))  # the same order on every call (and every rank)
+    other_epoch = torch.cat(list(data.shard_batches(8, rank=0, world_size=2, seed=3, epoch=1)))
+    other_seed = torch.cat(list(data.shard_batches(8, rank=0, world_size=2, seed=4, epoch=0)))
+    assert not torch.equal(other_epoch, again) and not torch.equal(other_seed, again)
+    resumed = torch.cat(list(data.shard_batches(8, rank=0, world_size=2, seed=3, epoch=0, start=1)))
+    assert torch.equal(resumed, torch.cat(epoch[0][1:]))
+    assert data.num_shard_batches(8, 2) == 3 and data.num_shard_batches(10, 2) == 2  # 21 = 2 x 10 + 1 dropped
+    assert len(list(data.shard_batches(10, rank=1, world_size=2, seed=3, epoch=0))) == 2  # 1 row < 2 ranks

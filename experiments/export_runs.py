@@ -1,0 +1,56 @@
+"""Export a study's runs (the children of one parent run) to JSON, so that numbers in the README
+stay traceable although ``mlruns/`` is not in git: run ids, names, status, params, the last value
+of every metric, the per-epoch history of a few curves, and each run's evaluations
+(``pyrovae evaluate`` keeps them as child runs).
+
+    python experiments/export_runs.py PARENT_RUN_ID experiments/results/NAME.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from pyrovae.run.tracking import MlflowRun
+
+CURVES = ("train/loss", "val/loss", "val/recon", "val/kl")
+
+
+def export(parent_id: str, out: Path, uri: str = "") -> dict:
+    parent = MlflowRun.existing(parent_id, uri)
+    client: MlflowClient = parent.client
+    experiment = parent.info().experiment_id
+    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}'",
+                                  order_by=["attributes.start_time ASC"])
+    record = {"parent_run_id": parent.run_id, "store": parent.uri, "runs": []}
+    for run in children:
+        record["runs"].append({
+            "run_id": run.info.run_id, "name": run.info.run_name, "status": run.info.status,
+            "params": dict(run.data.params), "metrics": {k: v for k, v in run.data.metrics.items()
+                                                         if not k.startswith("system/")},
+            "curves": {key: [[m.step, m.value] for m in client.get_metric_history(run.info.run_id, key)]
+                       for key in CURVES},
+            "evaluations": [{"run_id": e.info.run_id, "params": dict(e.data.params),
+                             "metrics": {k: v for k, v in e.data.metrics.items() if not k.startswith("system/")}}
+                            for e in client.search_runs([experiment], filter_string=(
+                                f"tags.mlflow.parentRunId = '{run.info.run_id}' AND tags.`pyrovae.kind` = 'evaluation'"))],
+        })
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("parent_run_id")
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    record = export(args.parent_run_id, args.out)
+    print(f"{len(record['runs'])} runs of {record['parent_run_id']} -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
