@@ -80,7 +80,7 @@ class Splits:
         order = torch.randperm(x.shape[0], device=x.device, generator=generator)
         if self.binarize:
             # Bernoulli(x) as P(U < x), U ~ Uniform[0, 1), kept as bool until a batch is taken:
-            # 0.4 s instead of torch.bernoulli's 0.75 s for 50,000 MNIST images on 2 CPU cores.
+            # about half the time of torch.bernoulli on a CPU (benchmarks/speed.py and the README have figures).
             x = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator) < x
         for start in range(0, x.shape[0], batch_size):
             yield x[order[start:start + batch_size]].to(self.train.dtype)

@@ -13,7 +13,7 @@ it is registered, and the single-sample estimate :math:`\log q(z|x) - \log p(z)`
 object computes, so ``loss == recon + kl`` holds to float precision and ``loss`` summed over a
 batch equals ``elbo.loss(model, guide, x)`` with the same random numbers. Evaluation is always
 at beta = 1: annealing is a training device, and ``poutine.scale`` would otherwise leak into the
-number (DESIGN.md, fact 1). ``mse`` is the squared error of the decoder mean at the same z,
+number (``svi.evaluate_loss`` returns whatever the scaled model computes). ``mse`` is the squared error of the decoder mean at the same z,
 averaged over data elements: an extra metric beside the bound, never instead of it.
 
 All numbers are per datapoint, in nats. References: Kingma & Welling 2014, eq. (3);

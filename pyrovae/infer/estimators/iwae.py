@@ -17,7 +17,7 @@ The model is fixed (:class:`pyrovae.model.vae.VAE`), so the weights are computed
 three modules. They are the same numbers Pyro's ``RenyiELBO(alpha=0, num_particles=K,
 vectorize_particles=True)`` computes on the same draws (its loss is minus their sum over the
 data; the tests check it). ``pyro.infer.importance.vectorized_importance_weights`` is *not*
-this: it sums over the data plate (DESIGN.md, fact 6).
+this: it sums over the data plate.
 
 References: Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
 """

@@ -19,7 +19,7 @@ class Likelihood(nn.Module):
     data shape, and set ``data_support`` to the constraint their data must satisfy. The
     pipeline calls :meth:`check_data` once on every split before training, so a likelihood is
     never asked for a "log-probability" of data it does not model (a Bernoulli on grey levels
-    is not a normalized density: DESIGN.md, fact 8).
+    is not a normalized density, so its number is no log-likelihood).
     """
 
     data_support: constraints.Constraint = constraints.real
