@@ -44,9 +44,9 @@ from pyrovae.run.tracking import MlflowRun
 
 def histogram_png(estimates: dict, path: Path, title: str) -> None:
     """Overlaid histograms of per-datapoint log p(x) estimates (one per estimator)."""
-    from pyrovae.run.figures import _figure
+    from pyrovae.run.figures import figure
 
-    fig = _figure(6, 4)
+    fig = figure(6, 4)
     ax = fig.add_subplot()
     for label, values in estimates.items():
         ax.hist(values.cpu().numpy(), bins=60, alpha=0.5, density=True,

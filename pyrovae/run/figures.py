@@ -41,7 +41,7 @@ def prior_sample_grid(vae, n: int = 64, seed: int = 0) -> np.ndarray:
 
 # -- matplotlib charts (Agg canvas, no pyplot state: safe in threads and without a display) --
 
-def _figure(width: float = 5.0, height: float = 3.2):
+def figure(width: float = 5.0, height: float = 3.2):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -85,7 +85,7 @@ def latent_scatter(vae, x: torch.Tensor, labels: torch.Tensor | None = None, see
         points, axes = means, ("z_1", "z_2")
     else:
         points, axes = torch.cat([means, torch.zeros_like(means)], 1), ("z_1", "")
-    fig = _figure(4.2, 3.6)
+    fig = figure(4.2, 3.6)
     ax = fig.add_subplot()
     colours = None if labels is None else labels[: len(points)].cpu().numpy()
     if colours is None:
@@ -100,7 +100,7 @@ def latent_scatter(vae, x: torch.Tensor, labels: torch.Tensor | None = None, see
 def kl_per_dimension_chart(kl: torch.Tensor) -> np.ndarray:
     """Bars of the mean KL(q(z_u|x) || p(z_u)) per latent dimension u, in nats; near 0 = collapsed."""
     kl = kl.detach().cpu().numpy()
-    fig = _figure(max(3.5, 0.12 * len(kl) + 1.5), 2.8)
+    fig = figure(max(3.5, 0.12 * len(kl) + 1.5), 2.8)
     ax = fig.add_subplot()
     ax.bar(np.arange(len(kl)), kl, color="tab:blue")
     ax.set(xlabel="latent dimension", ylabel="KL (nats)", title=f"KL per dimension, total {kl.sum():.2f}")
@@ -114,7 +114,7 @@ def loss_curves(history: list[dict[str, float]]) -> np.ndarray:
     def series(key):
         return [m.get(key, np.nan) for m in history]
 
-    fig = _figure(7.0, 2.8)
+    fig = figure(7.0, 2.8)
     left, right = fig.subplots(1, 2)
     for key in ("train/loss", "val/loss"):
         left.plot(epochs, series(key), marker=".", label=key)

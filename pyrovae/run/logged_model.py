@@ -11,20 +11,18 @@ each checked with MLflow 3.17.2:
   pickle refuses: we log a *clean copy*, rebuilt from the ``[model]`` config and the weights.
 - Requirement inference imports and inspects the model for seconds: the requirements are named.
 
-A pickled model runs code when loaded; checkpoints (:mod:`pyrovae.run.checkpoint`) and
-``weights/*.pt`` are the form that loads with ``weights_only=True``.
+A pickled model runs code when loaded, so pyrovae itself never loads one: its commands and
+:func:`pyrovae.load_vae` rebuild a run's VAE from ``config.toml`` and ``weights/*.pt`` or the
+checkpoints (:mod:`pyrovae.run.checkpoint`), which load with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
-from pyrovae.run.tracking import MlflowRun
-from pyrovae.errors import UserError, first_line
 from pyrovae.model.vae import VAE, build_vae
 
 #: the packages a pickled VAE needs to load
@@ -63,25 +61,3 @@ def log_vae(run, vae: VAE, model_config: dict, name: str = "model", state_dict: 
                       metadata={"latent_dim": copy.latent_dim, "data_shape": list(copy.data_shape)})
     finally:
         quiet.setLevel(level)
-
-
-def load_logged_vae(run_id: str, best: bool = False, uri: str = "") -> VAE:
-    """The run's logged ``model`` (or ``best_model``) as a CPU :class:`VAE` in eval mode.
-
-    This unpickles the model, which runs code from the run's files: only for runs you trust
-    (:func:`pyrovae.run.restore.load_vae` rebuilds from weights instead).
-    """
-    from pyrovae.run.tracking import tracking_uri
-
-    name = "best_model" if best else "model"
-    uri = tracking_uri(uri)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = MlflowRun(run_id, uri).load_model(name)
-    except Exception as err:
-        raise UserError(f"cannot load the logged model '{name}' of run '{run_id}' from "
-                        f"{uri} ({first_line(err, 200)}); did the run finish?") from None
-    if not isinstance(model, torch.nn.Module) or not hasattr(model, "generate"):
-        raise UserError(f"the logged model '{name}' of run '{run_id}' is not a pyrovae VAE")
-    return model.eval()

@@ -195,13 +195,6 @@ class MlflowRun:
     def load_text(self, path: str) -> str:
         return Path(self.download(path)).read_text()
 
-    def load_model(self, name: str):
-        """The logged model ``name``, unpickled on the CPU (this runs code from the run's files)."""
-        import mlflow.pytorch
-
-        with self._global_uri():
-            return mlflow.pytorch.load_model(f"runs:/{self.run_id}/{name}", map_location="cpu")
-
     @contextmanager
     def _global_uri(self) -> Iterator[None]:
         """MLflow's global tracking URI set to this run's store, and put back afterwards."""
