@@ -9,12 +9,18 @@ Per seed, two child runs under one MLflow parent run:
   scheme in plain PyTorch, closed-form KL, ``binary_cross_entropy_with_logits``, Adam 1e-3,
   batch 128) trained on the same dynamically binarized batches (the same global RNG stream).
 
+- ``pyrovae-meanfield-seed<S>`` (arm ``meanfield``, the ablation): the default with
+  ``train.elbo = "meanfield"`` (``TraceMeanField_ELBO``: the KL in closed form, as the
+  hand-written VAE computes it), so a gap between the two above can be put on the KL estimator.
+
 Both are scored the same way: the hand-written VAE's weights are copied into a pyrovae
 :class:`~pyrovae.VAE` (the layers match one to one), then ``test/loss`` (-ELBO, fixed seed) and
 ``test/nll_iwae`` (IWAE with ``--iwae-k`` samples) on the fixed seeded binarization of the
 10,000 test images.
 
     PYROVAE_DATA_DIR=../shared/data python experiments/default_vs_hand.py --epochs 100 --seeds 0 1 2
+    # more seeds or arms under an existing parent run:
+    PYROVAE_DATA_DIR=../shared/data python experiments/default_vs_hand.py --seeds 0 --arms meanfield --parent RUN
     python experiments/default_vs_hand.py --epochs 1 --seeds 0 --subset 1000 --iwae-k 10   # smoke test
 """
 
@@ -81,6 +87,20 @@ def train_hand(cfg: dict, parent: str, iwae_k: int) -> None:
     print(f"hand seed {seed}: test/nll_iwae {-float(log_px.mean()):.3f}", flush=True)
 
 
+#: arm -> the ``--set`` overrides of ``pyrovae train`` (``hand`` is the hand-written VAE)
+ARMS = {"pyrovae": [], "meanfield": ['train.elbo="meanfield"'], "hand": None}
+
+
+def run_arm(arm: str, base: list[str], seed: int, parent: str, iwae_k: int) -> None:
+    name = "pyrovae" if arm in ("pyrovae", "hand") else f"pyrovae-{arm}"
+    cfg = config.load(None, [*base, *(ARMS[arm] or []), f"train.seed={seed}", f'mlflow.run_name="{name}-seed{seed}"'])
+    if ARMS[arm] is None:
+        return train_hand(cfg, parent, iwae_k)
+    result = train_config(cfg, progress=False, parent_run_id=parent)
+    metrics = evaluate_run(result.run_id, iwae_k=iwae_k, progress=False).metrics
+    print(f"{name} seed {seed}: test/nll_iwae {metrics['test/nll_iwae']:.3f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=100)
@@ -88,19 +108,22 @@ def main() -> None:
     parser.add_argument("--iwae-k", type=int, default=1000)
     parser.add_argument("--subset", type=int, default=0, help="examples per split (0 = all)")
     parser.add_argument("--experiment", default="default-vs-hand")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["pyrovae", "hand"])
+    parser.add_argument("--parent", default="", help="add the runs to this parent run (default: a new one)")
     args = parser.parse_args()
     base = [f"train.epochs={args.epochs}", f"data.subset={args.subset}", f'mlflow.experiment="{args.experiment}"']
     parent_cfg = config.load(None, base)
-    parent = MlflowRun.create(parent_cfg["mlflow"]["tracking_uri"], args.experiment, "default-vs-hand",
-                              tags={"pyrovae.group": "parent"})
+    if args.parent:
+        parent = MlflowRun.existing(args.parent, parent_cfg["mlflow"]["tracking_uri"])
+    else:
+        parent = MlflowRun.create(parent_cfg["mlflow"]["tracking_uri"], args.experiment, "default-vs-hand",
+                                  tags={"pyrovae.group": "parent"})
     with parent.lifecycle():
-        parent.log_config(parent_cfg)
-        for seed in args.seeds:  # pyrovae and hand-written alternate, so a cut-short study stays paired
-            cfg = config.load(None, [*base, f"train.seed={seed}", f'mlflow.run_name="pyrovae-seed{seed}"'])
-            result = train_config(cfg, progress=False, parent_run_id=parent.run_id)
-            metrics = evaluate_run(result.run_id, iwae_k=args.iwae_k, progress=False).metrics
-            print(f"pyrovae seed {seed}: test/nll_iwae {metrics['test/nll_iwae']:.3f}", flush=True)
-            train_hand(cfg, parent.run_id, args.iwae_k)
+        if not args.parent:
+            parent.log_config(parent_cfg)
+        for seed in args.seeds:  # the arms alternate, so a cut-short study stays paired
+            for arm in args.arms:
+                run_arm(arm, base, seed, parent.run_id, args.iwae_k)
     print(f"parent run {parent.run_id}")
 
 

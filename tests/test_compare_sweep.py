@@ -117,6 +117,14 @@ def test_compare_sorts_by_the_first_chosen_metric(sweep, capsys):
     assert kls == sorted(kls) == pytest.approx(sorted(c.data.metrics["val/kl"] for c in children), abs=1e-4)
 
 
+def test_compare_parent_takes_a_run_id_prefix(sweep, capsys):
+    uri, _ = sweep
+    parent, children = runs_of(uri)
+    assert main(["compare", "--parent", parent.info.run_id[:8]]) == 0
+    _, _, rows = table_of(capsys.readouterr().out)
+    assert sorted(row[0] for row in rows) == sorted(c.info.run_id[:8] for c in children)
+
+
 def test_compare_unknown_metric_experiment_or_store_is_one_line(sweep, capsys, tmp_path, monkeypatch):
     assert main(["compare", "--metric", "val/los"]) == 2
     err = capsys.readouterr().err.strip()

@@ -39,9 +39,11 @@ def print_table(metrics: list[str] | None = None, experiment=None, parent=None, 
     ``metrics=None`` shows :data:`DEFAULT_METRICS`, leaving out those no run has logged.
     """
     from pyrovae.run.compare import compare_runs, existing_store
-    from pyrovae.run.tracking import tracking_uri
+    from pyrovae.run.tracking import MlflowRun, tracking_uri
 
     uri = tracking_uri(uri)
+    if parent:  # a prefix, as every command takes, names the full id the tag holds
+        parent = MlflowRun.existing(parent, uri).run_id
     table = compare_runs(existing_store(uri), metrics or DEFAULT_METRICS, experiment, parent, max_runs,
                          optional=metrics is None, params=params, where=where, all_experiments=all_experiments)
     if fmt != "text":
