@@ -73,3 +73,17 @@ def test_ranges_are_enforced_for_any_value(epochs, lr, beta):
     else:
         with pytest.raises(UserError, match="config key 'train."):
             config.load(None, overrides)
+
+
+def test_every_config_key_is_in_the_readme_table():
+    import re
+    import typing
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme[readme.index("### Config keys"):]
+    table = table[: table.index("\n\n", table.index("|---|"))]
+    documented = set(re.findall(r"`([a-z_]+\.[a-z_]+)(?:\.name)?`", table))
+    keys = {f"{section}.{name}" for section, cls in config.SECTIONS.items() for name in typing.get_type_hints(cls)
+            if name != "section"}
+    assert keys - documented == set()

@@ -19,16 +19,21 @@ def write_idx(path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-@pytest.fixture
-def mnist_root(tmp_path):
-    rng = np.random.default_rng(0)
-    raw = tmp_path / "MNIST" / "raw"
+def write_idx_dataset(root, folder: str = "MNIST", seed: int = 0):
+    """12 training and 4 test images of random grey levels, as torchvision reads ``folder``."""
+    rng = np.random.default_rng(seed)
+    raw = root / folder / "raw"
     raw.mkdir(parents=True)
     write_idx(raw / "train-images-idx3-ubyte", rng.integers(0, 256, (12, 28, 28)))
     write_idx(raw / "train-labels-idx1-ubyte", np.arange(12) % 10)
     write_idx(raw / "t10k-images-idx3-ubyte", rng.integers(0, 256, (4, 28, 28)))
     write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(4))
-    return tmp_path
+    return root
+
+
+@pytest.fixture
+def mnist_root(tmp_path):
+    return write_idx_dataset(tmp_path)
 
 
 def data_cfg(*overrides):
@@ -54,6 +59,27 @@ def test_mnist_loader_reads_idx_files_splits_and_binarizes(mnist_root):
     epoch2 = torch.cat(list(splits.train_batches(5)))
     assert set(epoch1.unique().tolist()) <= {0.0, 1.0}
     assert not torch.equal(epoch1, epoch2)  # dynamic binarization (and order) per epoch
+
+
+def test_train_subset_cuts_only_the_training_split(mnist_root):
+    full = load_data("mnist", root=str(mnist_root))
+    small = load_data("mnist", root=str(mnist_root), train_subset=3)
+    assert torch.equal(small.train, full.train[:3]) and torch.equal(small.train_labels, full.train_labels[:3])
+    assert torch.equal(small.val, full.val) and torch.equal(small.test, full.test)
+    both = load_data("mnist", root=str(mnist_root), subset=2, train_subset=5)  # the smaller limit wins
+    assert [both.train.shape[0], both.val.shape[0], both.test.shape[0]] == [2, 2, 2]
+
+
+def test_fashion_mnist_reads_its_own_folder(tmp_path):
+    write_idx_dataset(tmp_path, "MNIST", seed=0)
+    write_idx_dataset(tmp_path, "FashionMNIST", seed=1)
+    fashion = load_data("fashion_mnist", root=str(tmp_path))
+    raw = np.frombuffer((tmp_path / "FashionMNIST/raw/t10k-images-idx3-ubyte").read_bytes()[16:], np.uint8)
+    assert fashion.name == "fashion_mnist" and fashion.info["source"] == str(tmp_path / "FashionMNIST" / "raw")
+    assert torch.allclose(fashion.test.flatten(), torch.from_numpy(raw.astype(np.float32) / 255))
+    assert not torch.equal(fashion.test, load_data("mnist", root=str(tmp_path)).test)
+    with pytest.raises(UserError, match=r"FashionMNIST files are not in .*FashionMNIST/raw"):
+        load_data("fashion_mnist", root=str(tmp_path / "empty"))
 
 
 def test_mnist_root_from_environment(mnist_root, monkeypatch):

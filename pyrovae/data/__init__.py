@@ -11,20 +11,21 @@ from typing import Any, Mapping
 import torch
 
 from pyrovae.data.arrays import load_arrays
-from pyrovae.data.mnist import load_mnist
+from pyrovae.data.mnist import load_fashion_mnist, load_mnist
 from pyrovae.data.settings import DataSettings
 from pyrovae.data.splits import Splits
 from pyrovae.data.synthetic import PPCA, load_ppca, load_synthetic
 from pyrovae.errors import UserError
 
-LOADERS = {"mnist": load_mnist, "synthetic": load_synthetic, "ppca": load_ppca, "arrays": load_arrays}
+LOADERS = {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist, "synthetic": load_synthetic, "ppca": load_ppca, "arrays": load_arrays}
 
 __all__ = ["LOADERS", "PPCA", "DataSettings", "Splits", "load_data"]
 
 
 def load_data(name: str | DataSettings | Mapping[str, Any] = "mnist", device: torch.device | str = "cpu",
               **keys: Any) -> Splits:
-    """Load a data set, keep at most ``subset`` examples per split, move it to ``device``.
+    """Load a data set, keep at most ``subset`` examples per split (``train_subset``: training
+    examples, after ``subset``), move it to ``device``.
 
     ``name`` is a data set name with the other ``[data]`` keys as keyword arguments, or a whole
     ``[data]`` section (a :class:`DataSettings` or a mapping).
@@ -37,11 +38,12 @@ def load_data(name: str | DataSettings | Mapping[str, Any] = "mnist", device: to
         x = getattr(splits, split)
         if not torch.isfinite(x).all():
             raise UserError(f"the {split} split holds NaN or infinite values")
-        if settings.subset:
-            setattr(splits, split, x[: settings.subset])
-            labels = splits.labels(split)
-            if labels is not None:
-                setattr(splits, f"{split}_labels", labels[: settings.subset])
+        limits = [n for n in (settings.subset, settings.train_subset if split == "train" else 0) if n]  # 0: none
+        keep = min(limits, default=x.shape[0])
+        setattr(splits, split, x[:keep])
+        labels = splits.labels(split)
+        if labels is not None:
+            setattr(splits, f"{split}_labels", labels[:keep])
     if splits.binarize and not ((splits.train >= 0) & (splits.train <= 1)).all():
         raise UserError("data.binarize = true needs values in [0, 1] (pixel intensities); "
                         "set data.binarize = false for real-valued data")

@@ -12,12 +12,15 @@ from pyrovae.settings import Settings
 class DataSettings(Settings):
     section = "data"
 
-    name: Literal["mnist", "synthetic", "ppca", "arrays"] = Field(
-        "mnist", description="MNIST, a synthetic image set, linear-Gaussian data (exact log p(x)), or your arrays")
+    name: Literal["mnist", "fashion_mnist", "synthetic", "ppca", "arrays"] = Field(
+        "mnist", description="MNIST, Fashion-MNIST, a synthetic image set, linear-Gaussian data (exact log p(x)), "
+                             "or your arrays")
     root: str = Field("", description="folder holding MNIST/raw; '' = $PYROVAE_DATA_DIR, else ~/.cache/pyrovae")
     binarize: bool = Field(True, description="binary pixels: dynamic for training, fixed-seed for val/test")
     seed: int = Field(0, ge=0, description="seed of the fixed val/test binarization, the split and synthetic data")
     subset: int = Field(0, ge=0, description="keep at most this many examples per split (0 = all)")
+    train_subset: int = Field(0, ge=0, description="keep at most this many training examples; validation and "
+                                                   "test stay whole (0 = all): a small training set that overfits")
     train: str = Field("", description="arrays: training file (.npy or .pt)")
     val: str = Field("", description="arrays: validation file")
     test: str = Field("", description="arrays: test file")
