@@ -106,6 +106,7 @@ OUTSIDE = {
     "train.patience": (-1, "must be at least 0"),
     "eval.batch_size": (0, "must be at least 1"), "eval.seed": (-1, "must be at least 0"),
     "eval.iwae_every": (-1, "must be at least 0"), "eval.iwae_k": (0, "must be at least 1"),
+    "eval.iwae_n": (-1, "must be at least 0"),
 }
 ALSO_ABOVE = {"train.beta_start": (1.01, "must be at most 1.0"), "train.lr_decay": (0, "must be greater than 0.0"),
               "data.val_fraction": (-0.01, "must be at least 0.0"), "data.test_fraction": (0.91, "must be at most 0.9")}
@@ -140,3 +141,17 @@ def test_each_rank_gets_its_slice_of_every_global_batch_and_tiny_last_batches_ar
     assert torch.equal(resumed, torch.cat(epoch[0][1:]))
     assert data.num_shard_batches(8, 2) == 3 and data.num_shard_batches(10, 2) == 2  # 21 = 2 x 10 + 1 dropped
     assert len(list(data.shard_batches(10, rank=1, world_size=2, seed=3, epoch=0))) == 2  # 1 row < 2 ranks
+
+
+def test_the_per_epoch_iwae_scores_the_first_iwae_n_validation_points():
+    from pyrovae.infer.estimators.iwae import iwae
+    from pyrovae.infer.trainer import Trainer
+
+    x = batch()
+    data = Splits("tiny", train=x, val=x, test=x, binarize=False)
+    trainer = Trainer(tiny_vae(), data, epochs=1, progress=False,
+                      evaluation={"iwae_every": 1, "iwae_k": 5, "iwae_n": 4, "seed": 3})
+    scored = trainer.validate("val")["val/nll_iwae"]
+    for n, expected in ((4, True), (6, False)):  # the first four points, not all six
+        assert (scored == pytest.approx(-float(iwae(trainer.vae, x[:n], 5, batch_size=1000, seed=3).mean()),
+                                        abs=1e-6)) is expected

@@ -82,17 +82,18 @@ class BitsPerDim(Callback):
 
 
 class IWAEEvery(Callback):
-    """``val/nll_iwae``: minus the mean IWAE bound with ``k`` samples, every ``every`` epochs,
-    and ``val/iwae_seconds`` (Burda et al. 2016)."""
+    """``val/nll_iwae``: minus the mean IWAE bound with ``k`` samples, every ``every`` epochs, over
+    the first ``n`` validation points (0 = all), and ``val/iwae_seconds`` (Burda et al. 2016)."""
 
-    def __init__(self, every: int, k: int = 100, batch_size: int = 1000, seed: int = 0):
-        self.every, self.k, self.batch_size, self.seed = every, k, batch_size, seed
+    def __init__(self, every: int, k: int = 100, batch_size: int = 1000, seed: int = 0, n: int = 0):
+        self.every, self.k, self.batch_size, self.seed, self.n = every, k, batch_size, seed, n
 
     def add_metrics(self, trainer, split, metrics):
         if split != "val" or not self.every or (trainer.epoch + 1) % self.every:
             return
         started = time.perf_counter()
-        log_px = iwae(trainer.vae, trainer.data.evaluation_data(split), self.k,
+        x = trainer.data.evaluation_data(split)
+        log_px = iwae(trainer.vae, x[: self.n] if self.n else x, self.k,
                       batch_size=self.batch_size, seed=self.seed)
         metrics[f"{split}/nll_iwae"] = -float(log_px.mean())
         metrics[f"{split}/iwae_seconds"] = time.perf_counter() - started

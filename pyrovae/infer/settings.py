@@ -48,3 +48,5 @@ class EvalSettings(Settings):
     seed: int = Field(0, ge=0, description="seed of the evaluation samples, fixed so runs compare")
     iwae_every: int = Field(0, ge=0, description="log val/nll_iwae every N epochs (0 = never; it costs K decoder passes)")
     iwae_k: int = Field(100, ge=1, description="importance samples K of the per-epoch val/nll_iwae")
+    iwae_n: int = Field(0, ge=0, description="score the per-epoch val/nll_iwae on the first N validation "
+                                             "points (0 = all): a cheaper curve")

@@ -77,7 +77,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, self.settings, self.steps_per_epoch)
         ev = self.evaluation
         self.callbacks = [*([ProgressBar()] if progress else []), BitsPerDim(),
-                          IWAEEvery(ev.iwae_every, ev.iwae_k, ev.batch_size, ev.seed), *callbacks]
+                          IWAEEvery(ev.iwae_every, ev.iwae_k, ev.batch_size, ev.seed, ev.iwae_n), *callbacks]
         self._step_hooks = [cb for cb in self.callbacks if overrides(cb, "on_step_end")]
         self.catch_signals = catch_signals
         self.epoch = self.step = self.best_epoch = self.bad_epochs = 0
