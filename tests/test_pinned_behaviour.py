@@ -106,7 +106,7 @@ OUTSIDE = {
     "train.patience": (-1, "must be at least 0"),
     "eval.batch_size": (0, "must be at least 1"), "eval.seed": (-1, "must be at least 0"),
     "eval.iwae_every": (-1, "must be at least 0"), "eval.iwae_k": (0, "must be at least 1"),
-    "eval.iwae_n": (-1, "must be at least 0"),
+    "eval.iwae_n": (-1, "must be at least 0"), "mlflow.images_every": (-1, "must be at least 0"),
 }
 ALSO_ABOVE = {"train.beta_start": (1.01, "must be at most 1.0"), "train.lr_decay": (0, "must be greater than 0.0"),
               "data.val_fraction": (-0.01, "must be at least 0.0"), "data.test_fraction": (0.91, "must be at most 0.9")}

@@ -51,6 +51,18 @@ def test_train_logs_params_metrics_images_config_and_weights(store, tiny_overrid
     assert tomllib.loads(config_text)["train"]["warmup_epochs"] == 1.0
 
 
+def test_images_every_n_epochs(store, tiny_overrides):
+    args = ["train", "--no-progress"]
+    for item in [*tiny_overrides, "train.epochs=3", "mlflow.images_every=2", "mlflow.experiment=images"]:
+        args += ["--set", item]
+    assert main(args) == 0
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("images").experiment_id])
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    for key in ("reconstructions", "prior_samples"):
+        assert [p.split("+")[2] for p in images if p.startswith(f"images/{key}+step+") and p.endswith(".png")] == ["2"]
+
+
 def test_bad_config_value_is_one_line_and_starts_no_run(store, tiny_overrides, capsys):
     args = ["train"]
     for item in [*tiny_overrides, "train.batch_size=0"]:

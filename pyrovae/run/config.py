@@ -41,6 +41,8 @@ class MlflowSettings(Settings):
     tracking_uri: str = Field("", description="'' = $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db")
     experiment: str = "pyrovae"
     run_name: str = ""
+    images_every: int = Field(1, ge=0, description="log the reconstruction and sample grids every N epochs "
+                                                   "(0 = never): fewer artifacts in long runs")
 
 
 SECTIONS: dict[str, type[Settings]] = {"data": DataSettings, "model": ModelSettings, "train": TrainSettings,

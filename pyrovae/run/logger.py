@@ -22,18 +22,18 @@ class MlflowLogger(Callback):
     """Logs each epoch's metrics (one batch, ``step = epoch``) and pictures; at the end the test
     metrics, the final weights and the logged model ``model``; at the start the data sets.
 
-    Pictures per epoch (MLflow's step slider shows them changing): ``reconstructions``,
-    ``prior_samples`` and ``latent`` (the decoded manifold for a 2-D latent, else posterior
-    means in 2-D) for image data; ``kl_per_dimension`` where q and p factorize; ``loss_curves``.
+    Pictures every ``images_every`` epochs (``mlflow.images_every``; MLflow's step slider shows
+    them changing): ``reconstructions``, ``prior_samples`` and ``latent`` (the decoded manifold
+    for a 2-D latent, else posterior means in 2-D) for image data; ``kl_per_dimension`` where q and p factorize; ``loss_curves``.
     Each epoch also logs ``log/seconds``, the time all of this took. ``model_config`` (the
     resolved ``[model]`` section) is needed to log the model; without it no model is logged.
     """
 
-    def __init__(self, run: MlflowRun, model_config: dict | None = None, images: bool = True,
+    def __init__(self, run: MlflowRun, model_config: dict | None = None, images_every: int = 1,
                  image_seed: int = 0, latent_points: int = 1000):
         self.run = run
         self.model_config = model_config
-        self.images = images
+        self.images_every = images_every
         self.image_seed = image_seed
         self.latent_points = latent_points
         self._kl_available: bool | None = None
@@ -45,7 +45,7 @@ class MlflowLogger(Callback):
     def on_epoch_end(self, trainer, epoch: int, metrics: dict[str, float]) -> None:
         started = time.perf_counter()
         self.run.log_metrics(metrics, step=epoch)
-        if self.images:
+        if self.images_every and epoch % self.images_every == 0:
             for key, image in self.pictures(trainer):
                 self.run.log_image(image, key=key, step=epoch)
         self.run.log_metrics({"log/seconds": time.perf_counter() - started}, step=epoch)

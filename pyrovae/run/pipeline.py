@@ -137,7 +137,7 @@ def _fit(trainer: Trainer, run: MlflowRun, config: dict, callbacks: Sequence[Cal
     """Fit with the logger, the checkpointer and ``callbacks``, inside an open run."""
     result = RunResult(run.run_id, run.uri)
     checkpointer = checkpoint.Checkpointer(run, config["model"], best_module, last_epoch=trainer.epoch)
-    trainer.callbacks += [MlflowLogger(run, config["model"]), checkpointer, _LastMetrics(result), *callbacks]
+    trainer.callbacks += [MlflowLogger(run, config["model"], config["mlflow"]["images_every"]), checkpointer, _LastMetrics(result), *callbacks]
     try:
         trainer.fit()
     except NonFiniteLoss as err:
