@@ -1,75 +1,162 @@
-"""Which validation loss? Train with a KL warm-up and plot, per epoch, what each candidate shows.
+r"""Which validation loss? Where overfitting happens, which criterion picks the best epoch?
 
-Trains ``validation_loss_study.toml`` (one MLflow run), reads the run's metric histories back
-from MLflow and draws ``experiments/figures/validation_loss_study.png``: train/loss (the annealed
-objective), val/loss (negative ELBO, beta = 1), val/recon (reconstruction only) and
-val/nll_iwae (IWAE bound), with beta on a second axis. Prints the numbers as a table.
+A VAE trained on a small training set (``data.train_subset``) with the whole validation and test
+sets overfits: the training loss keeps falling while validation numbers turn up. Each run is a
+``pyrovae train`` run (default 784-400-50 MLP, Bernoulli likelihood, dynamic binarization) that
+logs, per epoch, ``train/loss`` (the annealed objective), ``val/loss`` (-ELBO at beta = 1 on
+all validation images), ``val/recon`` (-E_q log p(x|z)), ``val/kl``, ``val/mse`` (per-pixel squared
+error of the decoder mean) and, every ``every`` epochs, ``val/nll_iwae`` (IWAE with K samples on
+the first ``score_n`` validation images) and ``test_curve/nll_iwae`` (the same on the first
+``score_n`` test images): the outcome a modeller cares about, -log p(x) of unseen data.
 
-    PYROVAE_DATA_DIR=../shared/data python experiments/validation_loss_study.py [--set key=value ...]
+A criterion c picks the scored epoch t*(c) = argmin_t c_t; its cost is the test NLL at t*(c)
+minus the test NLL at the best scored epoch (the oracle no one can use). The criteria: recon
+only, -ELBO, IWAE, MSE. Each cell of the table is mean +- standard error over seeds.
+
+    PYROVAE_DATA_DIR=../shared/data python experiments/validation_loss_study.py --budget full
+    PYROVAE_DATA_DIR=../shared/data python experiments/validation_loss_study.py --budget smoke   # ~2 minutes
+    python experiments/validation_loss_study.py --analyse PARENT_RUN_ID   # table, figure and export again
+
+Runs are children of one MLflow parent run (experiment ``validation-loss-study``); the table is
+printed and written with every run id to ``experiments/results/validation_loss_study.json``, the
+figure to ``experiments/figures/validation_loss_study.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
+import statistics
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-
-from pyrovae.run import config  # noqa: E402
-from pyrovae.run.pipeline import train_config  # noqa: E402
+from pyrovae import Callback, iwae, train_config
+from pyrovae.run import config
+from pyrovae.run.tracking import MlflowRun
 
 HERE = Path(__file__).resolve().parent
-CURVES = {"train/loss": "train/loss (annealed objective)", "val/loss": "val/loss = -ELBO (recon + KL)",
-          "val/recon": "val/recon (reconstruction only)", "val/nll_iwae": "val/nll_iwae (IWAE, K=50)"}
+#: budget -> grid and scoring; "session" is the part that fits a 2-core session of about an hour
+BUDGETS = {
+    "full": dict(datasets=["mnist", "fashion_mnist"], sizes=[1000, 5000], seeds=[0, 1, 2], warmups=[0, 50],
+                 epochs=300, every=5, iwae_k=50, score_n=2000),
+    "session": dict(datasets=["mnist"], sizes=[1000], seeds=[0, 1, 2], warmups=[0, 50],
+                    epochs=300, every=5, iwae_k=50, score_n=1000),
+    "smoke": dict(datasets=["mnist"], sizes=[300], seeds=[0, 1], warmups=[0, 2], epochs=4, every=2, iwae_k=5,
+                  score_n=200),
+}
+CRITERIA = {"recon": "val/recon", "-ELBO": "val/loss", "IWAE": "val/nll_iwae", "MSE": "val/mse"}
+OUTCOME = "test_curve/nll_iwae"
 
 
-def histories(run_id: str) -> dict[str, list[tuple[int, float]]]:
-    client = mlflow.MlflowClient()
-    keys = [*CURVES, "train/beta", "val/kl"]
-    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys}
+class TestCurve(Callback):
+    """``test_curve/nll_iwae``: -mean IWAE_K on the first ``n`` test images every ``every`` epochs,
+    so the epoch any criterion picks has its test score without keeping every epoch's weights."""
+
+    def __init__(self, every: int, k: int, n: int, seed: int = 0):
+        self.every, self.k, self.n, self.seed = every, k, n, seed
+
+    def add_metrics(self, trainer, split, metrics):
+        if split == "val" and (trainer.epoch + 1) % self.every == 0:
+            x = trainer.data.evaluation_data("test")[: self.n]
+            metrics[OUTCOME] = -float(iwae(trainer.vae, x, self.k, batch_size=1000, seed=self.seed).mean())
 
 
-def plot(curves: dict, path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for key, label in CURVES.items():
-        steps, values = zip(*curves[key])
-        ax.plot(steps, values, marker="o", label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("nats per datapoint")
-    beta_ax = ax.twinx()
-    steps, betas = zip(*curves["train/beta"])
-    beta_ax.plot(steps, betas, color="grey", linestyle=":", label="beta (mean over epoch)")
-    beta_ax.set_ylabel("beta", color="grey")
-    beta_ax.set_ylim(0, 1.05)
-    lines = ax.get_legend_handles_labels()
-    more = beta_ax.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper right")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def run_name(dataset: str, size: int, warmup: int, seed: int) -> str:
+    return f"{dataset}-n{size}-warmup{warmup}-seed{seed}"
+
+
+def train_grid(budget: dict, parent: MlflowRun, experiment: str) -> None:
+    grid = itertools.product(budget["datasets"], budget["sizes"], budget["seeds"], budget["warmups"])
+    for dataset, size, seed, warmup in grid:  # seeds outside warm-ups: a cut-short study stays paired
+        cfg = config.load(None, [
+            f'data.name="{dataset}"', f"data.train_subset={size}", f"train.epochs={budget['epochs']}",
+            f"train.seed={seed}", f"train.warmup_epochs={warmup}", f"train.beta_start={0.01 if warmup else 1.0}",
+            f"train.checkpoint_every={budget['epochs']}", f"eval.iwae_every={budget['every']}",
+            f"eval.iwae_k={budget['iwae_k']}", f"eval.iwae_n={budget['score_n']}", "mlflow.images_every=0",
+            f'mlflow.experiment="{experiment}"', f'mlflow.run_name="{run_name(dataset, size, warmup, seed)}"'])
+        result = train_config(cfg, progress=False, parent_run_id=parent.run_id,
+                              callbacks=[TestCurve(budget["every"], budget["iwae_k"], budget["score_n"])])
+        print(f"{run_name(dataset, size, warmup, seed)}: run {result.run_id}", flush=True)
+
+
+def picks(histories: dict[str, dict[int, float]]) -> dict[str, dict]:
+    """For each criterion the scored epoch it picks and the test NLL there; also the oracle's and the last's."""
+    test = histories[OUTCOME]
+    scored = sorted(test)
+    chosen = {name: min(scored, key=lambda t, key=key: histories[key][t]) for name, key in CRITERIA.items()}
+    chosen |= {"last epoch": scored[-1], "oracle (test)": min(scored, key=test.get)}
+    return {name: {"epoch": t, "test_nll": test[t]} for name, t in chosen.items()}
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+    return statistics.fmean(values), se
+
+
+def analyse(parent: MlflowRun) -> dict:
+    client = parent.client
+    children = client.search_runs([parent.info().experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}'",
+                                  order_by=["attributes.start_time ASC"])
+    runs = []
+    for run in children:
+        if run.info.status != "FINISHED":
+            continue
+        keys = [*CRITERIA.values(), OUTCOME, "train/loss"]
+        histories = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)} for k in keys}
+        p = run.data.params
+        runs.append({"run_id": run.info.run_id, "name": run.info.run_name, "dataset": p["data.name"],
+                     "train_size": int(p["data.train_subset"]), "warmup_epochs": float(p["train.warmup_epochs"]),
+                     "seed": int(p["train.seed"]), "epochs": int(p["train.epochs"]), "iwae_k": int(p["eval.iwae_k"]),
+                     "score_n": int(p["eval.iwae_n"]), "picks": picks(histories),
+                     "curves": {k: sorted(v.items()) for k, v in histories.items()}})
+    table = []
+    for cell, members in itertools.groupby(sorted(runs, key=cell_of), key=cell_of):
+        members = list(members)
+        oracle = [r["picks"]["oracle (test)"]["test_nll"] for r in members]
+        for name in [*CRITERIA, "last epoch", "oracle (test)"]:
+            nll = [r["picks"][name]["test_nll"] for r in members]
+            table.append({"dataset": cell[0], "train_size": cell[1], "warmup_epochs": cell[2], "criterion": name,
+                          "seeds": len(members), "epoch": mean_se([r["picks"][name]["epoch"] for r in members]),
+                          "test_nll": mean_se(nll), "cost": mean_se([a - b for a, b in zip(nll, oracle)])})
+    return {"parent_run_id": parent.run_id, "store": parent.uri, "runs": runs, "table": table}
+
+
+def cell_of(run: dict) -> tuple:
+    return run["dataset"], run["train_size"], run["warmup_epochs"]
+
+
+def print_table(record: dict) -> None:
+    print(f"{'data':<14}{'n':>6}{'warm-up':>8}  {'criterion':<14}{'epoch':>12}{'test NLL':>18}{'cost vs oracle':>18}")
+    for row in record["table"]:
+        epoch, nll, cost = row["epoch"], row["test_nll"], row["cost"]
+        print(f"{row['dataset']:<14}{row['train_size']:>6}{row['warmup_epochs']:>8g}  {row['criterion']:<14}"
+              f"{epoch[0]:>7.1f}+-{epoch[1]:<4.1f}{nll[0]:>11.2f} +- {nll[1]:<4.2f}{cost[0]:>11.2f} +- {cost[1]:<4.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--budget", choices=list(BUDGETS), default="full")
+    parser.add_argument("--analyse", metavar="PARENT_RUN_ID", help="only analyse a study already trained")
+    parser.add_argument("--experiment", default="validation-loss-study")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "validation_loss_study.json")
+    parser.add_argument("--figure", type=Path, default=HERE / "figures" / "validation_loss_study.png")
     args = parser.parse_args()
-    cfg = config.load(HERE / "validation_loss_study.toml", args.set)
-    result = train_config(cfg, progress=False)
-    curves = histories(result.run_id)
-    (HERE / "figures").mkdir(exist_ok=True)
-    out = HERE / "figures" / "validation_loss_study.png"
-    plot(curves, out, f"MNIST ({cfg['data']['subset'] or 'all'} per split), KL warm-up over "
-                      f"{cfg['train']['warmup_epochs']:g} epochs, run {result.run_id[:8]}")
-    keys = ["train/beta", *CURVES, "val/kl"]
-    print("epoch  " + "  ".join(f"{k:>13}" for k in keys))
-    for i, (step, _) in enumerate(curves["val/loss"]):
-        print(f"{step:>5}  " + "  ".join(f"{curves[k][i][1]:>13.3f}" for k in keys))
-    print(f"run {result.run_id}; figure {out}")
+    if args.analyse:
+        parent = MlflowRun.existing(args.analyse)
+    else:
+        parent = MlflowRun.create("", args.experiment, f"validation-loss-{args.budget}",
+                                  tags={"pyrovae.group": "parent", "study.budget": args.budget})
+        with parent.lifecycle():
+            parent.log_params({f"study.{k}": v for k, v in BUDGETS[args.budget].items()})
+            train_grid(BUDGETS[args.budget], parent, args.experiment)
+    record = analyse(parent)
+    print_table(record)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1))
+    from validation_loss_figure import draw  # matplotlib only when drawing
+
+    figure = draw(record, args.figure)
+    print(f"parent run {parent.run_id}; {len(record['runs'])} runs -> {args.out}, {figure}")
 
 
 if __name__ == "__main__":

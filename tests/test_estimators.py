@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+import pyro.distributions as dist
 from pyro.infer import RenyiELBO
 
 from linear_gaussian import exact_elbo, linear_vae
 from pyrovae.run import config
 from pyrovae.data import load_data
 from pyrovae.infer.estimators.ais import AISSettings, ais, bdmc, schedule
-from pyrovae.infer.estimators.iwae import iwae, iwae_batch
+from pyrovae.infer.estimators.iwae import draw, iwae, iwae_batch
 
 
 @pytest.fixture(autouse=True)
@@ -44,9 +45,9 @@ def se(d: torch.Tensor) -> float:
 
 def test_chunked_iwae_equals_unchunked_and_renyi_elbo_alpha_0(ppca):
     truth, x = ppca
-    vae, x, k = linear_vae(truth, 1.5), x[:8], 64
+    vae, x, k = linear_vae(truth, 1.5), x[:8], 40
     with torch.no_grad():
-        # chunks of 16 draws x 8 points x 2 dims: multiples of 16 random numbers, so the
+        # chunks of 16, 16 and 8 draws x 8 points x 2 dims: multiples of 16 random numbers, so the
         # chunked draws are the very same numbers as one draw of all K (torch's CPU sampler)
         torch.manual_seed(5)
         chunked = iwae_batch(vae, x, k, chunk_size=16)
@@ -60,6 +61,23 @@ def test_chunked_iwae_equals_unchunked_and_renyi_elbo_alpha_0(ppca):
     assert -chunked.sum().item() == pytest.approx(pyro_loss, rel=1e-5)
     # the public entry point: batches of datapoints, a seeded RNG of its own
     assert torch.equal(iwae(vae, x, k, batch_size=8, chunk_size=16, seed=5), chunked)
+
+
+def test_iwae_reports_progress_per_batch_is_float64_and_seeded_with_zero_by_default(ppca):
+    truth, x = ppca
+    vae, x = linear_vae(truth, 1.5), x[:10]
+    calls = []
+    default = iwae(vae, x, 4, batch_size=4, progress=calls.append)
+    assert calls == [4, 4, 2] and default.shape == (10,) and default.dtype == torch.float64
+    assert torch.equal(default, iwae(vae, x, 4, batch_size=4, seed=0))
+
+
+def test_draw_is_a_reparametrized_sample_where_one_exists_else_a_plain_sample():
+    loc = torch.zeros(3, requires_grad=True)
+    z = draw(dist.Normal(loc, 1.0), 5)
+    assert z.shape == (5, 3) and z.requires_grad  # as Pyro's sample site: gradients reach q's parameters
+    counts = draw(dist.Poisson(torch.full((3,), 2.0)), 5)  # no rsample
+    assert counts.shape == (5, 3) and not counts.requires_grad
 
 
 def test_elbo_below_iwae_below_exact_and_iwae_grows_with_k(ppca):

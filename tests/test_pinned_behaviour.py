@@ -155,3 +155,36 @@ def test_the_per_epoch_iwae_scores_the_first_iwae_n_validation_points():
     for n, expected in ((4, True), (6, False)):  # the first four points, not all six
         assert (scored == pytest.approx(-float(iwae(trainer.vae, x[:n], 5, batch_size=1000, seed=3).mean()),
                                         abs=1e-6)) is expected
+
+
+def test_a_last_global_batch_with_one_row_per_rank_is_kept_and_binarized_shards_stay_float():
+    rows = torch.rand(18, 1, 2, 2, generator=torch.Generator().manual_seed(0))  # 2 x 8 + 2 rows = 2 ranks
+    data = Splits("grey", train=rows, val=rows[:2], test=rows[:2], binarize=True)
+    assert data.num_shard_batches(8, 2) == 3 and data.num_shard_batches(8, 3) == 2
+    shards = list(data.shard_batches(8, rank=1, world_size=2, seed=0, epoch=0))
+    assert [b.shape[0] for b in shards] == [4, 4, 1]
+    assert all(b.dtype == rows.dtype and set(b.unique().tolist()) <= {0.0, 1.0} for b in shards)
+
+
+def test_restoring_a_cuda_generator_state_on_a_machine_without_cuda_restores_the_rest():
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    state = get_rng_state()
+    expected = torch.rand(3)
+    set_rng_state({**state, "cuda": [torch.zeros(816, dtype=torch.uint8)]})  # saved on a GPU machine
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_apply_schedule_sets_the_rates_the_scheduler_reports():
+    from types import SimpleNamespace
+
+    from pyrovae.infer.optim import apply_schedule, make_scheduler
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([weight], lr=0.5)
+    settings = SimpleNamespace(epochs=4, lr=0.5, lr_min=0.0, lr_decay=0.1, lr_decay_epochs=1, lr_schedule="step")
+    scheduler = make_scheduler(optimizer, settings, steps_per_epoch=10)
+    scheduler.last_epoch = 25  # as load_state_dict leaves it: step 25 is in epoch 3
+    apply_schedule(scheduler)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 0.1 ** 2)
+    assert scheduler.get_last_lr() == [optimizer.param_groups[0]["lr"]]

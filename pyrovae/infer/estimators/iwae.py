@@ -52,12 +52,9 @@ def draw(q: Distribution, k: int) -> torch.Tensor:
     return q.rsample(shape) if q.has_rsample else q.sample(shape)
 
 
-def log_weights(vae, x: torch.Tensor, k: int, q: Distribution | None = None) -> torch.Tensor:
-    r"""``(k, B)`` importance log-weights :math:`\log p(z_k) + \log p(x|z_k) - \log q(z_k|x)`.
-
-    ``q`` is ``vae.posterior(x)`` unless given (to encode a batch once for several chunks).
-    """
-    q = vae.posterior(x) if q is None else q
+def log_weights(vae, x: torch.Tensor, k: int, q: Distribution) -> torch.Tensor:
+    r"""``(k, B)`` importance log-weights :math:`\log p(z_k) + \log p(x|z_k) - \log q(z_k|x)`
+    for ``q = vae.posterior(x)`` (encoded once per batch, for all its chunks)."""
     z = draw(q, k)                                         # (k, B, D)
     return vae.prior().log_prob(z) + vae.likelihood(z).log_prob(x) - q.log_prob(z)
 

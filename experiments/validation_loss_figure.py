@@ -1,0 +1,45 @@
+"""The validation-loss study's figure: (a) one run's curves with the epoch each criterion picks,
+(b) what each criterion costs in test NLL against the best scored epoch, mean +- se over seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+CURVES = {"train/loss": "train/loss (objective)", "val/loss": "val/loss = -ELBO", "val/recon": "val/recon only",
+          "val/nll_iwae": "val/nll_iwae", "test_curve/nll_iwae": "test NLL (IWAE): the outcome"}
+PICKED = ("recon", "-ELBO", "IWAE", "MSE")
+
+
+def draw(record: dict, path: Path) -> Path:
+    fig, (curves, costs) = plt.subplots(1, 2, figsize=(12, 4.4), dpi=110)
+    run = record["runs"][0]
+    for key, label in CURVES.items():
+        steps, values = zip(*run["curves"][key])
+        curves.plot(steps, values, label=label, lw=1.2)
+    for i, name in enumerate(PICKED):
+        curves.axvline(run["picks"][name]["epoch"], color=f"C{i + 5}", ls=":", label=f"picked by {name}")
+    later = [v for key in CURVES for t, v in run["curves"][key] if t > run["epochs"] / 10]  # past the first drop
+    curves.set_ylim(min(later) - 2, max(later) + 2)
+    curves.set(xlabel="epoch", ylabel="nats per image", title=f"(a) {run['name']}")
+    curves.legend(fontsize=7)
+    cells = sorted({(r["dataset"], r["train_size"], r["warmup_epochs"]) for r in record["runs"]})
+    width = 0.8 / len(PICKED)
+    for i, name in enumerate(PICKED):
+        rows = [next(t for t in record["table"] if (t["dataset"], t["train_size"], t["warmup_epochs"]) == cell
+                     and t["criterion"] == name) for cell in cells]
+        costs.bar([c + i * width for c in range(len(cells))], [r["cost"][0] for r in rows], width,
+                  yerr=[r["cost"][1] if r["cost"][1] == r["cost"][1] else 0 for r in rows], label=name, capsize=2)
+    costs.set_xticks([c + 0.4 - width / 2 for c in range(len(cells))],
+                     [f"{d}\nn={n}, warm-up {w:g}" for d, n, w in cells], fontsize=7)
+    costs.set(ylabel="test NLL at the picked epoch - best (nats)", title="(b) cost of each criterion")
+    costs.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
