@@ -301,3 +301,34 @@ def test_the_student_t_experiment_config_builds_and_scores(monkeypatch):
     assert vae.prior().event_shape == (3,)
     loss = TraceMeanField_ELBO().differentiable_loss(vae.model, vae.guide, binary_batch())
     assert torch.isfinite(loss)
+
+
+class Reshaped(torch.nn.Module):
+    """Wraps a component and reshapes what it returns: a contract violation of a chosen kind."""
+
+    def __init__(self, inner: torch.nn.Module, batch_shape=None, event_dims: int | None = None):
+        super().__init__()
+        self.inner, self.batch_shape, self.event_dims = inner, batch_shape, event_dims
+
+    def forward(self, *args):
+        d = self.inner(*args)
+        if self.batch_shape is not None:
+            d = d.expand(self.batch_shape)
+        return d.to_event(self.event_dims) if self.event_dims else d
+
+
+@pytest.mark.parametrize("kind, wrong, message", [
+    ("prior", dict(batch_shape=(2,)), "prior Reshaped returned batch_shape (2,), event_shape (3,); expected () and (3,)"),
+    ("posterior", dict(event_dims=1), "guide Reshaped returned batch_shape (), event_shape (4, 3); expected (4,) and (3,)"),
+    ("likelihood", dict(event_dims=1),
+     "likelihood Reshaped returned batch_shape (), event_shape (4, 1, 2, 2); expected (4,) and (1, 2, 2)"),
+])
+def test_a_component_that_breaks_the_shape_contract_is_named_with_what_it_returned(kind, wrong, message):
+    vae = VAE(guide={"name": "diagonal_normal", "hidden": [5]}, likelihood={"name": "bernoulli", "hidden": [5]},
+              latent_dim=3, data_shape=(1, 2, 2))
+    x = torch.ones(4, 1, 2, 2)
+    vae.check_contract(x)  # the shipped components keep it
+    setattr(vae, kind, Reshaped(getattr(vae, kind), **wrong))
+    with pytest.raises(UserError) as err:
+        vae.check_contract(x)
+    assert str(err.value) == message

@@ -118,20 +118,18 @@ class VAE(nn.Module):
     def check_contract(self, x: torch.Tensor) -> None:
         """Fail with one clear line when a plugged-in module breaks the shape contract."""
         with torch.no_grad():
-            p, q = self.prior(), self.posterior(x)
-            expect = (self.latent_dim,)
-            for label, d, batch in (("prior", p, ()), ("guide", q, (x.shape[0],))):
-                if tuple(d.event_shape) != expect or tuple(d.batch_shape) != batch:
-                    raise UserError(
-                        f"{label} {type(getattr(self, 'prior' if label == 'prior' else 'posterior')).__name__} "
-                        f"returned batch_shape {tuple(d.batch_shape)}, event_shape {tuple(d.event_shape)}; "
-                        f"expected {batch} and {expect}")
-            lik = self.likelihood(q.sample())
-            if tuple(lik.event_shape) != self.data_shape or tuple(lik.batch_shape) != (x.shape[0],):
-                raise UserError(
-                    f"likelihood {type(self.likelihood).__name__} returned batch_shape "
-                    f"{tuple(lik.batch_shape)}, event_shape {tuple(lik.event_shape)}; expected "
-                    f"({x.shape[0]},) and the data shape {self.data_shape}")
+            batch = (x.shape[0],)
+            _check_shapes("prior", self.prior, self.prior(), (), (self.latent_dim,))
+            q = self.posterior(x)
+            _check_shapes("guide", self.posterior, q, batch, (self.latent_dim,))
+            _check_shapes("likelihood", self.likelihood, self.likelihood(q.sample()), batch, self.data_shape)
+
+
+def _check_shapes(label: str, module: nn.Module, d, batch_shape: tuple, event_shape: tuple) -> None:
+    found = (tuple(d.batch_shape), tuple(d.event_shape))
+    if found != (batch_shape, event_shape):
+        raise UserError(f"{label} {type(module).__name__} returned batch_shape {found[0]}, event_shape {found[1]}; "
+                        f"expected {batch_shape} and {event_shape}")
 
 
 def build_vae(model_config: Mapping, data_shape: Sequence[int]) -> VAE:
