@@ -157,6 +157,18 @@ def test_the_per_epoch_iwae_scores_the_first_iwae_n_validation_points():
                                         abs=1e-6)) is expected
 
 
+def test_an_epoch_takes_every_training_row_once_and_each_split_has_its_own_fixed_draw():
+    grey = torch.rand(10, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    data = Splits("grey", train=grey, val=grey, test=grey, binarize=False)
+    epoch = torch.cat(list(data.train_batches(3)))
+    assert torch.equal(epoch.flatten().sort().values, grey.flatten().sort().values)
+    binary = Splits("grey", train=grey, val=grey, test=grey, binarize=True)
+    fixed = [binary.evaluation_data(split) for split in ("train", "val", "test")]
+    assert not any(torch.equal(a, b) for a, b in ((fixed[0], fixed[1]), (fixed[1], fixed[2]), (fixed[0], fixed[2])))
+    with pytest.raises(ValueError, match="unknown split 'valid'"):
+        binary.evaluation_data("valid")
+
+
 def test_a_last_global_batch_with_one_row_per_rank_is_kept_and_binarized_shards_stay_float():
     rows = torch.rand(18, 1, 2, 2, generator=torch.Generator().manual_seed(0))  # 2 x 8 + 2 rows = 2 ranks
     data = Splits("grey", train=rows, val=rows[:2], test=rows[:2], binarize=True)

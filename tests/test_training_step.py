@@ -117,8 +117,23 @@ def test_one_epoch_of_the_trainer_equals_the_svi_loop(tiny_overrides):
     ("step", [1.0, 1.0, 0.5, 0.5, 0.25]),                      # x 0.5 every 1 epoch of 2 steps
 ])
 def test_learning_rate_schedules(schedule, expected):
-    got = [lr_factor(schedule, t, 4, 2, lr=1.0, lr_decay=0.5, lr_decay_epochs=1) for t in range(5)]
+    got = [lr_factor(schedule, t, 4, 2, lr=1.0, lr_min=0.0, lr_decay=0.5, lr_decay_epochs=1) for t in range(5)]
     assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_cosine_schedule_ends_at_lr_min_even_when_it_is_one_step_long():
+    assert lr_factor("cosine", 1, 1, 1, lr=1e-3, lr_min=1e-4, lr_decay=0.1, lr_decay_epochs=1) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="lr_schedule must be constant, cosine or step, got 'linear'"):
+        lr_factor("linear", 0, 1, 1, lr=1e-3, lr_min=0.0, lr_decay=0.1, lr_decay_epochs=1)
+
+
+def test_make_optimizer_defaults_are_the_train_section_defaults():
+    from pyrovae.infer.settings import TrainSettings
+
+    defaults = TrainSettings()
+    optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(2))])
+    assert type(optimizer) is torch.optim.Adam and optimizer.defaults["fused"]
+    assert optimizer.defaults["lr"] == defaults.lr and optimizer.defaults["weight_decay"] == defaults.weight_decay
 
 
 def test_the_schedule_steps_the_optimizer_and_is_logged_as_train_lr(tiny_overrides):
@@ -146,7 +161,9 @@ def test_a_longer_resumed_run_continues_the_stretched_schedule(tiny_overrides):
     longer.load_state_dict(state)
     steps = longer.steps_per_epoch
     assert longer.scheduler.last_epoch == steps
-    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * lr_factor("cosine", steps, 2 * steps, steps))
+    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * lr_factor("cosine", steps, 2 * steps, steps, lr=1e-3,
+                                                                                     lr_min=0.0, lr_decay=0.1,
+                                                                                     lr_decay_epochs=30))
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN")

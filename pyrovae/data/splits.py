@@ -70,18 +70,18 @@ class Splits:
     def labels(self, name: str) -> torch.Tensor | None:
         return getattr(self, f"{name}_labels")
 
-    def train_batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    def train_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """One epoch of shuffled training batches (the last one may be smaller).
 
-        Uses the global torch RNG (or ``generator``), which the trainer seeds, so an epoch's
-        binarization and order are reproducible and resumable.
+        Uses the global torch RNG, which the trainer seeds, so an epoch's binarization and
+        order are reproducible and resumable.
         """
         x = self.train
-        order = torch.randperm(x.shape[0], device=x.device, generator=generator)
+        order = torch.randperm(x.shape[0], device=x.device)
         if self.binarize:
             # Bernoulli(x) as P(U < x), U ~ Uniform[0, 1), kept as bool until a batch is taken:
             # about half the time of torch.bernoulli on a CPU (benchmarks/speed.py and the README have figures).
-            x = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator) < x
+            x = torch.rand(x.shape, dtype=x.dtype, device=x.device) < x
         for start in range(0, x.shape[0], batch_size):
             yield x[order[start:start + batch_size]].to(self.train.dtype)
 

@@ -50,7 +50,7 @@ def make_optimizer(params: Iterable[torch.Tensor], name: str = "adam", lr: float
 
 
 def lr_factor(schedule: str, step: int, total_steps: int, steps_per_epoch: int, *,
-              lr: float = 1.0, lr_min: float = 0.0, lr_decay: float = 0.1, lr_decay_epochs: int = 1) -> float:
+              lr: float, lr_min: float, lr_decay: float, lr_decay_epochs: int) -> float:
     """``f(t)``: the multiple of the base learning rate at (0-based) ``step`` (see the module doc)."""
     if schedule == "constant":
         return 1.0
