@@ -200,3 +200,17 @@ def test_apply_schedule_sets_the_rates_the_scheduler_reports():
     apply_schedule(scheduler)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 0.1 ** 2)
     assert scheduler.get_last_lr() == [optimizer.param_groups[0]["lr"]]
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_make_elbo_passes_its_options_and_the_loss_defaults_to_beta_one(jit):
+    elbo = make_elbo("meanfield", num_particles=3, jit=jit)
+    assert elbo.num_particles == 3 and getattr(elbo, "ignore_jit_warnings", jit) is jit
+    with pytest.raises(ValueError, match=r"^elbo must be one of trace, meanfield, got 'renyi'$"):
+        make_elbo("renyi", jit=jit)
+    loss, x = ELBOLoss(tiny_vae(), make_elbo("trace", jit=jit)), batch()
+    loss(x)  # a JIT ELBO traces at its first call, which draws random numbers of its own
+    pyro.set_rng_seed(1)
+    default = loss(x)
+    pyro.set_rng_seed(1)
+    assert torch.equal(default, loss(x, torch.tensor(1.0)))

@@ -134,6 +134,8 @@ def test_make_optimizer_defaults_are_the_train_section_defaults():
     optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(2))])
     assert type(optimizer) is torch.optim.Adam and optimizer.defaults["fused"]
     assert optimizer.defaults["lr"] == defaults.lr and optimizer.defaults["weight_decay"] == defaults.weight_decay
+    complex_weights = make_optimizer([torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))])
+    assert complex_weights.defaults["foreach"] and not complex_weights.defaults["fused"]  # no fused complex kernel
 
 
 def test_the_schedule_steps_the_optimizer_and_is_logged_as_train_lr(tiny_overrides):

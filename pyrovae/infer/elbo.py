@@ -53,8 +53,11 @@ class ELBOLoss(nn.Module):
         self.elbo = elbo
         self._model, self._guide = vae.model, vae.guide  # one object each: JIT caches by id
         self._surrogate_form = isinstance(elbo, JitTrace_ELBO)
+        self._traced = isinstance(elbo, (JitTrace_ELBO, JitTraceMeanField_ELBO))
 
     def forward(self, x: torch.Tensor, beta: torch.Tensor | float = 1.0) -> torch.Tensor:
+        if self._traced and not isinstance(beta, torch.Tensor):  # torch.jit traces tensors only
+            beta = torch.tensor(float(beta), device=x.device)
         if self._surrogate_form:
             loss, surrogate = self.elbo.loss_and_surrogate_loss(self._model, self._guide, x, beta)
             return loss.detach() + (surrogate - surrogate.detach())
