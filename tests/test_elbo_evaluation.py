@@ -8,7 +8,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
 from pyrovae.run import config
-from pyrovae.infer.terms import elbo_terms, evaluate
+from pyrovae.infer.terms import datapoint_terms, elbo_terms, evaluate
 from pyrovae.model.vae import build_vae
 
 
@@ -33,6 +33,24 @@ def test_loss_is_recon_plus_kl_and_equals_the_elbo_objects_loss(elbo_cls, binary
     assert torch.allclose(terms["loss"], terms["recon"] + terms["kl"])
     assert terms["loss"].sum().item() == pytest.approx(pyro_loss, rel=1e-5)
     assert terms["kl"].shape == (20,)
+
+
+def test_particles_are_averaged_every_batch_is_scored_and_the_seed_reaches_the_draws(binary_batch):
+    vae = tiny_vae()
+    torch.manual_seed(4)
+    three = elbo_terms(vae, Trace_ELBO(num_particles=3), binary_batch)
+    torch.manual_seed(4)  # three particles are three draws in a row, as three single-particle calls make
+    singles = [elbo_terms(vae, Trace_ELBO(), binary_batch) for _ in range(3)]
+    for term in ("loss", "recon", "kl", "mse"):
+        assert torch.allclose(three[term], sum(s[term] for s in singles) / 3, atol=1e-5)
+    per_point = datapoint_terms(vae, Trace_ELBO(), binary_batch, batch_size=7, seed=5)
+    assert per_point["loss"].shape == (20,)  # batches of 7, 7 and 6
+    means = evaluate(vae, Trace_ELBO(), binary_batch, batch_size=7, seed=5)
+    assert means["loss"] == pytest.approx(float(per_point["loss"].double().mean()), rel=1e-12)
+    assert means != evaluate(vae, Trace_ELBO(), binary_batch, batch_size=7, seed=0)
+    assert evaluate(vae, Trace_ELBO(), binary_batch, 7) == evaluate(vae, Trace_ELBO(), binary_batch, 7, seed=0)
+    assert torch.equal(datapoint_terms(vae, Trace_ELBO(), binary_batch, 7)["loss"],
+                       datapoint_terms(vae, Trace_ELBO(), binary_batch, 7, seed=0)["loss"])
 
 
 def test_meanfield_kl_is_the_closed_form(binary_batch):

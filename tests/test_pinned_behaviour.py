@@ -214,3 +214,11 @@ def test_make_elbo_passes_its_options_and_the_loss_defaults_to_beta_one(jit):
     default = loss(x)
     pyro.set_rng_seed(1)
     assert torch.equal(default, loss(x, torch.tensor(1.0)))
+
+
+def test_the_default_guide_is_the_readme_s_400_unit_relu_encoder():
+    from pyrovae.model.guides.diagonal_normal import DiagonalNormal
+
+    guide = DiagonalNormal(latent_dim=2, data_shape=(1, 2, 2))
+    assert [type(m) for m in guide.encoder.net] == [torch.nn.Linear, torch.nn.ReLU]
+    assert guide.encoder.net[0].out_features == 400 and guide.head.out_features == 2 * 2
