@@ -222,3 +222,13 @@ def test_the_default_guide_is_the_readme_s_400_unit_relu_encoder():
     guide = DiagonalNormal(latent_dim=2, data_shape=(1, 2, 2))
     assert [type(m) for m in guide.encoder.net] == [torch.nn.Linear, torch.nn.ReLU]
     assert guide.encoder.net[0].out_features == 400 and guide.head.out_features == 2 * 2
+
+
+def test_model_and_guide_put_z_in_the_same_data_plate_and_the_vae_defaults_are_the_readme_s():
+    vae, x = tiny_vae(), batch()
+    for fn in (vae.model, vae.guide):
+        (frame,) = pyro.poutine.trace(fn).get_trace(x).nodes["z"]["cond_indep_stack"]
+        assert (frame.name, frame.size, frame.dim) == ("data", x.shape[0], -1)
+    default = VAE(latent_dim=2, data_shape=SHAPE).config
+    assert [default[k]["name"] for k in ("prior", "guide", "likelihood")] == [
+        "standard_normal", "diagonal_normal", "bernoulli"]
