@@ -232,3 +232,23 @@ def test_model_and_guide_put_z_in_the_same_data_plate_and_the_vae_defaults_are_t
     default = VAE(latent_dim=2, data_shape=SHAPE).config
     assert [default[k]["name"] for k in ("prior", "guide", "likelihood")] == [
         "standard_normal", "diagonal_normal", "bernoulli"]
+
+
+class Unbuildable(torch.nn.Module):
+    def __init__(self, latent_dim: int):
+        raise ValueError("boom")
+
+
+def test_component_errors_name_their_kind_and_a_vae_of_modules_has_no_config():
+    from pyrovae.errors import UserError
+    from pyrovae.model.guides.diagonal_normal import DiagonalNormal
+
+    with pytest.raises(UserError, match=r"^guide 'diagonal_normal' .* 'latent_dim' is set by pyrovae .*"
+                                        r"remove it from \[model\.guide\]$"):
+        VAE(guide={"name": "diagonal_normal", "latent_dim": 3}, latent_dim=2, data_shape=SHAPE)
+    with pytest.raises(UserError, match=r"^likelihood 'Unbuildable' could not be built: boom$"):
+        VAE(likelihood=Unbuildable, latent_dim=2, data_shape=SHAPE)
+    vae = VAE(guide=DiagonalNormal(latent_dim=2, data_shape=SHAPE, hidden=[4]), latent_dim=2, data_shape=SHAPE)
+    assert vae.config is None  # a module instance cannot be logged as a [model] table
+    x = batch()
+    assert vae(x).shape == x.shape and ((vae(x) > 0) & (vae(x) < 1)).all()  # forward: decoder means
