@@ -40,7 +40,7 @@ BUDGETS = {
     "full": dict(datasets=["mnist", "fashion_mnist"], sizes=[1000, 5000], seeds=[0, 1, 2], warmups=[0, 50],
                  epochs=300, every=5, iwae_k=50, score_n=2000),
     "session": dict(datasets=["mnist"], sizes=[1000], seeds=[0, 1, 2], warmups=[0, 50],
-                    epochs=300, every=5, iwae_k=50, score_n=1000),
+                    epochs=300, every=10, iwae_k=50, score_n=1000),
     "smoke": dict(datasets=["mnist"], sizes=[300], seeds=[0, 1], warmups=[0, 2], epochs=4, every=2, iwae_k=5,
                   score_n=200),
 }
