@@ -140,9 +140,10 @@ def test_make_optimizer_defaults_are_the_train_section_defaults():
 
 def test_the_schedule_steps_the_optimizer_and_is_logged_as_train_lr(tiny_overrides):
     cfg, vae, splits = tiny(tiny_overrides, "train.lr_schedule=\"cosine\"", "train.lr_min=1e-4",
-                            "train.epochs=2", "train.optimizer=\"adamw\"", "train.weight_decay=0.01")
+                            "train.epochs=2", "train.optimizer=\"adamw\"", "train.weight_decay=0.05")
     trainer = Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
     assert isinstance(trainer.optimizer, torch.optim.AdamW) and trainer.optimizer.defaults["fused"]
+    assert trainer.optimizer.defaults["weight_decay"] == 0.05  # not AdamW's own default, 0.01
     first = trainer.train_epoch()["train/lr"]
     trainer.epoch += 1
     second = trainer.train_epoch()["train/lr"]
