@@ -27,15 +27,16 @@ def draw(record: dict, path: Path) -> Path:
     curves.set_ylim(min(later) - 2, max(later) + 2)
     curves.set(xlabel="epoch", ylabel="nats per image", title=f"(a) {run['name']}")
     curves.legend(fontsize=7)
-    cells = sorted({(r["dataset"], r["train_size"], r["warmup_epochs"]) for r in record["runs"]})
+    key = ("dataset", "train_size", "batch_size", "warmup_epochs")
+    cells = sorted({tuple(r[k] for k in key) for r in record["runs"]})
     width = 0.8 / len(PICKED)
     for i, name in enumerate(PICKED):
-        rows = [next(t for t in record["table"] if (t["dataset"], t["train_size"], t["warmup_epochs"]) == cell
-                     and t["criterion"] == name) for cell in cells]
+        rows = [next(t for t in record["table"] if tuple(t[k] for k in key) == cell and t["criterion"] == name)
+                for cell in cells]
         costs.bar([c + i * width for c in range(len(cells))], [r["cost"][0] for r in rows], width,
                   yerr=[r["cost"][1] if r["cost"][1] == r["cost"][1] else 0 for r in rows], label=name, capsize=2)
     costs.set_xticks([c + 0.4 - width / 2 for c in range(len(cells))],
-                     [f"{d}\nn={n}, warm-up {w:g}" for d, n, w in cells], fontsize=7)
+                     [f"{d} n={n}\nbatch {b}, warm-up {w:g}" for d, n, b, w in cells], fontsize=7)
     costs.set(ylabel="test NLL at the picked epoch - best (nats)", title="(b) cost of each criterion")
     costs.legend(fontsize=7)
     fig.tight_layout()

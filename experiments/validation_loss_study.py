@@ -14,6 +14,9 @@ minus the test NLL at the best scored epoch (the oracle no one can use). The cri
 only, -ELBO, IWAE, MSE. Each cell of the table is mean +- standard error over seeds.
 
     PYROVAE_DATA_DIR=../shared/data python experiments/validation_loss_study.py --budget full
+    PYROVAE_DATA_DIR=../shared/data python experiments/validation_loss_study.py --budget session --warmups 0 &
+    PYROVAE_DATA_DIR=../shared/data python experiments/validation_loss_study.py --budget session --warmups 50 \
+        --parent RUN   # the first one's parent run: two processes, one per core
     PYROVAE_DATA_DIR=../shared/data python experiments/validation_loss_study.py --budget smoke   # ~2 minutes
     python experiments/validation_loss_study.py --analyse PARENT_RUN_ID   # table, figure and export again
 
@@ -35,14 +38,17 @@ from pyrovae.run import config
 from pyrovae.run.tracking import MlflowRun
 
 HERE = Path(__file__).resolve().parent
-#: budget -> grid and scoring; "session" is the part that fits a 2-core session of about an hour
+#: budget -> grid and scoring; "session" is the part that fits a 2-core session of about half an
+#: hour (two processes: --warmups 0 and --warmups 50 --parent RUN). Batches of 32 give a small
+#: training set enough steps to overfit: at batch 128, 300 epochs of 1,000 images (2,400 steps)
+#: still improved every validation number.
 BUDGETS = {
     "full": dict(datasets=["mnist", "fashion_mnist"], sizes=[1000, 5000], seeds=[0, 1, 2], warmups=[0, 50],
-                 epochs=300, every=5, iwae_k=50, score_n=2000),
+                 epochs=400, batch=32, every=5, iwae_k=50, score_n=2000),
     "session": dict(datasets=["mnist"], sizes=[1000], seeds=[0, 1, 2], warmups=[0, 50],
-                    epochs=300, every=10, iwae_k=50, score_n=1000),
-    "smoke": dict(datasets=["mnist"], sizes=[300], seeds=[0, 1], warmups=[0, 2], epochs=4, every=2, iwae_k=5,
-                  score_n=200),
+                    epochs=400, batch=32, every=10, iwae_k=50, score_n=1000),
+    "smoke": dict(datasets=["mnist"], sizes=[300], seeds=[0, 1], warmups=[0, 2], epochs=4, batch=32, every=2,
+                  iwae_k=5, score_n=200),
 }
 CRITERIA = {"recon": "val/recon", "-ELBO": "val/loss", "IWAE": "val/nll_iwae", "MSE": "val/mse"}
 OUTCOME = "test_curve/nll_iwae"
@@ -70,6 +76,7 @@ def train_grid(budget: dict, parent: MlflowRun, experiment: str) -> None:
     for dataset, size, seed, warmup in grid:  # seeds outside warm-ups: a cut-short study stays paired
         cfg = config.load(None, [
             f'data.name="{dataset}"', f"data.train_subset={size}", f"train.epochs={budget['epochs']}",
+            f"train.batch_size={budget['batch']}",
             f"train.seed={seed}", f"train.warmup_epochs={warmup}", f"train.beta_start={0.01 if warmup else 1.0}",
             f"train.checkpoint_every={budget['epochs']}", f"eval.iwae_every={budget['every']}",
             f"eval.iwae_k={budget['iwae_k']}", f"eval.iwae_n={budget['score_n']}", "mlflow.images_every=0",
@@ -105,7 +112,8 @@ def analyse(parent: MlflowRun) -> dict:
         histories = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)} for k in keys}
         p = run.data.params
         runs.append({"run_id": run.info.run_id, "name": run.info.run_name, "dataset": p["data.name"],
-                     "train_size": int(p["data.train_subset"]), "warmup_epochs": float(p["train.warmup_epochs"]),
+                     "train_size": int(p["data.train_subset"]), "batch_size": int(p["train.batch_size"]),
+                     "warmup_epochs": float(p["train.warmup_epochs"]),
                      "seed": int(p["train.seed"]), "epochs": int(p["train.epochs"]), "iwae_k": int(p["eval.iwae_k"]),
                      "score_n": int(p["eval.iwae_n"]), "picks": picks(histories),
                      "curves": {k: sorted(v.items()) for k, v in histories.items()}})
@@ -115,21 +123,23 @@ def analyse(parent: MlflowRun) -> dict:
         oracle = [r["picks"]["oracle (test)"]["test_nll"] for r in members]
         for name in [*CRITERIA, "last epoch", "oracle (test)"]:
             nll = [r["picks"][name]["test_nll"] for r in members]
-            table.append({"dataset": cell[0], "train_size": cell[1], "warmup_epochs": cell[2], "criterion": name,
+            table.append({"dataset": cell[0], "train_size": cell[1], "batch_size": cell[2], "warmup_epochs": cell[3],
+                          "criterion": name,
                           "seeds": len(members), "epoch": mean_se([r["picks"][name]["epoch"] for r in members]),
                           "test_nll": mean_se(nll), "cost": mean_se([a - b for a, b in zip(nll, oracle)])})
     return {"parent_run_id": parent.run_id, "store": parent.uri, "runs": runs, "table": table}
 
 
 def cell_of(run: dict) -> tuple:
-    return run["dataset"], run["train_size"], run["warmup_epochs"]
+    return run["dataset"], run["train_size"], run["batch_size"], run["warmup_epochs"]
 
 
 def print_table(record: dict) -> None:
-    print(f"{'data':<14}{'n':>6}{'warm-up':>8}  {'criterion':<14}{'epoch':>12}{'test NLL':>18}{'cost vs oracle':>18}")
+    print(f"{'data':<14}{'n':>6}{'batch':>6}{'warm-up':>8}  {'criterion':<14}{'epoch':>12}{'test NLL':>18}{'cost vs oracle':>18}")
     for row in record["table"]:
         epoch, nll, cost = row["epoch"], row["test_nll"], row["cost"]
-        print(f"{row['dataset']:<14}{row['train_size']:>6}{row['warmup_epochs']:>8g}  {row['criterion']:<14}"
+        print(f"{row['dataset']:<14}{row['train_size']:>6}{row['batch_size']:>6}{row['warmup_epochs']:>8g}  "
+              f"{row['criterion']:<14}"
               f"{epoch[0]:>7.1f}+-{epoch[1]:<4.1f}{nll[0]:>11.2f} +- {nll[1]:<4.2f}{cost[0]:>11.2f} +- {cost[1]:<4.2f}")
 
 
@@ -137,18 +147,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=list(BUDGETS), default="full")
     parser.add_argument("--analyse", metavar="PARENT_RUN_ID", help="only analyse a study already trained")
+    parser.add_argument("--parent", metavar="RUN_ID", help="add this grid's runs to an existing study")
+    parser.add_argument("--seeds", type=int, nargs="+", help="instead of the budget's seeds")
+    parser.add_argument("--warmups", type=int, nargs="+", help="instead of the budget's warm-up epochs")
     parser.add_argument("--experiment", default="validation-loss-study")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "validation_loss_study.json")
     parser.add_argument("--figure", type=Path, default=HERE / "figures" / "validation_loss_study.png")
     args = parser.parse_args()
+    budget = {**BUDGETS[args.budget], **{k: v for k, v in (("seeds", args.seeds), ("warmups", args.warmups)) if v}}
     if args.analyse:
         parent = MlflowRun.existing(args.analyse)
     else:
-        parent = MlflowRun.create("", args.experiment, f"validation-loss-{args.budget}",
-                                  tags={"pyrovae.group": "parent", "study.budget": args.budget})
+        parent = MlflowRun.existing(args.parent) if args.parent else MlflowRun.create(
+            "", args.experiment, f"validation-loss-{args.budget}",
+            tags={"pyrovae.group": "parent", "study.budget": args.budget})
         with parent.lifecycle():
-            parent.log_params({f"study.{k}": v for k, v in BUDGETS[args.budget].items()})
-            train_grid(BUDGETS[args.budget], parent, args.experiment)
+            if not args.parent:
+                parent.log_params({f"study.{k}": v for k, v in BUDGETS[args.budget].items()})
+            train_grid(budget, parent, args.experiment)
     record = analyse(parent)
     print_table(record)
     args.out.parent.mkdir(parents=True, exist_ok=True)
