@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from mlflow.tracking import MlflowClient
 
 from pyrovae.run.tracking import MlflowRun
 
-CURVES = ("train/loss", "val/loss", "val/recon", "val/kl")
+CURVES = ("train/loss", "val/loss", "val/recon", "val/kl", "train/seconds")
 
 
 def export(parent_id: str, out: Path, uri: str = "") -> dict:
@@ -41,6 +43,24 @@ def export(parent_id: str, out: Path, uri: str = "") -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
     return record
+
+
+@contextmanager
+def study_parent(experiment: str, name: str, budget_name: str, budget: dict,
+                 existing: str | None = None) -> Iterator[MlflowRun]:
+    """A study's parent run, open while its children train: ``existing`` (a run id) or a new one
+    tagged ``study.budget`` with the budget as ``study.*`` params; FAILED if the study fails."""
+    parent = MlflowRun.existing(existing) if existing else MlflowRun.create(
+        "", experiment, name, tags={"pyrovae.group": "parent", "study.budget": budget_name})
+    with parent.lifecycle():
+        if not existing:
+            parent.log_params({f"study.{k}": v for k, v in budget.items()})
+        yield parent
+
+
+def experiment_of(run: MlflowRun) -> str:
+    """The name of ``run``'s experiment: a parent's children go where the parent is."""
+    return run.client.get_experiment(run.info().experiment_id).name
 
 
 def main() -> None:

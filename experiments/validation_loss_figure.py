@@ -39,6 +39,11 @@ def draw(record: dict, path: Path) -> Path:
                      [f"{d} n={n}\nbatch {b}, warm-up {w:g}" for d, n, b, w in cells], fontsize=7)
     costs.set(ylabel="test NLL at the picked epoch - best (nats)", title="(b) cost of each criterion")
     costs.legend(fontsize=7)
+    return save(fig, path)
+
+
+def save(fig, path: Path) -> Path:
+    """Lay out, write (making the folder) and close a figure."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

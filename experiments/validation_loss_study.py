@@ -33,6 +33,8 @@ import json
 import statistics
 from pathlib import Path
 
+from export_runs import experiment_of, study_parent
+
 from pyrovae import Callback, iwae, train_config
 from pyrovae.run import config
 from pyrovae.run.tracking import MlflowRun
@@ -158,13 +160,9 @@ def main() -> None:
     if args.analyse:
         parent = MlflowRun.existing(args.analyse)
     else:
-        parent = MlflowRun.existing(args.parent) if args.parent else MlflowRun.create(
-            "", args.experiment, f"validation-loss-{args.budget}",
-            tags={"pyrovae.group": "parent", "study.budget": args.budget})
-        with parent.lifecycle():
-            if not args.parent:
-                parent.log_params({f"study.{k}": v for k, v in BUDGETS[args.budget].items()})
-            train_grid(budget, parent, args.experiment)
+        with study_parent(args.experiment, f"validation-loss-{args.budget}", args.budget, BUDGETS[args.budget],
+                          args.parent) as parent:
+            train_grid(budget, parent, experiment_of(parent))
     record = analyse(parent)
     print_table(record)
     args.out.parent.mkdir(parents=True, exist_ok=True)

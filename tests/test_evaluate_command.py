@@ -65,6 +65,13 @@ def test_evaluate_keeps_iwae_ais_and_bdmc_in_an_evaluation_run_of_its_own(traine
         assert math.isfinite(metrics[key]), key
     # same 20 points: the IWAE bound is above the ELBO (K = 50 on a 2-d latent: by several se)
     assert metrics["test/ais_subset/nll_iwae"] < metrics["test/ais_subset/nll_elbo"]
+    # on all 40 points too, and each estimator's cost is beside its number
+    assert metrics["test/nll_iwae"] < metrics["test/nll_elbo"] and metrics["test/kl"] > 0
+    assert metrics["test/active_units"] in (1, 2)  # a trained 2-d PPCA latent is used
+    for estimator, n in (("elbo", 40), ("iwae", 40), ("ais", 20)):
+        seconds = metrics[f"test/{estimator}_seconds"]
+        assert seconds > 0 and metrics[f"test/{estimator}_seconds_per_point"] == pytest.approx(seconds / n)
+        assert math.isfinite(metrics[f"test/{estimator}_peak_mib"])
     assert params["eval.of"] == run_id and params["eval.iwae_k"] == "50" and params["eval.weights"] == "final"
     assert params["ais.steps"] == "20" and params["ais.chains"] == "4" and params["ais.start"] == "posterior"
     history = mlflow.MlflowClient().get_metric_history(evaluation.info.run_id, "test/nll_iwae")

@@ -6,6 +6,13 @@ weights), holding its settings as params -- ``eval.of``, ``eval.split``, ``eval.
 ``eval.iwae_k``, ``eval.seed``, ``eval.weights`` (final or best) and ``eval.weights_epoch``,
 ``ais.*`` -- and its numbers as metrics at the step of the weights' epoch:
 
+- always, on every point: ``<split>/nll_elbo`` (-ELBO at beta = 1 with the run's own ELBO
+  object, and ``_se``), ``<split>/kl`` and ``<split>/active_units`` (Burda et al.'s
+  Cov_x E_q[z_u] > 0.01);
+- the cost of each estimator beside its number (:mod:`pyrovae.run.costs`): ``<split>/elbo_*``,
+  ``<split>/iwae_*``, ``<split>/ais_*`` with suffixes ``seconds``, ``seconds_per_point`` and
+  ``peak_mib`` (peak memory above the level at the start: CUDA allocator counters, or the
+  sampled RSS on CPU);
 - ``<split>/nll_iwae``: minus the mean IWAE bound with K importance samples (default 5000, the
   literature's standard: Burda et al. 2016), with its standard error ``<split>/nll_iwae_se``;
 - with ``ais``: ``<split>/nll_ais`` on the first ``ais_subset`` datapoints, beside
@@ -36,8 +43,10 @@ from pyrovae.devices import select_device
 from pyrovae.errors import UserError
 from pyrovae.infer.elbo import make_elbo
 from pyrovae.infer.estimators.ais import AISSettings, ais, bdmc
+from pyrovae.infer.estimators.diagnostics import active_units
 from pyrovae.infer.estimators.iwae import iwae
 from pyrovae.infer.terms import datapoint_terms
+from pyrovae.run.costs import Cost, measure
 from pyrovae.run.restore import rebuild, run_config
 from pyrovae.run.tracking import MlflowRun
 
@@ -115,23 +124,28 @@ def evaluate_run(run_id: str, split: str = "test", iwae_k: int = 5000, subset: i
 
     child = MlflowRun.create_in(run, f"evaluation {split} {weights}", tags={"pyrovae.kind": "evaluation"})
     with child.lifecycle(system_metrics=False), tempfile.TemporaryDirectory() as tmp:
+        elbo = make_elbo(config["train"]["elbo"], config["train"]["num_particles"])
+        with measure(torch_device) as cost:
+            terms = datapoint_terms(vae, elbo, x, batch_size, seed=seed)
+        metrics[f"{split}/nll_elbo"], metrics[f"{split}/nll_elbo_se"] = mean_and_se(terms["loss"])
+        metrics[f"{split}/kl"] = mean_and_se(terms["kl"])[0]
+        metrics.update(cost_metrics(f"{split}/elbo", cost, x.shape[0]))
+        metrics[f"{split}/active_units"] = active_units(vae, x)
         if iwae_k:
-            started = time.perf_counter()
-            with _bar(x.shape[0], f"IWAE K={iwae_k}", quiet) as bar:
+            with _bar(x.shape[0], f"IWAE K={iwae_k}", quiet) as bar, measure(torch_device) as cost:
                 log_px = iwae(vae, x, iwae_k, batch_size, seed=seed, progress=bar.update)
             metrics[f"{split}/nll_iwae"], metrics[f"{split}/nll_iwae_se"] = mean_and_se(-log_px)
-            metrics[f"{split}/iwae_seconds"] = time.perf_counter() - started
+            metrics.update(cost_metrics(f"{split}/iwae", cost, x.shape[0]))
             estimates[f"IWAE K={iwae_k}"] = log_px
         if ais_run:
             xs = x[:ais_subset]
             params.update({**settings.as_tags(), "ais.subset": xs.shape[0]})
-            started = time.perf_counter()
-            with _bar(math.ceil(xs.shape[0] / batch_size) * settings.steps, "AIS", quiet) as bar:
+            with _bar(math.ceil(xs.shape[0] / batch_size) * settings.steps, "AIS", quiet) as bar, \
+                    measure(torch_device) as cost:
                 log_px_ais = ais(vae, xs, settings, batch_size, seed=seed, progress=bar.update)
             metrics[f"{split}/nll_ais"], metrics[f"{split}/nll_ais_se"] = mean_and_se(-log_px_ais)
-            metrics[f"{split}/ais_seconds"] = time.perf_counter() - started
-            elbo = make_elbo(config["train"]["elbo"], config["train"]["num_particles"])
-            loss = datapoint_terms(vae, elbo, xs, batch_size, seed=seed)["loss"]
+            metrics.update(cost_metrics(f"{split}/ais", cost, xs.shape[0]))
+            loss = terms["loss"][:xs.shape[0]]
             metrics[f"{split}/ais_subset/nll_elbo"], metrics[f"{split}/ais_subset/nll_elbo_se"] = mean_and_se(loss)
             if iwae_k:
                 same = log_px[:xs.shape[0]]
@@ -161,6 +175,12 @@ def evaluate_run(run_id: str, split: str = "test", iwae_k: int = 5000, subset: i
                 np.save(npy, values.cpu().numpy())
                 child.log_artifact(npy, "evaluation")
     return Evaluation(child.run_id, run.run_id, x.shape[0], metrics, warnings)
+
+
+def cost_metrics(prefix: str, cost: Cost, n: int) -> dict[str, float]:
+    """``<prefix>_seconds``, ``<prefix>_seconds_per_point`` over ``n`` points, ``<prefix>_peak_mib``."""
+    return {f"{prefix}_seconds": cost.seconds, f"{prefix}_seconds_per_point": cost.seconds / max(n, 1),
+            f"{prefix}_peak_mib": cost.peak_mib}
 
 
 def weights_epoch(run: MlflowRun, weights: str) -> int:

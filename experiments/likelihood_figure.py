@@ -1,0 +1,43 @@
+"""The likelihood table's figure: (a) test NLL by IWAE and -ELBO per run, beside the published
+VAE figure; (b) what each estimator costs per test image (seconds, log scale)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from validation_loss_figure import save  # noqa: E402
+
+#: Burda et al. 2016, Table 1: one stochastic layer, 784-200-200-50 tanh MLPs, 3,280 epochs
+PUBLISHED = {"VAE, Burda et al. 2016": 86.76, "IWAE k=50, Burda et al. 2016": 84.78}
+
+
+def draw(record: dict, path: Path) -> Path:
+    table = record["table"]
+    fig, (nll, cost) = plt.subplots(1, 2, figsize=(12, 0.45 * len(table) + 2.2), dpi=110,
+                                    gridspec_kw={"width_ratios": [3, 2]})
+    labels = [f"{r['variant']} (seed {r['seed']}, {r['epochs']} ep.)" for r in table]
+    ys = range(len(table))
+    nll.errorbar([r["nll_iwae"] for r in table], ys, xerr=[2 * r["nll_iwae_se"] for r in table], fmt="o",
+                 label=f"NLL by IWAE, K = {table[0]['iwae_k']} (+- 2 se)")
+    nll.plot([r["nll_elbo"] for r in table], ys, "x", label="-ELBO (same images)")
+    for i, (name, value) in enumerate(PUBLISHED.items()):
+        nll.axvline(value, color=f"C{i + 3}", ls=":", label=f"{name}: {value}")
+    nll.set_yticks(list(ys), labels, fontsize=8)
+    nll.invert_yaxis()
+    nll.set(xlabel=f"nats per test image (first {table[0]['n']:,} test images)", title="(a) test log-likelihood")
+    nll.legend(fontsize=7)
+    width = 0.27
+    for i, (key, label) in enumerate((("elbo_seconds", "-ELBO"), ("iwae_seconds", "IWAE"),
+                                      ("ais_seconds_per_point", "AIS"))):
+        per_point = [r[key] / (1 if key.endswith("per_point") else r["n"]) for r in table]
+        cost.barh([y + (i - 1) * width for y in ys], per_point, width, label=label)
+    cost.set_xscale("log")
+    cost.set_yticks(list(ys), [""] * len(table))
+    cost.invert_yaxis()
+    cost.set(xlabel="seconds per test image (2 CPU cores)", title="(b) estimator cost")
+    cost.legend(fontsize=7)
+    return save(fig, path)

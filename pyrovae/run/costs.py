@@ -1,0 +1,73 @@
+"""What a piece of work costs: wall-clock seconds and peak extra memory.
+
+Used by :func:`~pyrovae.run.evaluation.evaluate_run` to put the price of each estimator of
+log p(x) (ELBO, IWAE, AIS) next to its number, so a user can choose one knowing both.
+
+Peak memory is the high-water mark *above the level when the work started*, in MiB:
+
+- on CUDA, ``torch.cuda.max_memory_allocated`` minus ``memory_allocated`` at the start (exact,
+  the caching allocator's own counters; cached-but-free blocks do not count);
+- on CPU, the process's resident set size sampled every ``interval`` seconds by a background
+  thread, its maximum minus the RSS at the start. Sampling can miss a spike shorter than the
+  interval, and memory the C allocator kept from earlier work is reused without raising the
+  RSS: measure in a fresh process (``pyrovae evaluate`` is one) for a figure that means the
+  estimator's own cost.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import psutil
+import torch
+
+MIB = 2 ** 20
+
+
+@dataclass
+class Cost:
+    """Filled in when the ``with measure(...)`` block ends."""
+
+    seconds: float = float("nan")
+    peak_mib: float = float("nan")
+
+
+@contextmanager
+def measure(device: torch.device | str = "cpu", interval: float = 0.005) -> Iterator[Cost]:
+    """``with measure(device) as cost: work()`` -> ``cost.seconds``, ``cost.peak_mib``."""
+    device = torch.device(device)
+    cost = Cost()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start_bytes = torch.cuda.memory_allocated(device)
+        started = time.perf_counter()
+        yield cost
+        torch.cuda.synchronize(device)
+        cost.seconds = time.perf_counter() - started
+        cost.peak_mib = (torch.cuda.max_memory_allocated(device) - start_bytes) / MIB
+        return
+    process = psutil.Process()
+    start_bytes = process.memory_info().rss
+    peak = [start_bytes]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(interval):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        yield cost
+    finally:
+        cost.seconds = time.perf_counter() - started
+        done.set()
+        sampler.join()
+        peak[0] = max(peak[0], process.memory_info().rss)
+        cost.peak_mib = (peak[0] - start_bytes) / MIB
