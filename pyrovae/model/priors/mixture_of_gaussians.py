@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
+from pyrovae.model.priors.mixture import Mixture
+
 
 class MixtureOfGaussians(nn.Module):
     r"""p(z) = sum_k pi_k N(z; mu_k, diag(sigma_k^2)), every pi, mu and sigma learned.
@@ -14,7 +16,7 @@ class MixtureOfGaussians(nn.Module):
     ``components`` is K. The weights are ``softmax`` of free logits (initially uniform), the
     means start at ``init_spread * N(0, I)`` so the components do not coincide, and the scales
     are ``softplus(.) + 1e-4`` starting at 1. ``forward()`` returns a
-    ``MixtureSameFamily`` with ``batch_shape == ()`` and ``event_shape == (latent_dim,)``.
+    :class:`~pyrovae.model.priors.mixture.Mixture` with ``batch_shape == ()`` and ``event_shape == (latent_dim,)``.
     There is no closed-form KL from a Gaussian q(z|x) to it: the ELBO uses the Monte Carlo
     estimate log q(z|x) - log p(z) (also under ``TraceMeanField_ELBO``).
 
@@ -34,4 +36,4 @@ class MixtureOfGaussians(nn.Module):
     def forward(self) -> dist.TorchDistribution:
         weights = dist.Categorical(logits=self.logits)
         gaussians = dist.Normal(self.means, softplus(self.raw_scales) + 1e-4).to_event(1)
-        return dist.MixtureSameFamily(weights, gaussians)
+        return Mixture(weights, gaussians)

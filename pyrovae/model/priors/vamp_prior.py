@@ -8,20 +8,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-
-class BroadcastMixture(dist.MixtureSameFamily):
-    r"""``MixtureSameFamily`` whose components need a value of full batch shape.
-
-    The stock mixture scores ``z`` of shape ``(..., 1, D)`` against components of batch
-    ``(..., C)`` and relies on broadcasting; conditional flows (Pyro's autoregressive networks
-    expand their context to the value's shape) do not broadcast a 1 against C. Expanding
-    ``z`` to ``(..., C, D)`` first gives the same numbers for every component family.
-    """
-
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        event = self._event_shape
-        x = x.unsqueeze(-1 - len(event))
-        return x.expand(*x.shape[: x.dim() - len(event) - 1], self._num_component, *event)
+from pyrovae.model.priors.mixture import Mixture
 
 
 class VampPrior(nn.Module):
@@ -61,4 +48,4 @@ class VampPrior(nn.Module):
         components = self.guide(self.pseudo_inputs)  # batch (C,), event (latent_dim,)
         count = self.pseudo_inputs.shape[0]
         uniform = dist.Categorical(logits=self.pseudo_inputs.new_full((count,), -math.log(count)))
-        return BroadcastMixture(uniform, components)
+        return Mixture(uniform, components)
