@@ -14,7 +14,7 @@ first ``ais_n`` of them, each with its seconds and peak memory. The table is mea
 spread, reported separately).
 
     PYROVAE_DATA_DIR=../shared/data python experiments/likelihood_table.py --budget full      # ~10 h on 2 cores
-    PYROVAE_DATA_DIR=../shared/data python experiments/likelihood_table.py --budget session   # ~1.5 h
+    PYROVAE_DATA_DIR=../shared/data python experiments/likelihood_table.py --budget session   # ~1.3 h
     python experiments/likelihood_table.py --budget smoke   # 1 epoch on 1,000 MNIST images, ~3 min
     python experiments/likelihood_table.py --analyse PARENT_RUN_ID   # table, figure, export again
     # part of a budget, added to an existing parent run:
@@ -50,8 +50,8 @@ AIS_START = {"iaf": "prior", "neural_spline": "prior"}
 BUDGETS = {
     "full": dict(epochs=100, subset=0, baseline_seeds=[0, 1], seed=0, iwae_k=5000, test_n=0,
                  ais_n=100, ais_steps=500, ais_chains=16),
-    "session": dict(epochs=10, subset=0, baseline_seeds=[0, 1], seed=0, iwae_k=5000, test_n=1000,
-                    ais_n=10, ais_steps=500, ais_chains=8),
+    "session": dict(epochs=20, subset=0, baseline_seeds=[0, 1], seed=0, iwae_k=5000, test_n=1000,
+                    ais_n=10, ais_steps=200, ais_chains=8),
     "smoke": dict(epochs=1, subset=1000, baseline_seeds=[0], seed=0, iwae_k=10, test_n=100,
                   ais_n=4, ais_steps=10, ais_chains=2),
 }
