@@ -10,8 +10,8 @@ After training, each run is scored by ``pyrovae evaluate`` in a fresh process (s
 memory is the estimators' own): on the first ``test_n`` test images (0 = all 10,000) the
 -ELBO, KL and active units, IWAE with K = ``iwae_k``, and AIS (``ais_steps`` annealing steps,
 ``ais_chains`` chains from q(z|x) or, for the flow guides, from p(z): ``AIS_START``) on the
-first ``ais_n`` of them, each with its seconds and peak memory. The table is mean +- standard error over datapoints (over seeds for the baseline's
-spread, reported separately).
+first ``ais_n`` of them, each with its seconds and peak memory. Each cell is a mean over test
+images +- its standard error; the baseline's spread over seeds is reported beside the table.
 
     PYROVAE_DATA_DIR=../shared/data python experiments/likelihood_table.py --budget full      # ~10 h on 2 cores
     PYROVAE_DATA_DIR=../shared/data python experiments/likelihood_table.py --budget session   # ~1.3 h

@@ -17,7 +17,8 @@ from pyrovae.data.splits import Splits
 from pyrovae.data.synthetic import PPCA, load_ppca, load_synthetic
 from pyrovae.errors import UserError
 
-LOADERS = {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist, "synthetic": load_synthetic, "ppca": load_ppca, "arrays": load_arrays}
+LOADERS = {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist, "synthetic": load_synthetic, "ppca": load_ppca,
+           "arrays": load_arrays}
 
 __all__ = ["LOADERS", "PPCA", "DataSettings", "Splits", "load_data"]
 
@@ -30,7 +31,10 @@ def load_data(name: str | DataSettings | Mapping[str, Any] = "mnist", device: to
     ``name`` is a data set name with the other ``[data]`` keys as keyword arguments, or a whole
     ``[data]`` section (a :class:`DataSettings` or a mapping).
     """
-    base = name.as_dict() if isinstance(name, DataSettings) else dict(name) if isinstance(name, Mapping) else {"name": name}
+    if isinstance(name, DataSettings):
+        base = name.as_dict()
+    else:
+        base = dict(name) if isinstance(name, Mapping) else {"name": name}
     settings = DataSettings(**{**base, **keys})
     cfg = settings.as_dict()
     splits = LOADERS[settings.name](cfg)
