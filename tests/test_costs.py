@@ -18,3 +18,22 @@ def test_a_block_that_holds_256_mib_for_a_moment_peaks_there_and_one_that_holds_
     with measure("cpu") as idle:
         time.sleep(0.05)
     assert idle.peak_mib < 50 and 0.05 <= idle.seconds < 1.0
+
+
+def test_memory_freed_by_earlier_work_does_not_hide_the_blocks_own_allocations():
+    """Freed heap memory the C allocator keeps (pinned below live objects) would be reused
+    without raising the RSS: 256 MiB of 64 KiB blocks, each followed by a small tensor kept alive."""
+    pins = []
+
+    def work():
+        blocks = []
+        for _ in range(4096):
+            blocks.append(torch.ones(2 ** 14))  # 64 KiB, under glibc's mmap threshold: from the heap
+            pins.append(torch.ones(4))
+        time.sleep(0.05)
+        return len(blocks)
+
+    work()  # the earlier work: its blocks are freed, the pins keep the heap from shrinking
+    with measure("cpu") as cost:
+        work()
+    assert cost.peak_mib > 200

@@ -8,14 +8,16 @@ Peak memory is the high-water mark *above the level when the work started*, in M
 - on CUDA, ``torch.cuda.max_memory_allocated`` minus ``memory_allocated`` at the start (exact,
   the caching allocator's own counters; cached-but-free blocks do not count);
 - on CPU, the process's resident set size sampled every ``interval`` seconds by a background
-  thread, its maximum minus the RSS at the start. Sampling can miss a spike shorter than the
-  interval, and memory the C allocator kept from earlier work is reused without raising the
-  RSS: measure in a fresh process (``pyrovae evaluate`` is one) for a figure that means the
-  estimator's own cost.
+  thread, its maximum minus the RSS at the start. Freed memory that the C allocator keeps
+  would be reused without raising the RSS, hiding the work's own allocations (an IWAE pass run
+  after an ELBO pass measured 2 MiB), so on glibc ``malloc_trim(0)`` first hands it back to the
+  system. Sampling can still miss a spike shorter than the interval.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 import time
 from contextlib import contextmanager
@@ -26,6 +28,15 @@ import psutil
 import torch
 
 MIB = 2 ** 20
+
+
+def release_freed_memory() -> None:
+    """``malloc_trim(0)``: return the C heap's free pages to the system (glibc; elsewhere a no-op)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
@@ -52,6 +63,7 @@ def measure(device: torch.device | str = "cpu", interval: float = 0.005) -> Iter
         cost.peak_mib = (torch.cuda.max_memory_allocated(device) - start_bytes) / MIB
         return
     process = psutil.Process()
+    release_freed_memory()
     start_bytes = process.memory_info().rss
     peak = [start_bytes]
     done = threading.Event()
