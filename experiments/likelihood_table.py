@@ -31,7 +31,10 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from export_runs import experiment_of, export, study_parent
 from validation_loss_study import mean_se
@@ -105,6 +108,24 @@ def rows(record: dict) -> list[dict]:
     return out
 
 
+def paired_with_baseline(table: list[dict], client) -> None:
+    """Add ``nll_iwae_vs_baseline`` (+ ``_se``) to every row: the mean over the same test images of
+    its per-image NLL minus the first baseline's (the evaluations keep them as ``.npy``); pairing
+    removes the spread between images, which dominates the standard error of each row alone."""
+    def per_image(row):
+        with tempfile.TemporaryDirectory() as tmp:
+            return np.load(client.download_artifacts(row["evaluation_run_id"], "evaluation/loglik_test_iwae.npy", tmp))
+
+    base = next((r for r in table if r["variant"] == "baseline"), None)
+    if base is None:
+        return
+    reference = per_image(base)
+    for row in table:
+        difference = reference - per_image(row)  # NLL(row) - NLL(baseline), image by image
+        row["nll_iwae_vs_baseline"] = float(difference.mean())
+        row["nll_iwae_vs_baseline_se"] = float(difference.std(ddof=1) / np.sqrt(difference.size))
+
+
 def baseline_spread(table: list[dict]) -> dict:
     """Mean +- se over the baseline's seeds of its test NLL (IWAE) and -ELBO."""
     base = [r for r in table if r["variant"] == "baseline"]
@@ -112,11 +133,13 @@ def baseline_spread(table: list[dict]) -> dict:
 
 
 def print_table(table: list[dict]) -> None:
-    print(f"{'variant':<22}{'seed':>5}{'ep':>5}{'-ELBO':>9}{'KL':>7}{'AU':>4}{'NLL IWAE':>16}{'NLL AIS':>9}"
-          f"{'IWAE same':>10}{'s/epoch':>8}{'IWAE s':>8}{'MiB':>6}{'AIS s/pt':>9}{'MiB':>6}")
+    print(f"{'variant':<22}{'seed':>5}{'ep':>5}{'-ELBO':>9}{'KL':>7}{'AU':>4}{'NLL IWAE':>16}{'vs baseline':>16}"
+          f"{'NLL AIS':>9}{'IWAE same':>10}{'s/epoch':>8}{'IWAE s':>8}{'MiB':>6}{'AIS s/pt':>9}{'MiB':>6}")
     for r in table:
         print(f"{r['variant']:<22}{r['seed']:>5}{r['epochs']:>5}{r['nll_elbo']:>9.2f}{r['kl']:>7.2f}"
-              f"{r['active_units']:>4.0f}{r['nll_iwae']:>9.2f} +- {r['nll_iwae_se']:<4.2f}{r['nll_ais']:>9.2f}"
+              f"{r['active_units']:>4.0f}{r['nll_iwae']:>9.2f} +- {r['nll_iwae_se']:<4.2f}"
+              f"{r.get('nll_iwae_vs_baseline', float('nan')):>9.2f} +- {r.get('nll_iwae_vs_baseline_se', 0):<4.2f}"
+              f"{r['nll_ais']:>9.2f}"
               f"{r['ais_subset/nll_iwae']:>10.2f}{r['train_seconds_per_epoch']:>8.1f}{r['iwae_seconds']:>8.0f}"
               f"{r['iwae_peak_mib']:>6.0f}{r['ais_seconds_per_point']:>9.2f}{r['ais_peak_mib']:>6.0f}")
 
@@ -139,6 +162,7 @@ def main() -> None:
     name = parent.client.get_run(parent.run_id).data.tags.get("study.budget", args.budget)
     record = export(parent.run_id, HERE / "results" / f"likelihood_table_{name}.json")
     record["table"] = rows(record)
+    paired_with_baseline(record["table"], parent.client)
     record["baseline_over_seeds"] = baseline_spread(record["table"])
     (HERE / "results" / f"likelihood_table_{name}.json").write_text(json.dumps(record, indent=1))
     print_table(record["table"])
