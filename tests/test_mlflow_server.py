@@ -71,8 +71,10 @@ def ui(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default store, found
     with tracking_store(project) as uri:
         experiment_id(uri, "pyrovae")  # the store exists now, so `pyrovae ui` accepts it
+        # a shell's background job (`nohup ... &`) inherits SIGINT ignored; Ctrl-C in a terminal is not
         process = subprocess.Popen([sys.executable, "-m", "pyrovae", "ui", "--port", str(port)],
-                                   cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                   cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         train("mlflow.run_name=local-run", "train.epochs=1")  # while the server starts
         (local,) = mlflow.search_runs(experiment_names=["pyrovae"], output_format="list")
     assert uri == f"sqlite:///{project}/mlruns/mlflow.db"  # the default store of a run from `project`
