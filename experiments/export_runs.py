@@ -21,7 +21,8 @@ from pyrovae.run.tracking import MlflowRun
 CURVES = ("train/loss", "val/loss", "val/recon", "val/kl", "train/seconds")
 
 
-def export(parent_id: str, out: Path, uri: str = "") -> dict:
+def collect(parent_id: str, uri: str = "") -> dict:
+    """The record of a parent run's children: what :func:`export` writes."""
     parent = MlflowRun.existing(parent_id, uri)
     client: MlflowClient = parent.client
     experiment = parent.info().experiment_id
@@ -40,8 +41,17 @@ def export(parent_id: str, out: Path, uri: str = "") -> dict:
                             for e in client.search_runs([experiment], filter_string=(
                                 f"tags.mlflow.parentRunId = '{run.info.run_id}' AND tags.`pyrovae.kind` = 'evaluation'"))],
         })
+    return record
+
+
+def write(record: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
+
+
+def export(parent_id: str, out: Path, uri: str = "") -> dict:
+    record = collect(parent_id, uri)
+    write(record, out)
     return record
 
 

@@ -28,7 +28,7 @@ Prints the table and writes every run id, config and metric to
 from __future__ import annotations
 
 import argparse
-import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export_runs import experiment_of, export, study_parent
+from export_runs import collect, experiment_of, study_parent, write
 from validation_loss_study import mean_se
 from zoo_study import overrides
 
@@ -99,7 +99,7 @@ def rows(record: dict) -> list[dict]:
             "variant": variant_of(run), "run_id": run["run_id"], "evaluation_run_id": e["run_id"],
             "seed": int(run["params"]["train.seed"]), "epochs": epochs, "n": int(p["eval.n"]),
             "iwae_k": int(p["eval.iwae_k"]), "ais_n": int(p.get("ais.subset", 0)),
-            "train_seconds_per_epoch": mean_se([v for _, v in run["curves"]["train/seconds"]])[0],
+            "train_seconds_per_epoch": statistics.fmean(v for _, v in run["curves"]["train/seconds"]),
             **{key: m.get(f"test/{key}") for key in (
                 "nll_elbo", "nll_elbo_se", "kl", "active_units", "nll_iwae", "nll_iwae_se", "nll_ais", "nll_ais_se",
                 "ais_subset/nll_iwae", "ais_subset/nll_elbo", "ais_subset/ais_minus_iwae",
@@ -160,11 +160,11 @@ def main() -> None:
                           args.parent) as parent:
             train_and_score(budget, args.variants, parent, experiment_of(parent))
     name = parent.client.get_run(parent.run_id).data.tags.get("study.budget", args.budget)
-    record = export(parent.run_id, HERE / "results" / f"likelihood_table_{name}.json")
+    record = collect(parent.run_id)
     record["table"] = rows(record)
     paired_with_baseline(record["table"], parent.client)
     record["baseline_over_seeds"] = baseline_spread(record["table"])
-    (HERE / "results" / f"likelihood_table_{name}.json").write_text(json.dumps(record, indent=1))
+    write(record, HERE / "results" / f"likelihood_table_{name}.json")
     print_table(record["table"])
     from likelihood_figure import draw  # matplotlib only when drawing
 
