@@ -18,7 +18,7 @@ images +- its standard error; the baseline's spread over seeds is reported besid
     python experiments/likelihood_table.py --budget smoke   # 1 epoch on 1,000 MNIST images, ~3 min
     python experiments/likelihood_table.py --analyse PARENT_RUN_ID   # table, figure, export again
     # part of a budget, added to an existing parent run:
-    ... --budget full --variants baseline iaf --parent RUN
+    ... --budget full --variants baseline iaf --baseline-seeds 1 --parent RUN
 
 Prints the table and writes every run id, config and metric to
 ``experiments/results/likelihood_table_<budget>.json`` and the figure to
@@ -148,17 +148,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=list(BUDGETS), default="full")
     parser.add_argument("--variants", nargs="+", default=["baseline", *ZOO], choices=["baseline", *ZOO])
+    parser.add_argument("--baseline-seeds", nargs="+", type=int, metavar="SEED",
+                        help="the baseline's seeds (default: the budget's), to split a budget over sessions")
     parser.add_argument("--parent", metavar="RUN_ID", help="add these runs to an existing parent run")
     parser.add_argument("--analyse", metavar="PARENT_RUN_ID", help="only export and tabulate a parent run")
     parser.add_argument("--experiment", default="likelihood-table")
     args = parser.parse_args()
-    budget = BUDGETS[args.budget]
+    budget = BUDGETS[args.budget]  # the parent's params: the whole budget, however many sessions run it
+    this_call = budget | ({"baseline_seeds": args.baseline_seeds} if args.baseline_seeds else {})
     if args.analyse:
         parent = MlflowRun.existing(args.analyse)
     else:
         with study_parent(args.experiment, f"likelihood-table-{args.budget}", args.budget, budget,
                           args.parent) as parent:
-            train_and_score(budget, args.variants, parent, experiment_of(parent))
+            train_and_score(this_call, args.variants, parent, experiment_of(parent))
     name = parent.client.get_run(parent.run_id).data.tags.get("study.budget", args.budget)
     record = collect(parent.run_id)
     record["table"] = rows(record)

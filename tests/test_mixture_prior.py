@@ -3,6 +3,7 @@ the same numbers and gradients as Pyro's ``MixtureSameFamily``, and the zoo take
 
 from __future__ import annotations
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -41,3 +42,26 @@ def test_the_gaussian_mixture_priors_take_the_matrix_product_path():
         assert isinstance(prior, Mixture)
         loc, scale = diagonal_gaussian_parameters(prior.component_distribution)
         assert loc.shape == scale.shape == (components, 4)
+
+
+def test_a_mixture_expanded_by_a_plate_keeps_the_matrix_path_and_its_numbers():
+    # the model samples z ~ p(z) inside pyro.plate("data", B): the prior arrives expanded to (B,)
+    loc, scale, logits, z = parameters()
+    batch = z.shape[1]
+    ours = Mixture(dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1))
+    with pyro.plate("data", batch):
+        expanded = pyro.poutine.trace(lambda: pyro.sample("z", ours)).get_trace().nodes["z"]["fn"]
+    assert expanded.batch_shape == (batch,)
+    table_loc, table_scale = diagonal_gaussian_parameters(expanded.component_distribution)
+    assert table_loc.shape == table_scale.shape == loc.shape
+    reference = dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1))
+    torch.testing.assert_close(expanded.log_prob(z), reference.expand((batch,)).log_prob(z), rtol=1e-5, atol=1e-4)
+
+
+def test_components_that_differ_along_the_batch_take_the_general_path():
+    loc, scale, logits, z = parameters()
+    varying = dist.Normal(torch.stack([loc, loc + 1]), scale).to_event(1)  # batch (2, C)
+    assert diagonal_gaussian_parameters(varying) is None
+    mixture = Mixture(dist.Categorical(logits=logits.expand(2, -1)), varying)
+    reference = dist.MixtureSameFamily(dist.Categorical(logits=logits.expand(2, -1)), varying)
+    torch.testing.assert_close(mixture.log_prob(z[..., :2, :]), reference.log_prob(z[..., :2, :]), rtol=1e-5, atol=1e-4)

@@ -15,7 +15,8 @@ component log-densities of shape ``(..., C)``. Two things differ from Pyro's
 
   two ``(..., D) @ (D, C)`` products instead of an elementwise ``(..., C, D)`` tensor: the
   VampPrior's 500 components made IWAE with K = 5000 about 37 times slower than under N(0, I)
-  (3.1 against 0.08 s per test image). The expansion cancels terms of size
+  (3.1 against 0.08 s per test image), and a training step 5 times slower (85 against 17 ms,
+  batch 128: the model's plate expands the prior, so every step took the elementwise path). The expansion cancels terms of size
   ``(z / sigma)^2`` against each other, so it is computed in float64 (error ~1e-16 of those
   terms instead of float32's ~1e-7) and returned in the input's dtype.
 """
@@ -30,13 +31,22 @@ from torch.distributions import Independent, Normal
 
 
 def diagonal_gaussian_parameters(components) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(loc, scale)``, each ``(C, D)``, when ``components`` are C diagonal Gaussians; else ``None``."""
-    if (isinstance(components, Independent) and components.reinterpreted_batch_ndims == 1
-            and type(components.base_dist) in (Normal, dist.Normal) and len(components.batch_shape) == 1):
-        base = components.base_dist
-        shape = (*components.batch_shape, *components.event_shape)
-        return base.loc.expand(shape), base.scale.expand(shape)
-    return None
+    """``(loc, scale)``, each ``(C, D)``, when ``components`` are the same C diagonal Gaussians
+    for every batch element; else ``None``.
+
+    A ``pyro.plate`` expands the prior to the batch, components ``(B, C)``: those are views of
+    one ``(C, D)`` table (stride 0 along B), which is taken back so the matrix path still applies.
+    """
+    if not (isinstance(components, Independent) and components.reinterpreted_batch_ndims == 1
+            and type(components.base_dist) in (Normal, dist.Normal) and components.batch_shape):
+        return None
+    shape = (*components.batch_shape, *components.event_shape)
+    loc, scale = components.base_dist.loc.expand(shape), components.base_dist.scale.expand(shape)
+    leading = range(len(components.batch_shape) - 1)  # the dimensions in front of C
+    if any(t.stride(i) != 0 and t.shape[i] != 1 for t in (loc, scale) for i in leading):
+        return None
+    first = (0,) * len(leading)
+    return loc[first], scale[first]
 
 
 def diagonal_gaussian_table(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
