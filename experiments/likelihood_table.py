@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from export_runs import collect, experiment_of, study_parent, write
-from validation_loss_study import mean_se
 from zoo_study import overrides
 
 from pyrovae import train_config
 from pyrovae.run import config
+from pyrovae.run.evaluation import mean_and_se
 from pyrovae.run.tracking import MlflowRun
 
 HERE = Path(__file__).resolve().parent
@@ -129,7 +129,7 @@ def paired_with_baseline(table: list[dict], client) -> None:
 def baseline_spread(table: list[dict]) -> dict:
     """Mean +- se over the baseline's seeds of its test NLL (IWAE) and -ELBO."""
     base = [r for r in table if r["variant"] == "baseline"]
-    return {key: mean_se([r[key] for r in base]) for key in ("nll_iwae", "nll_elbo")} | {"seeds": len(base)}
+    return {key: mean_and_se([r[key] for r in base]) for key in ("nll_iwae", "nll_elbo")} | {"seeds": len(base)}
 
 
 def print_table(table: list[dict]) -> None:

@@ -30,13 +30,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 from pathlib import Path
 
 from export_runs import experiment_of, study_parent
 
 from pyrovae import Callback, iwae, train_config
 from pyrovae.run import config
+from pyrovae.run.evaluation import mean_and_se
 from pyrovae.run.tracking import MlflowRun
 
 HERE = Path(__file__).resolve().parent
@@ -97,11 +97,6 @@ def picks(histories: dict[str, dict[int, float]]) -> dict[str, dict]:
     return {name: {"epoch": t, "test_nll": test[t]} for name, t in chosen.items()}
 
 
-def mean_se(values: list[float]) -> tuple[float, float]:
-    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
-    return statistics.fmean(values), se
-
-
 def analyse(parent: MlflowRun) -> dict:
     client = parent.client
     children = client.search_runs([parent.info().experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}'",
@@ -127,8 +122,8 @@ def analyse(parent: MlflowRun) -> dict:
             nll = [r["picks"][name]["test_nll"] for r in members]
             table.append({"dataset": cell[0], "train_size": cell[1], "batch_size": cell[2], "warmup_epochs": cell[3],
                           "criterion": name,
-                          "seeds": len(members), "epoch": mean_se([r["picks"][name]["epoch"] for r in members]),
-                          "test_nll": mean_se(nll), "cost": mean_se([a - b for a, b in zip(nll, oracle)])})
+                          "seeds": len(members), "epoch": mean_and_se([r["picks"][name]["epoch"] for r in members]),
+                          "test_nll": mean_and_se(nll), "cost": mean_and_se([a - b for a, b in zip(nll, oracle)])})
     return {"parent_run_id": parent.run_id, "store": parent.uri, "runs": runs, "table": table}
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,9 +82,10 @@ class Evaluation:
     warnings: list[str]
 
 
-def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
-    """The mean of per-datapoint numbers and its standard error, ``std / sqrt(n)``."""
-    values = values.double()
+def mean_and_se(values: torch.Tensor | Sequence[float]) -> tuple[float, float]:
+    """The mean of per-datapoint (or per-seed) numbers and its standard error, ``std / sqrt(n)``
+    with the unbiased ``std``; ``nan`` for one number."""
+    values = torch.as_tensor(values, dtype=torch.float64)
     se = float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
     return float(values.mean()), se
 
