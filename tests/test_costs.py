@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 
-from pyrovae.run.costs import measure
+from pyrovae.run.costs import measure, reset_peak_rss
 
 
 def test_a_block_that_holds_256_mib_for_a_moment_peaks_there_and_one_that_holds_nothing_does_not():
@@ -37,3 +38,11 @@ def test_memory_freed_by_earlier_work_does_not_hide_the_blocks_own_allocations()
     with measure("cpu") as cost:
         work()
     assert cost.peak_mib > 200
+
+
+@pytest.mark.skipif(not reset_peak_rss(), reason="the kernel's peak RSS cannot be reset here (Linux >= 4.0 only)")
+def test_a_spike_shorter_than_the_sampling_interval_is_caught_by_the_kernels_peak():
+    with measure("cpu", interval=60.0) as cost:  # a sampler would not look once in this block
+        block = torch.ones(256 * 2 ** 20 // 4)
+        del block
+    assert cost.peak_mib > 200 and cost.seconds < 60
