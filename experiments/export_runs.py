@@ -36,7 +36,7 @@ def collect(parent_id: str, uri: str = "") -> dict:
                                                          if not k.startswith("system/")},
             "curves": {key: [[m.step, m.value] for m in client.get_metric_history(run.info.run_id, key)]
                        for key in CURVES},
-            "evaluations": [{"run_id": e.info.run_id, "params": dict(e.data.params),
+            "evaluations": [{"run_id": e.info.run_id, "status": e.info.status, "params": dict(e.data.params),
                              "metrics": {k: v for k, v in e.data.metrics.items() if not k.startswith("system/")}}
                             for e in client.search_runs([experiment], filter_string=(
                                 f"tags.mlflow.parentRunId = '{run.info.run_id}' AND tags.`pyrovae.kind` = 'evaluation'"))],

@@ -90,9 +90,10 @@ def rows(record: dict) -> list[dict]:
     """One row per finished, evaluated run: its numbers from the newest evaluation."""
     out = []
     for run in record["runs"]:
-        if run["status"] != "FINISHED" or not run["evaluations"]:
+        evaluations = [e for e in run["evaluations"] if e["status"] == "FINISHED"]
+        if run["status"] != "FINISHED" or not evaluations:
             continue
-        e = max(run["evaluations"], key=lambda e: int(e["params"]["eval.n"]))  # the one on the most points
+        e = max(evaluations, key=lambda e: int(e["params"]["eval.n"]))  # the one on the most points
         m, p = e["metrics"], e["params"]
         epochs = int(run["params"]["train.epochs"])
         out.append({

@@ -5,6 +5,8 @@ may be prefixes, and bad ids get one line."""
 from __future__ import annotations
 
 import math
+import os
+import signal
 
 import mlflow
 import pytest
@@ -124,6 +126,26 @@ def test_a_failure_during_evaluation_fails_the_evaluation_run_only(trained_run, 
         evaluation.evaluate_run(trained_run.run_id, iwae_k=5, progress=False)
     failed = evaluations_of(trained_run.run_id)[-1]
     assert failed.info.status == "FAILED" and failed.data.tags["pyrovae.error"] == "RuntimeError: out of memory"
+    assert mlflow.get_run(trained_run.run_id).info.status == "FINISHED"
+
+
+def test_sigterm_during_an_evaluation_ends_its_run_killed_not_running(trained_run, monkeypatch, capsys):
+    import pyrovae.run.evaluation as evaluation
+
+    def terminated_midway(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # as `timeout` or `kill` would
+        return torch.zeros(args[1].shape[0])
+
+    monkeypatch.setattr(evaluation, "iwae", terminated_midway)
+    # without pyrovae's handler the signal is swallowed here (pytest must survive) and the run finishes
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        code = main(["evaluate", trained_run.run_id, "--iwae-k", "5", "--no-progress"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 143 and "pyrovae: stopped by SIGTERM" in capsys.readouterr().err
+    stopped = evaluations_of(trained_run.run_id)[-1]
+    assert stopped.info.status == "KILLED" and stopped.data.tags["pyrovae.stopped"] == "stopped by SIGTERM"
     assert mlflow.get_run(trained_run.run_id).info.status == "FINISHED"
 
 

@@ -10,10 +10,10 @@ the server and its worker.
 from __future__ import annotations
 
 import argparse
-import signal
 import time
 from pathlib import Path
 
+from pyrovae.cli.signals import sigterm_as_interrupt
 from pyrovae.errors import UserError
 
 HELP = "start the MLflow UI on the project's store (127.0.0.1, a free port) and print its URL"
@@ -29,10 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def _stop_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # unwinds through the server's context manager, which stops it
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,9 +47,8 @@ def run(args: argparse.Namespace) -> int:
     db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
     artifacts = Path(db).parent / "artifacts" if db else Path(DEFAULT_STORE) / "artifacts"
     server = MlflowServer(uri, artifacts, host=args.host, port=args.port or None)
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        with server:
+        with sigterm_as_interrupt(), server:
             print(f"MLflow UI for {uri}: {runs_table_url(server.url, uri, args.experiment)}  (Ctrl-C stops it)",
                   flush=True)
             while server.process.poll() is None:
@@ -62,6 +57,4 @@ def run(args: argparse.Namespace) -> int:
                             f"{server.last_log_line()}")
     except KeyboardInterrupt:
         print("MLflow UI stopped", flush=True)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return 0

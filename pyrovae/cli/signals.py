@@ -1,0 +1,34 @@
+"""SIGTERM (``kill``, ``timeout``, a scheduler ending a job) stops a command the way Ctrl-C does.
+
+Python's default SIGTERM ends the process at once: no ``finally`` runs, so an MLflow run held
+open by the command stays RUNNING forever and a server it started keeps running. Raised as an
+interrupt, it unwinds through those context managers (runs end KILLED, servers stop) and the
+command exits with 128 + 15. Training has its own handler (``pyrovae.infer.faults``), which
+also checkpoints.
+"""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class Terminated(KeyboardInterrupt):
+    exit_code = 128 + signal.SIGTERM
+
+    def __init__(self):
+        super().__init__("stopped by SIGTERM")
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
