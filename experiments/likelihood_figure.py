@@ -30,8 +30,9 @@ def draw(record: dict, path: Path) -> Path:
         nll.axvline(value, color=f"C{i + 3}", ls=":", label=f"{name}: {value}")
     nll.set_yticks(list(ys), labels, fontsize=8)
     nll.invert_yaxis()
-    nll.set(xlabel=f"nats per test image (first {table[0]['n']:,} test images)", title="(a) test log-likelihood")
-    nll.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
+    images = "all 10,000" if table[0]["n"] == 10_000 else f"first {table[0]['n']:,}"
+    nll.set(xlabel=f"nats per test image ({images} test images)", title="(a) test log-likelihood")
+    nll.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     width = 0.27
     for i, (key, label) in enumerate((("elbo_seconds", "-ELBO"), ("iwae_seconds", "IWAE"),
                                       ("ais_seconds_per_point", "AIS"))):

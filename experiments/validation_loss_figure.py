@@ -46,6 +46,6 @@ def save(fig, path: Path) -> Path:
     """Lay out, write (making the folder) and close a figure."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # legends placed outside the axes included
     plt.close(fig)
     return path
