@@ -35,16 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from pyrovae.cli.signals import sigterm_as_interrupt
     from pyrovae.infer.estimators.ais import AISSettings
     from pyrovae.run.evaluation import evaluate_run
 
     settings = AISSettings(steps=args.ais_steps, chains=args.ais_chains, leapfrog_steps=args.ais_leapfrog,
                            start=args.ais_start)
-    with sigterm_as_interrupt():  # the evaluation run ends KILLED, not RUNNING
-        result = evaluate_run(args.run_id, args.split, args.iwae_k, args.subset, args.batch_size, args.ais,
-                              settings, args.ais_subset, args.bdmc, args.seed, args.device,
-                              progress=not args.no_progress, weights="best" if args.best else "final")
+    result = evaluate_run(args.run_id, args.split, args.iwae_k, args.subset, args.batch_size, args.ais,
+                          settings, args.ais_subset, args.bdmc, args.seed, args.device,
+                          progress=not args.no_progress, weights="best" if args.best else "final")
     print(f"run {result.of}: {args.split} split, {result.n} datapoints; kept as evaluation run {result.run_id}")
     for key in sorted(result.metrics):
         print(f"  {key:<32} {result.metrics[key]:.4f}")

@@ -13,7 +13,6 @@ import argparse
 import time
 from pathlib import Path
 
-from pyrovae.cli.signals import sigterm_as_interrupt
 from pyrovae.errors import UserError
 
 HELP = "start the MLflow UI on the project's store (127.0.0.1, a free port) and print its URL"
@@ -48,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     artifacts = Path(db).parent / "artifacts" if db else Path(DEFAULT_STORE) / "artifacts"
     server = MlflowServer(uri, artifacts, host=args.host, port=args.port or None)
     try:
-        with sigterm_as_interrupt(), server:
+        with server:  # SIGTERM too stops it: pyrovae.cli.main
             print(f"MLflow UI for {uri}: {runs_table_url(server.url, uri, args.experiment)}  (Ctrl-C stops it)",
                   flush=True)
             while server.process.poll() is None:

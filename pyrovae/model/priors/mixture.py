@@ -15,8 +15,9 @@ component log-densities of shape ``(..., C)``. Two things differ from Pyro's
 
   two ``(..., D) @ (D, C)`` products instead of an elementwise ``(..., C, D)`` tensor: the
   VampPrior's 500 components made IWAE with K = 5000 about 37 times slower than under N(0, I)
-  (3.1 against 0.08 s per test image), and a training step 5 times slower (85 against 17 ms,
-  batch 128: the model's plate expands the prior, so every step took the elementwise path). The expansion cancels terms of size
+  (3.1 against 0.08 s per test image), and a training step about 5 times slower (85 ms at batch
+  128: the model's plate expands the prior, so every step took the elementwise path; the
+  README's model-zoo section has the figures after the change). The expansion cancels terms of size
   ``(z / sigma)^2`` against each other, so it is computed in float64 (error ~1e-16 of those
   terms instead of float32's ~1e-7) and returned in the input's dtype.
 """
