@@ -19,11 +19,14 @@ def draw(record: dict, path: Path) -> Path:
     table = record["table"]
     fig, (nll, cost) = plt.subplots(1, 2, figsize=(12, 0.45 * len(table) + 3.2), dpi=110,
                                     gridspec_kw={"width_ratios": [3, 2]})
-    labels = [f"{r['variant']} (seed {r['seed']}, {r['epochs']} ep.)" for r in table]
+    parents = len({r.get("parent_run_id") for r in table}) > 1  # machines differ: name where each ran
+    labels = [f"{r['variant']} (seed {r['seed']}, {r['epochs']} ep."
+              + (f", parent {r['parent_run_id'][:8]})" if parents else ")") for r in table]
     ys = range(len(table))
     # images differ far more than models: the bars are 2 se of the paired difference from the baseline
-    nll.errorbar([r["nll_iwae"] for r in table], ys, xerr=[2 * r.get("nll_iwae_vs_baseline_se", r["nll_iwae_se"])
-                                                             for r in table], fmt="o", capsize=2,
+    paired_se = [r.get("nll_iwae_vs_baseline_se") for r in table]
+    nll.errorbar([r["nll_iwae"] for r in table], ys, xerr=[2 * (r["nll_iwae_se"] if se is None else se)
+                                                             for r, se in zip(table, paired_se)], fmt="o", capsize=2,
                  label=f"NLL by IWAE, K = {table[0]['iwae_k']} (+- 2 se of the difference from the baseline)")
     nll.plot([r["nll_elbo"] for r in table], ys, "x", label="-ELBO (same images)")
     for i, (name, value) in enumerate(PUBLISHED.items()):

@@ -19,15 +19,19 @@ images +- its standard error; the baseline's spread over seeds is reported besid
     python experiments/likelihood_table.py --analyse PARENT_RUN_ID   # table, figure, export again
     # part of a budget, added to an existing parent run:
     ... --budget full --variants baseline iaf --baseline-seeds 1 --parent RUN
+    # continued in a store that lacks the earlier runs (a fresh clone): carry the committed rows over
+    ... --budget full --variants flow --earlier experiments/results/likelihood_table_full.json
 
 Prints the table and writes every run id, config and metric to
-``experiments/results/likelihood_table_<budget>.json`` and the figure to
+``experiments/results/likelihood_table_<budget>.json``, each evaluation's per-image test NLL
+(IWAE) to the ``.npz`` beside it (:mod:`carried_rows`), and the figure to
 ``experiments/figures/likelihood_table_<budget>.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -35,7 +39,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from mlflow.exceptions import MlflowException
 
+from carried_rows import carry_over, load_per_image, save_per_image
 from export_runs import collect, experiment_of, study_parent, write
 from zoo_study import overrides
 
@@ -98,6 +104,7 @@ def rows(record: dict) -> list[dict]:
         epochs = int(run["params"]["train.epochs"])
         out.append({
             "variant": variant_of(run), "run_id": run["run_id"], "evaluation_run_id": e["run_id"],
+            "parent_run_id": record["parent_run_id"],
             "seed": int(run["params"]["train.seed"]), "epochs": epochs, "n": int(p["eval.n"]),
             "iwae_k": int(p["eval.iwae_k"]), "ais_n": int(p.get("ais.subset", 0)),
             "train_seconds_per_epoch": statistics.fmean(v for _, v in run["curves"]["train/seconds"]),
@@ -109,28 +116,49 @@ def rows(record: dict) -> list[dict]:
     return out
 
 
-def paired_with_baseline(table: list[dict], client) -> None:
-    """Add ``nll_iwae_vs_baseline`` (+ ``_se``) to every row: the mean over the same test images of
-    its per-image NLL minus the first baseline's (the evaluations keep them as ``.npy``); pairing
-    removes the spread between images, which dominates the standard error of each row alone."""
-    def per_image(row):
-        with tempfile.TemporaryDirectory() as tmp:
-            return np.load(client.download_artifacts(row["evaluation_run_id"], "evaluation/loglik_test_iwae.npy", tmp))
+def per_image_nll(table: list[dict], client, saved: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each row's per-image test NLL by IWAE, shape ``(n,)``, by evaluation run id: from ``saved``
+    or from the evaluation's artifact; rows whose store is gone and that were saved without
+    them are left out."""
+    arrays = {}
+    for row in table:
+        run_id = row["evaluation_run_id"]
+        if run_id not in saved:
+            try:
+                with tempfile.TemporaryDirectory() as tmp:  # the evaluation keeps log p(x), per image
+                    saved[run_id] = -np.load(client.download_artifacts(run_id, "evaluation/loglik_test_iwae.npy", tmp))
+            except MlflowException:
+                continue
+        arrays[run_id] = saved[run_id]
+    return arrays
 
-    base = next((r for r in table if r["variant"] == "baseline"), None)
+
+def paired_with_baseline(table: list[dict], arrays: dict[str, np.ndarray]) -> None:
+    """Add ``nll_iwae_vs_baseline`` (+ ``_se``) to every row with per-image numbers: the mean over
+    the same test images of its per-image NLL minus the first baseline's (``paired_with``);
+    pairing removes the spread between images, which dominates the standard error of each row
+    alone. A row carried without them keeps the difference it was exported with."""
+    base = next((r for r in table if r["variant"] == "baseline" and r["evaluation_run_id"] in arrays), None)
     if base is None:
         return
-    reference = per_image(base)
+    reference_id = base["evaluation_run_id"]
     for row in table:
-        difference = reference - per_image(row)  # NLL(row) - NLL(baseline), image by image
-        row["nll_iwae_vs_baseline"] = float(difference.mean())
-        row["nll_iwae_vs_baseline_se"] = float(difference.std(ddof=1) / np.sqrt(difference.size))
+        if row["evaluation_run_id"] in arrays:
+            difference = arrays[row["evaluation_run_id"]] - arrays[reference_id]
+            row["nll_iwae_vs_baseline"] = float(difference.mean())
+            row["nll_iwae_vs_baseline_se"] = float(difference.std(ddof=1) / np.sqrt(difference.size))
+            row["paired_with"] = reference_id
 
 
 def baseline_spread(table: list[dict]) -> dict:
-    """Mean +- se over the baseline's seeds of its test NLL (IWAE) and -ELBO."""
+    """Mean +- se over the baseline's seeds of its test NLL (IWAE) and -ELBO; no se from one seed."""
     base = [r for r in table if r["variant"] == "baseline"]
-    return {key: mean_and_se([r[key] for r in base]) for key in ("nll_iwae", "nll_elbo")} | {"seeds": len(base)}
+    spread = {key: mean_and_se([r[key] for r in base]) for key in ("nll_iwae", "nll_elbo")}
+    return {key: [mean, se if len(base) > 1 else None] for key, (mean, se) in spread.items()} | {"seeds": len(base)}
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def print_table(table: list[dict]) -> None:
@@ -139,7 +167,7 @@ def print_table(table: list[dict]) -> None:
     for r in table:
         print(f"{r['variant']:<22}{r['seed']:>5}{r['epochs']:>5}{r['nll_elbo']:>9.2f}{r['kl']:>7.2f}"
               f"{r['active_units']:>4.0f}{r['nll_iwae']:>9.2f} +- {r['nll_iwae_se']:<4.2f}"
-              f"{r.get('nll_iwae_vs_baseline', float('nan')):>9.2f} +- {r.get('nll_iwae_vs_baseline_se', 0):<4.2f}"
+              f"{_or_nan(r.get('nll_iwae_vs_baseline')):>9.2f} +- {_or_nan(r.get('nll_iwae_vs_baseline_se')):<4.2f}"
               f"{r['nll_ais']:>9.2f}"
               f"{r['ais_subset/nll_iwae']:>10.2f}{r['train_seconds_per_epoch']:>8.1f}{r['iwae_seconds']:>8.0f}"
               f"{r['iwae_peak_mib']:>6.0f}{r['ais_seconds_per_point']:>9.2f}{r['ais_peak_mib']:>6.0f}")
@@ -153,6 +181,8 @@ def main() -> None:
                         help="the baseline's seeds (default: the budget's), to split a budget over sessions")
     parser.add_argument("--parent", metavar="RUN_ID", help="add these runs to an existing parent run")
     parser.add_argument("--analyse", metavar="PARENT_RUN_ID", help="only export and tabulate a parent run")
+    parser.add_argument("--earlier", metavar="EXPORT", type=Path,
+                        help="carry over the rows of this earlier export of the table whose runs this store lacks")
     parser.add_argument("--experiment", default="likelihood-table")
     args = parser.parse_args()
     budget = BUDGETS[args.budget]  # the parent's params: the whole budget, however many sessions run it
@@ -166,9 +196,16 @@ def main() -> None:
     name = parent.client.get_run(parent.run_id).data.tags.get("study.budget", args.budget)
     record = collect(parent.run_id)
     record["table"] = rows(record)
-    paired_with_baseline(record["table"], parent.client)
+    saved = {}
+    if args.earlier:  # read before this export may overwrite it
+        carry_over(record, json.loads(args.earlier.read_text()))
+        saved = load_per_image(args.earlier)
+    out = HERE / "results" / f"likelihood_table_{name}.json"
+    arrays = per_image_nll(record["table"], parent.client, saved)
+    paired_with_baseline(record["table"], arrays)
     record["baseline_over_seeds"] = baseline_spread(record["table"])
-    write(record, HERE / "results" / f"likelihood_table_{name}.json")
+    write(record, out)
+    save_per_image(arrays, out)
     print_table(record["table"])
     from likelihood_figure import draw  # matplotlib only when drawing
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pyrovae.run import config
@@ -65,3 +67,49 @@ def test_the_baseline_spread_is_the_mean_and_standard_error_over_its_seeds(likel
     spread = likelihood_table.baseline_spread(table)
     assert spread["seeds"] == 2
     assert spread["nll_iwae"] == pytest.approx((91.5, 0.5)) and spread["nll_elbo"] == pytest.approx((97.5, 0.5))
+
+
+def test_one_baseline_seed_gives_no_standard_error_rather_than_nan_in_the_export(likelihood_table):
+    spread = likelihood_table.baseline_spread([{"variant": "baseline", "nll_iwae": 91.0, "nll_elbo": 97.0}])
+    assert spread == {"nll_iwae": [91.0, None], "nll_elbo": [97.0, None], "seeds": 1}
+
+
+def _row(variant, run_id, nll, **extra):
+    return {"variant": variant, "seed": 0, "run_id": run_id, "evaluation_run_id": f"e{run_id}",
+            "nll_iwae": nll, "nll_iwae_se": 0.2, **extra}
+
+
+def test_a_table_continued_in_a_new_store_keeps_the_earlier_rows_and_replaces_the_retrained_one(likelihood_table):
+    from carried_rows import carry_over
+
+    earlier = {"parent_run_id": "P1", "store": "old", "runs": [{"run_id": "A"}, {"run_id": "V"}],
+               "table": [_row("baseline", "A", 91.0), _row("vamp_prior", "V", 87.0, nll_iwae_vs_baseline=-4.0,
+                                                          nll_iwae_vs_baseline_se=0.04)]}
+    record = {"parent_run_id": "P2", "runs": [{"run_id": "B"}, {"run_id": "L"}],
+              "table": [_row("baseline", "B", 91.5), _row("low_rank_normal", "L", 92.0)]}
+    carry_over(record, earlier)
+    assert [row["run_id"] for row in record["table"]] == ["B", "V", "L"]  # B takes A's place
+    assert record["table"][1]["paired_with"] == "eA"  # V's difference is from A, not from B
+    assert record["table"][1]["parent_run_id"] == "P1"
+    assert record["reproduced"] == [{"variant": "baseline", "seed": 0, "earlier_run_id": "A",
+                                     "earlier_evaluation_run_id": "eA", "earlier_nll_iwae": 91.0,
+                                     "earlier_nll_iwae_se": 0.2, "run_id": "B", "evaluation_run_id": "eB",
+                                     "nll_iwae": 91.5, "nll_iwae_se": 0.2, "exact": False}]
+    assert [p["parent_run_id"] for p in record["earlier_parents"]] == ["P1"]
+
+    again = {"parent_run_id": "P2", "runs": record["runs"], "table": [_row("baseline", "B", 91.5)]}
+    carry_over(again, json.loads(json.dumps(record)))  # this parent's own export read back: nothing doubled
+    assert [row["run_id"] for row in again["table"]] == ["V", "B"]
+    assert [p["parent_run_id"] for p in again["earlier_parents"]] == ["P1"] and len(again["reproduced"]) == 1
+
+
+def test_rows_are_paired_image_by_image_with_the_first_baseline_that_has_per_image_numbers(likelihood_table):
+    arrays = {"eB": np.array([90.0, 92.0, 91.0]), "eL": np.array([91.0, 92.5, 91.5])}
+    vamp = _row("vamp_prior", "V", 87.0, nll_iwae_vs_baseline=-4.0, nll_iwae_vs_baseline_se=0.04, paired_with="eA")
+    table = [_row("baseline", "A", 91.0), vamp, _row("baseline", "B", 91.0), _row("low_rank_normal", "L", 91.67)]
+    likelihood_table.paired_with_baseline(table, arrays)
+    low_rank = table[3]
+    assert low_rank["nll_iwae_vs_baseline"] == pytest.approx(2 / 3) and low_rank["paired_with"] == "eB"
+    assert low_rank["nll_iwae_vs_baseline_se"] == pytest.approx(np.std([1.0, 0.5, 0.5], ddof=1) / np.sqrt(3))
+    assert table[2]["nll_iwae_vs_baseline"] == 0
+    assert (vamp["nll_iwae_vs_baseline"], vamp["paired_with"]) == (-4.0, "eA")  # as exported
