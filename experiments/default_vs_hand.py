@@ -41,6 +41,7 @@ sys.path.insert(0, str(HERE.parent / "benchmarks"))
 from baselines import HandVAE  # noqa: E402
 
 from pyrovae import VAE, evaluate, evaluate_run, iwae, load_data, train_config  # noqa: E402
+from pyrovae.cli.signals import run_script  # noqa: E402
 from pyrovae.run import config  # noqa: E402
 from pyrovae.run.tracking import MlflowRun  # noqa: E402
 
@@ -128,4 +129,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)  # a `kill` ends the study's runs KILLED, not RUNNING

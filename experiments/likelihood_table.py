@@ -46,6 +46,7 @@ from export_runs import collect, experiment_of, study_parent, write
 from zoo_study import overrides
 
 from pyrovae import train_config
+from pyrovae.cli.signals import run_script
 from pyrovae.run import config
 from pyrovae.run.evaluation import mean_and_se
 from pyrovae.run.tracking import MlflowRun
@@ -214,4 +215,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)  # a `kill` ends the study's runs KILLED, not RUNNING

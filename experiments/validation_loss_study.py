@@ -35,6 +35,7 @@ from pathlib import Path
 from export_runs import experiment_of, study_parent
 
 from pyrovae import Callback, iwae, train_config
+from pyrovae.cli.signals import run_script
 from pyrovae.run import config
 from pyrovae.run.evaluation import mean_and_se
 from pyrovae.run.tracking import MlflowRun
@@ -169,4 +170,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)  # a `kill` ends the study's runs KILLED, not RUNNING

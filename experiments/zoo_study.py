@@ -18,6 +18,7 @@ import argparse
 import tomllib
 from pathlib import Path
 
+from pyrovae.cli.signals import run_script
 from pyrovae.run.study import train_study
 
 HERE = Path(__file__).parent
@@ -53,4 +54,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)  # a `kill` ends the study's runs KILLED, not RUNNING

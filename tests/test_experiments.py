@@ -1,12 +1,17 @@
-"""The study scripts of ``experiments/`` build the runs they say they build (no training here)."""
+"""The study scripts of ``experiments/`` build the runs they say they build (no training here, but
+for one study stopped by SIGTERM) and tabulate what they exported."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 
@@ -113,3 +118,25 @@ def test_rows_are_paired_image_by_image_with_the_first_baseline_that_has_per_ima
     assert low_rank["nll_iwae_vs_baseline_se"] == pytest.approx(np.std([1.0, 0.5, 0.5], ddof=1) / np.sqrt(3))
     assert table[2]["nll_iwae_vs_baseline"] == 0
     assert (vamp["nll_iwae_vs_baseline"], vamp["paired_with"]) == (-4.0, "eA")  # as exported
+
+
+def test_a_study_stopped_by_sigterm_ends_every_run_it_holds_killed(store, tiny_overrides):
+    sets = [arg for value in (*tiny_overrides, "train.epochs=100000") for arg in ("--set", value)]
+    study = subprocess.Popen([sys.executable, str(EXPERIMENTS / "zoo_study.py"), "--variants", "standard_normal",
+                              *sets], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    def all_runs():
+        return mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+    try:
+        deadline = time.monotonic() + 120
+        while not [run for run in all_runs() if "val/loss" in run.data.metrics]:
+            assert study.poll() is None and time.monotonic() < deadline, "the study never started training"
+            time.sleep(0.5)
+        study.send_signal(signal.SIGTERM)  # as a scheduler or `timeout` would
+        err = study.communicate(timeout=60)[1]
+    finally:
+        study.kill()
+    assert study.returncode == 143 and err.strip().splitlines()[-1].startswith("zoo_study.py: stopped by SIGTERM")
+    runs = all_runs()
+    assert sorted(run.info.run_name for run in runs) == ["standard_normal", "zoo-study"]
+    assert {run.info.status for run in runs} == {"KILLED"}

@@ -4,14 +4,16 @@ Python's default SIGTERM ends the process at once: no ``finally`` runs, so an ML
 open by the command stays RUNNING forever and a server it started keeps running. Raised as an
 interrupt, it unwinds through those context managers (runs end KILLED, servers stop) and the
 command exits with 128 + 15. Training has its own handler (``pyrovae.infer.faults``), which
-also checkpoints.
+also checkpoints. :func:`run_script` gives a script (the studies of ``experiments/``) the same.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 
 class Terminated(KeyboardInterrupt):
@@ -32,3 +34,14 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def run_script(main: Callable[[], object]) -> None:
+    """Run a script's ``main()`` until it returns, or until Ctrl-C or SIGTERM unwinds it (the
+    MLflow runs it holds end KILLED, not RUNNING); then exit with one line and 130 or 143."""
+    try:
+        with sigterm_as_interrupt():
+            main()
+    except KeyboardInterrupt as err:  # pyrovae.infer.faults.Interrupted says where training stopped
+        print(f"{Path(sys.argv[0]).name}: {err or 'interrupted'}", file=sys.stderr)
+        sys.exit(getattr(err, "exit_code", 130))
