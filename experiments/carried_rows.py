@@ -40,6 +40,13 @@ def _key(row: dict) -> tuple[str, int]:
     return row["variant"], row["seed"]
 
 
+def _reproduction(earlier: dict, new: dict) -> dict:
+    """An earlier row and the row that retrained its variant and seed, side by side."""
+    keys = ("run_id", "evaluation_run_id", "nll_iwae", "nll_iwae_se")
+    return {"variant": new["variant"], "seed": new["seed"], **{f"earlier_{k}": earlier[k] for k in keys},
+            **{k: new[k] for k in keys}, "exact": all(earlier[k] == new[k] for k in ("nll_iwae", "nll_iwae_se"))}
+
+
 def carry_over(record: dict, earlier: dict) -> None:
     """Merge ``earlier`` (an export of this table) into ``record`` (this parent's export, with
     its ``table``), in place: the earlier rows keep their places, a retrained variant and seed
@@ -53,13 +60,7 @@ def carry_over(record: dict, earlier: dict) -> None:
         row.setdefault("parent_run_id", earlier["parent_run_id"])
         if row.get("nll_iwae_vs_baseline") is not None:
             row.setdefault("paired_with", reference)
-    reproduced = [{"variant": row["variant"], "seed": row["seed"],
-                   **{f"earlier_{k}": row[k] for k in ("run_id", "evaluation_run_id", "nll_iwae", "nll_iwae_se")},
-                   **{k: new[_key(row)][k] for k in ("run_id", "evaluation_run_id", "nll_iwae", "nll_iwae_se")}}
-                  for row in carried if _key(row) in new]
-    for entry in reproduced:
-        entry["exact"] = (entry["nll_iwae"], entry["nll_iwae_se"]) == (entry["earlier_nll_iwae"],
-                                                                      entry["earlier_nll_iwae_se"])
+    reproduced = [_reproduction(row, new[_key(row)]) for row in carried if _key(row) in new]
     table = [new.pop(_key(row)) if _key(row) in new else row for row in carried]
     record["table"] = table + [row for row in record["table"] if _key(row) in new]
     record["reproduced"] = earlier.get("reproduced", []) + reproduced

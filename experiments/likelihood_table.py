@@ -122,15 +122,15 @@ def per_image_nll(table: list[dict], client, saved: dict[str, np.ndarray]) -> di
     or from the evaluation's artifact; rows whose store is gone and that were saved without
     them are left out."""
     arrays = {}
-    for row in table:
-        run_id = row["evaluation_run_id"]
-        if run_id not in saved:
-            try:
-                with tempfile.TemporaryDirectory() as tmp:  # the evaluation keeps log p(x), per image
-                    saved[run_id] = -np.load(client.download_artifacts(run_id, "evaluation/loglik_test_iwae.npy", tmp))
-            except MlflowException:
-                continue
-        arrays[run_id] = saved[run_id]
+    for run_id in (row["evaluation_run_id"] for row in table):
+        if run_id in saved:
+            arrays[run_id] = saved[run_id]
+            continue
+        try:
+            with tempfile.TemporaryDirectory() as tmp:  # the evaluation keeps log p(x), per image
+                arrays[run_id] = -np.load(client.download_artifacts(run_id, "evaluation/loglik_test_iwae.npy", tmp))
+        except MlflowException:
+            pass
     return arrays
 
 

@@ -124,6 +124,7 @@ def test_a_study_stopped_by_sigterm_ends_every_run_it_holds_killed(store, tiny_o
     sets = [arg for value in (*tiny_overrides, "train.epochs=100000") for arg in ("--set", value)]
     study = subprocess.Popen([sys.executable, str(EXPERIMENTS / "zoo_study.py"), "--variants", "standard_normal",
                               *sets], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
     def all_runs():
         return mlflow.search_runs(search_all_experiments=True, output_format="list")
 

@@ -14,7 +14,7 @@ import sys
 import traceback
 
 from pyrovae.cli.commands import COMMANDS
-from pyrovae.cli.signals import sigterm_as_interrupt
+from pyrovae.cli.signals import sigterm_as_interrupt, stopped
 from pyrovae.errors import UserError
 
 
@@ -45,9 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"pyrovae: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt as err:  # pyrovae.infer.faults.Interrupted says where it stopped
-        print(f"pyrovae: {err or 'interrupted'}", file=sys.stderr)
-        return getattr(err, "exit_code", 130)
+    except KeyboardInterrupt as err:
+        return stopped(err, "pyrovae")
 
 
 if __name__ == "__main__":

@@ -36,12 +36,18 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def stopped(err: KeyboardInterrupt, program: str) -> int:
+    """Say in one line why ``program`` stopped; its exit status, 130 (SIGINT) or 143 (SIGTERM).
+    ``pyrovae.infer.faults.Interrupted`` says where training stopped."""
+    print(f"{program}: {err or 'interrupted'}", file=sys.stderr)
+    return getattr(err, "exit_code", 130)
+
+
 def run_script(main: Callable[[], object]) -> None:
     """Run a script's ``main()`` until it returns, or until Ctrl-C or SIGTERM unwinds it (the
-    MLflow runs it holds end KILLED, not RUNNING); then exit with one line and 130 or 143."""
+    MLflow runs it holds end KILLED, not RUNNING); then exit as :func:`stopped` says."""
     try:
         with sigterm_as_interrupt():
             main()
-    except KeyboardInterrupt as err:  # pyrovae.infer.faults.Interrupted says where training stopped
-        print(f"{Path(sys.argv[0]).name}: {err or 'interrupted'}", file=sys.stderr)
-        sys.exit(getattr(err, "exit_code", 130))
+    except KeyboardInterrupt as err:
+        sys.exit(stopped(err, Path(sys.argv[0]).name))
