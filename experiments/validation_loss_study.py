@@ -17,6 +17,8 @@ only, -ELBO, IWAE, MSE. Each cell of the table is mean +- standard error over se
     PYROVAE_DATA_DIR=../shared/data python experiments/validation_loss_study.py --budget session --warmups 0 &
     PYROVAE_DATA_DIR=../shared/data python experiments/validation_loss_study.py --budget session --warmups 50 \
         --parent RUN   # the first one's parent run: two processes, one per core
+    PYROVAE_DATA_DIR=../shared/data python experiments/validation_loss_study.py --budget full \
+        --datasets fashion_mnist --sizes 1000 --parent RUN   # one cell of the full grid, into a study
     PYROVAE_DATA_DIR=../shared/data python experiments/validation_loss_study.py --budget smoke   # ~2 minutes
     python experiments/validation_loss_study.py --analyse PARENT_RUN_ID   # table, figure and export again
 
@@ -74,9 +76,19 @@ def run_name(dataset: str, size: int, warmup: int, seed: int) -> str:
     return f"{dataset}-n{size}-warmup{warmup}-seed{seed}"
 
 
+#: the axes of the grid, outermost first; each can be cut on the command line to split a budget
+#: over sessions (``--datasets fashion_mnist --sizes 1000``), the runs joining one parent
+AXES = ("datasets", "sizes", "seeds", "warmups")
+
+
+def grid(budget: dict) -> list[tuple]:
+    """(dataset, train size, seed, warm-up epochs) of each run, in training order: seeds outside
+    warm-ups, so a study cut short still pairs each seed's runs with and without warm-up."""
+    return list(itertools.product(*(budget[axis] for axis in AXES)))
+
+
 def train_grid(budget: dict, parent: MlflowRun, experiment: str) -> None:
-    grid = itertools.product(budget["datasets"], budget["sizes"], budget["seeds"], budget["warmups"])
-    for dataset, size, seed, warmup in grid:  # seeds outside warm-ups: a cut-short study stays paired
+    for dataset, size, seed, warmup in grid(budget):
         cfg = config.load(None, [
             f'data.name="{dataset}"', f"data.train_subset={size}", f"train.epochs={budget['epochs']}",
             f"train.batch_size={budget['batch']}",
@@ -146,13 +158,15 @@ def main() -> None:
     parser.add_argument("--budget", choices=list(BUDGETS), default="full")
     parser.add_argument("--analyse", metavar="PARENT_RUN_ID", help="only analyse a study already trained")
     parser.add_argument("--parent", metavar="RUN_ID", help="add this grid's runs to an existing study")
+    parser.add_argument("--datasets", nargs="+", choices=["mnist", "fashion_mnist"], help="instead of the budget's")
+    parser.add_argument("--sizes", type=int, nargs="+", help="training-set sizes instead of the budget's")
     parser.add_argument("--seeds", type=int, nargs="+", help="instead of the budget's seeds")
     parser.add_argument("--warmups", type=int, nargs="+", help="instead of the budget's warm-up epochs")
     parser.add_argument("--experiment", default="validation-loss-study")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "validation_loss_study.json")
     parser.add_argument("--figure", type=Path, default=HERE / "figures" / "validation_loss_study.png")
     args = parser.parse_args()
-    budget = {**BUDGETS[args.budget], **{k: v for k, v in (("seeds", args.seeds), ("warmups", args.warmups)) if v}}
+    budget = BUDGETS[args.budget] | {axis: getattr(args, axis) for axis in AXES if getattr(args, axis)}
     if args.analyse:
         parent = MlflowRun.existing(args.analyse)
     else:

@@ -65,6 +65,15 @@ def test_each_criterion_picks_the_scored_epoch_where_its_own_curve_is_lowest(val
     assert picks["recon"]["test_nll"] == 98 and picks["MSE"]["test_nll"] == 96
 
 
+def test_a_cut_of_the_full_grid_trains_only_its_cell_with_seeds_outside_warmups(validation_loss_study):
+    study = validation_loss_study
+    full = study.grid(study.BUDGETS["full"])
+    assert len(full) == 2 * 2 * 3 * 2 and len(set(full)) == len(full)
+    cut = study.grid(study.BUDGETS["full"] | {"datasets": ["fashion_mnist"], "sizes": [1000]})
+    assert cut == [("fashion_mnist", 1000, seed, warmup) for seed in (0, 1, 2) for warmup in (0, 50)]
+    assert set(cut) < set(full)
+
+
 def test_the_baseline_spread_is_the_mean_and_standard_error_over_its_seeds(likelihood_table):
     table = [{"variant": "baseline", "nll_iwae": 91.0, "nll_elbo": 97.0},
              {"variant": "vamp_prior", "nll_iwae": 88.0, "nll_elbo": 95.0},
