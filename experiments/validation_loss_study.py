@@ -23,8 +23,9 @@ only, -ELBO, IWAE, MSE. Each cell of the table is mean +- standard error over se
     python experiments/validation_loss_study.py --analyse PARENT_RUN_ID   # table, figure and export again
 
 Runs are children of one MLflow parent run (experiment ``validation-loss-study``); the table is
-printed and written with every run id to ``experiments/results/validation_loss_study.json``, the
-figure to ``experiments/figures/validation_loss_study.png``.
+printed and written with every run id to ``experiments/results/validation_loss_study_<budget>.json``,
+the figure to ``experiments/figures/validation_loss_study_<budget>.png`` (the parent's budget, so a
+study of one budget never overwrites another's export).
 """
 
 from __future__ import annotations
@@ -163,8 +164,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="instead of the budget's seeds")
     parser.add_argument("--warmups", type=int, nargs="+", help="instead of the budget's warm-up epochs")
     parser.add_argument("--experiment", default="validation-loss-study")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "validation_loss_study.json")
-    parser.add_argument("--figure", type=Path, default=HERE / "figures" / "validation_loss_study.png")
+    parser.add_argument("--out", type=Path, help="the export (default: results/validation_loss_study_<budget>.json)")
+    parser.add_argument("--figure", type=Path, help="default: figures/validation_loss_study_<budget>.png")
     args = parser.parse_args()
     budget = BUDGETS[args.budget] | {axis: getattr(args, axis) for axis in AXES if getattr(args, axis)}
     if args.analyse:
@@ -173,14 +174,16 @@ def main() -> None:
         with study_parent(args.experiment, f"validation-loss-{args.budget}", args.budget, BUDGETS[args.budget],
                           args.parent) as parent:
             train_grid(budget, parent, experiment_of(parent))
+    name = parent.client.get_run(parent.run_id).data.tags.get("study.budget", args.budget)
+    out = args.out or HERE / "results" / f"validation_loss_study_{name}.json"
     record = analyse(parent)
     print_table(record)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1))
     from validation_loss_figure import draw  # matplotlib only when drawing
 
-    figure = draw(record, args.figure)
-    print(f"parent run {parent.run_id}; {len(record['runs'])} runs -> {args.out}, {figure}")
+    figure = draw(record, args.figure or HERE / "figures" / f"validation_loss_study_{name}.png")
+    print(f"parent run {parent.run_id}; {len(record['runs'])} runs -> {out}, {figure}")
 
 
 if __name__ == "__main__":
