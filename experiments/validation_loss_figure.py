@@ -34,7 +34,7 @@ def draw(record: dict, path: Path) -> Path:
         rows = [next(t for t in record["table"] if tuple(t[k] for k in key) == cell and t["criterion"] == name)
                 for cell in cells]
         costs.bar([c + i * width for c in range(len(cells))], [r["cost"][0] for r in rows], width,
-                  yerr=[r["cost"][1] if r["cost"][1] == r["cost"][1] else 0 for r in rows], label=name, capsize=2)
+                  yerr=[0 if r["cost"][1] is None or r["cost"][1] != r["cost"][1] else r["cost"][1] for r in rows], label=name, capsize=2)
     costs.set_xticks([c + 0.4 - width / 2 for c in range(len(cells))],
                      [f"{d} n={n}\nbatch {b}, warm-up {w:g}" for d, n, b, w in cells], fontsize=7)
     costs.set(ylabel="test NLL at the picked epoch - best (nats)", title="(b) cost of each criterion")

@@ -128,6 +128,19 @@ def analyse(parent: MlflowRun) -> dict:
                      "seed": int(p["train.seed"]), "epochs": int(p["train.epochs"]), "iwae_k": int(p["eval.iwae_k"]),
                      "score_n": int(p["eval.iwae_n"]), "picks": picks(histories),
                      "curves": {k: sorted(v.items()) for k, v in histories.items()}})
+    return {"parent_run_id": parent.run_id, "store": parent.uri, "runs": runs, "table": tabulate(runs)}
+
+
+def spread(values: list[float]) -> list[float | None]:
+    """[mean, standard error over seeds]; no standard error (``None``, not NaN: the export stays
+    JSON) while a cell has one seed, as a study split over sessions has for a while."""
+    mean, se = mean_and_se(values)
+    return [mean, se if len(values) > 1 else None]
+
+
+def tabulate(runs: list[dict]) -> list[dict]:
+    """One row per cell (data set, size, batch, warm-up) and criterion: the epoch it picks, the
+    test NLL there and its cost against the oracle, each as mean +- se over the cell's seeds."""
     table = []
     for cell, members in itertools.groupby(sorted(runs, key=cell_of), key=cell_of):
         members = list(members)
@@ -136,9 +149,9 @@ def analyse(parent: MlflowRun) -> dict:
             nll = [r["picks"][name]["test_nll"] for r in members]
             table.append({"dataset": cell[0], "train_size": cell[1], "batch_size": cell[2], "warmup_epochs": cell[3],
                           "criterion": name,
-                          "seeds": len(members), "epoch": mean_and_se([r["picks"][name]["epoch"] for r in members]),
-                          "test_nll": mean_and_se(nll), "cost": mean_and_se([a - b for a, b in zip(nll, oracle)])})
-    return {"parent_run_id": parent.run_id, "store": parent.uri, "runs": runs, "table": table}
+                          "seeds": len(members), "epoch": spread([r["picks"][name]["epoch"] for r in members]),
+                          "test_nll": spread(nll), "cost": spread([a - b for a, b in zip(nll, oracle)])})
+    return table
 
 
 def cell_of(run: dict) -> tuple:
@@ -151,7 +164,11 @@ def print_table(record: dict) -> None:
         epoch, nll, cost = row["epoch"], row["test_nll"], row["cost"]
         print(f"{row['dataset']:<14}{row['train_size']:>6}{row['batch_size']:>6}{row['warmup_epochs']:>8g}  "
               f"{row['criterion']:<14}"
-              f"{epoch[0]:>7.1f}+-{epoch[1]:<4.1f}{nll[0]:>11.2f} +- {nll[1]:<4.2f}{cost[0]:>11.2f} +- {cost[1]:<4.2f}")
+              f"{epoch[0]:>7.1f}+-{_se(epoch, 1)}{nll[0]:>11.2f} +- {_se(nll, 2)}{cost[0]:>11.2f} +- {_se(cost, 2)}")
+
+
+def _se(value: list, digits: int) -> str:
+    return f"{'-' if value[1] is None else f'{value[1]:.{digits}f}':<4}"
 
 
 def main() -> None:

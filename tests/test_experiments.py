@@ -74,6 +74,20 @@ def test_a_cut_of_the_full_grid_trains_only_its_cell_with_seeds_outside_warmups(
     assert set(cut) < set(full)
 
 
+def test_a_cell_with_one_seed_has_no_standard_error_and_its_export_stays_json(validation_loss_study):
+    def run(seed, recon_nll, oracle_nll):
+        return {"dataset": "fashion_mnist", "train_size": 1000, "batch_size": 32, "warmup_epochs": 0.0, "seed": seed,
+                "picks": {name: {"epoch": 10 * (seed + 1), "test_nll": oracle_nll}
+                          for name in [*validation_loss_study.CRITERIA, "last epoch", "oracle (test)"]}
+                | {"recon": {"epoch": 40, "test_nll": recon_nll}}}
+
+    one = {row["criterion"]: row for row in validation_loss_study.tabulate([run(0, 245.0, 244.0)])}
+    assert one["recon"]["cost"] == [1.0, None] and one["recon"]["seeds"] == 1
+    json.dumps(one, allow_nan=False)  # NaN would make the export invalid JSON
+    two = {row["criterion"]: row for row in validation_loss_study.tabulate([run(0, 245.0, 244.0), run(1, 247.0, 244.0)])}
+    assert two["recon"]["cost"] == [2.0, 1.0] and two["recon"]["test_nll"] == [246.0, 1.0]
+
+
 def test_the_baseline_spread_is_the_mean_and_standard_error_over_its_seeds(likelihood_table):
     table = [{"variant": "baseline", "nll_iwae": 91.0, "nll_elbo": 97.0},
              {"variant": "vamp_prior", "nll_iwae": 88.0, "nll_elbo": 95.0},
