@@ -34,12 +34,18 @@ def draw(record: dict, path: Path) -> Path:
         rows = [next(t for t in record["table"] if tuple(t[k] for k in key) == cell and t["criterion"] == name)
                 for cell in cells]
         costs.bar([c + i * width for c in range(len(cells))], [r["cost"][0] for r in rows], width,
-                  yerr=[0 if r["cost"][1] is None or r["cost"][1] != r["cost"][1] else r["cost"][1] for r in rows], label=name, capsize=2)
+                  yerr=[standard_error(r["cost"]) for r in rows], label=name, capsize=2)
     costs.set_xticks([c + 0.4 - width / 2 for c in range(len(cells))],
                      [f"{d} n={n}\nbatch {b}, warm-up {w:g}" for d, n, b, w in cells], fontsize=7)
     costs.set(ylabel="test NLL at the picked epoch - best (nats)", title="(b) cost of each criterion")
     costs.legend(fontsize=7)
     return save(fig, path)
+
+
+def standard_error(spread: list) -> float:
+    """The error bar of [mean, se]: none (0) for one seed, whose se is null (NaN in older exports)."""
+    se = spread[1]
+    return 0.0 if se is None or se != se else se
 
 
 def save(fig, path: Path) -> Path:
