@@ -16,6 +16,7 @@ from typing import Iterator
 
 from mlflow.tracking import MlflowClient
 
+from pyrovae.run.evaluation import mean_and_se
 from pyrovae.run.tracking import MlflowRun
 
 CURVES = ("train/loss", "val/loss", "val/recon", "val/kl", "train/seconds")
@@ -66,6 +67,13 @@ def study_parent(experiment: str, name: str, budget_name: str, budget: dict,
         if not existing:
             parent.log_params({f"study.{k}": v for k, v in budget.items()})
         yield parent
+
+
+def over_seeds(values: list[float]) -> list[float | None]:
+    """[mean, standard error over seeds]; no standard error (``None``, not NaN: exports stay
+    JSON) from one seed, as a study split over sessions has for a while."""
+    mean, se = mean_and_se(values)
+    return [mean, se if len(values) > 1 else None]
 
 
 def experiment_of(run: MlflowRun) -> str:

@@ -42,13 +42,12 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 
 from carried_rows import carry_over, load_per_image, save_per_image
-from export_runs import collect, experiment_of, study_parent, write
+from export_runs import collect, experiment_of, over_seeds, study_parent, write
 from zoo_study import overrides
 
 from pyrovae import train_config
 from pyrovae.cli.signals import run_script
 from pyrovae.run import config
-from pyrovae.run.evaluation import mean_and_se
 from pyrovae.run.tracking import MlflowRun
 
 HERE = Path(__file__).resolve().parent
@@ -154,8 +153,7 @@ def paired_with_baseline(table: list[dict], arrays: dict[str, np.ndarray]) -> No
 def baseline_spread(table: list[dict]) -> dict:
     """Mean +- se over the baseline's seeds of its test NLL (IWAE) and -ELBO; no se from one seed."""
     base = [r for r in table if r["variant"] == "baseline"]
-    spread = {key: mean_and_se([r[key] for r in base]) for key in ("nll_iwae", "nll_elbo")}
-    return {key: [mean, se if len(base) > 1 else None] for key, (mean, se) in spread.items()} | {"seeds": len(base)}
+    return {key: over_seeds([r[key] for r in base]) for key in ("nll_iwae", "nll_elbo")} | {"seeds": len(base)}
 
 
 def _or_nan(value: float | None) -> float:

@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
-from export_runs import experiment_of, study_parent
+from export_runs import experiment_of, over_seeds, study_parent, write
 
 from pyrovae import Callback, iwae, train_config
 from pyrovae.cli.signals import run_script
 from pyrovae.run import config
-from pyrovae.run.evaluation import mean_and_se
 from pyrovae.run.tracking import MlflowRun
 
 HERE = Path(__file__).resolve().parent
@@ -131,13 +129,6 @@ def analyse(parent: MlflowRun) -> dict:
     return {"parent_run_id": parent.run_id, "store": parent.uri, "runs": runs, "table": tabulate(runs)}
 
 
-def spread(values: list[float]) -> list[float | None]:
-    """[mean, standard error over seeds]; no standard error (``None``, not NaN: the export stays
-    JSON) while a cell has one seed, as a study split over sessions has for a while."""
-    mean, se = mean_and_se(values)
-    return [mean, se if len(values) > 1 else None]
-
-
 def tabulate(runs: list[dict]) -> list[dict]:
     """One row per cell (data set, size, batch, warm-up) and criterion: the epoch it picks, the
     test NLL there and its cost against the oracle, each as mean +- se over the cell's seeds."""
@@ -149,8 +140,8 @@ def tabulate(runs: list[dict]) -> list[dict]:
             nll = [r["picks"][name]["test_nll"] for r in members]
             table.append({"dataset": cell[0], "train_size": cell[1], "batch_size": cell[2], "warmup_epochs": cell[3],
                           "criterion": name,
-                          "seeds": len(members), "epoch": spread([r["picks"][name]["epoch"] for r in members]),
-                          "test_nll": spread(nll), "cost": spread([a - b for a, b in zip(nll, oracle)])})
+                          "seeds": len(members), "epoch": over_seeds([r["picks"][name]["epoch"] for r in members]),
+                          "test_nll": over_seeds(nll), "cost": over_seeds([a - b for a, b in zip(nll, oracle)])})
     return table
 
 
@@ -195,8 +186,7 @@ def main() -> None:
     out = args.out or HERE / "results" / f"validation_loss_study_{name}.json"
     record = analyse(parent)
     print_table(record)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1))
+    write(record, out)
     from validation_loss_figure import draw  # matplotlib only when drawing
 
     figure = draw(record, args.figure or HERE / "figures" / f"validation_loss_study_{name}.png")
