@@ -36,6 +36,11 @@ def validation_loss_study(monkeypatch):
     yield from experiment_module(monkeypatch, "validation_loss_study")
 
 
+@pytest.fixture
+def validation_loss_figure(monkeypatch):
+    yield from experiment_module(monkeypatch, "validation_loss_figure")
+
+
 def test_the_likelihood_table_trains_the_baseline_first_and_last_and_each_zoo_variant_once(likelihood_table):
     runs = likelihood_table.runs_to_train(likelihood_table.BUDGETS["full"], ["baseline", *likelihood_table.ZOO])
     names = [name for name, _, _ in runs]
@@ -88,14 +93,12 @@ def test_a_cell_with_one_seed_has_no_standard_error_and_its_export_stays_json(va
     assert two["recon"]["cost"] == [2.0, 1.0] and two["recon"]["test_nll"] == [246.0, 1.0]
 
 
-def test_the_study_figure_shows_the_run_where_picking_by_reconstruction_costs_most(monkeypatch):
-    figure = next(experiment_module(monkeypatch, "validation_loss_figure"))
-
+def test_the_study_figure_shows_the_run_where_picking_by_reconstruction_costs_most(validation_loss_figure):
     def run(name, recon_nll, oracle_nll):
         return {"name": name, "picks": {"recon": {"test_nll": recon_nll}, "oracle (test)": {"test_nll": oracle_nll}}}
 
     record = {"runs": [run("cheap", 99.3, 99.0), run("warm-up trap", 113.0, 98.6), run("best model", 98.9, 98.5)]}
-    assert figure.example_run(record)["name"] == "warm-up trap"
+    assert validation_loss_figure.example_run(record)["name"] == "warm-up trap"
 
 
 def test_the_baseline_spread_is_the_mean_and_standard_error_over_its_seeds(likelihood_table):
