@@ -24,7 +24,8 @@ __version__ = "0.2.0"
 
 #: public name -> the module that defines it, by layer
 _EXPORTS = {
-    # model: the VAE and its components
+    # model: the model interface, the VAE and its components
+    "Model": "pyrovae.model.base", "MODELS": "pyrovae.model.models", "build_model": "pyrovae.model.models",
     "VAE": "pyrovae.model.vae", "build_vae": "pyrovae.model.vae",
     "PRIORS": "pyrovae.model.priors", "GUIDES": "pyrovae.model.guides", "LIKELIHOODS": "pyrovae.model.likelihoods",
     "StandardNormal": "pyrovae.model.priors", "MixtureOfGaussians": "pyrovae.model.priors",
@@ -40,7 +41,8 @@ _EXPORTS = {
     "load_data": "pyrovae.data", "Splits": "pyrovae.data", "DataSettings": "pyrovae.data", "PPCA": "pyrovae.data",
     # inference: the loss, the trainer and its callbacks, the estimators
     "ELBOLoss": "pyrovae.infer.elbo", "make_elbo": "pyrovae.infer.elbo",
-    "elbo_terms": "pyrovae.infer.terms", "evaluate": "pyrovae.infer.terms",
+    "elbo_terms": "pyrovae.infer.terms", "evaluate": "pyrovae.infer.terms", "datapoint_terms": "pyrovae.infer.terms",
+    "ScaleLatents": "pyrovae.infer.elbo", "check_model": "pyrovae.infer.interface",
     "Trainer": "pyrovae.infer.trainer", "TrainSettings": "pyrovae.infer.settings",
     "EvalSettings": "pyrovae.infer.settings", "make_optimizer": "pyrovae.infer.optim",
     "Callback": "pyrovae.infer.callbacks", "ProgressBar": "pyrovae.infer.callbacks",
@@ -49,6 +51,7 @@ _EXPORTS = {
     "bdmc": "pyrovae.infer.estimators.ais", "AISSettings": "pyrovae.infer.estimators.ais",
     "kl_per_dimension": "pyrovae.infer.estimators.diagnostics",
     "active_units": "pyrovae.infer.estimators.diagnostics", "activity": "pyrovae.infer.estimators.diagnostics",
+    "active_units_per_site": "pyrovae.infer.estimators.diagnostics",
     # run: tracked training, runs read back, MLflow
     "train": "pyrovae.run.pipeline", "train_config": "pyrovae.run.pipeline", "resume": "pyrovae.run.pipeline",
     "RunResult": "pyrovae.run.pipeline", "train_study": "pyrovae.run.study",

@@ -99,4 +99,6 @@ def check_annotation(value: Any, annotation: Any) -> str | None:
         adapter.validate_python(list(value) if isinstance(value, tuple) else value, strict=True)
     except ValidationError as err:
         return problem(err.errors()[0], key_depth=0)
+    except Exception:  # an annotation pydantic could build but not resolve (a forward reference)
+        return None
     return None

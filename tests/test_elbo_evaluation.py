@@ -7,6 +7,7 @@ import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
+from pyrovae.infer.elbo import ELBOLoss
 from pyrovae.run import config
 from pyrovae.infer.terms import datapoint_terms, elbo_terms, evaluate
 from pyrovae.model.vae import build_vae
@@ -81,11 +82,12 @@ def test_beta_during_training_does_not_leak_into_validation(binary_batch):
     vae = tiny_vae()
     elbo = Trace_ELBO()
     optim = pyro.optim.Adam({"lr": 1e-3})
-    svi = SVI(vae.model, vae.guide, optim, elbo)
+    loss = ELBOLoss(vae, elbo)  # its annealed_model/guide take (beta, x): pyrovae's annealing handler
+    svi = SVI(loss.annealed_model, loss.annealed_guide, optim, elbo)
     torch.manual_seed(0)
-    annealed = svi.evaluate_loss(binary_batch, beta=torch.tensor(0.1))
+    annealed = svi.evaluate_loss(torch.tensor(0.1), binary_batch)
     torch.manual_seed(0)
-    full = svi.evaluate_loss(binary_batch, beta=torch.tensor(1.0))
+    full = svi.evaluate_loss(torch.tensor(1.0), binary_batch)
     assert annealed != pytest.approx(full)  # the scale really changes the training objective
     val = evaluate(vae, elbo, binary_batch, batch_size=20, seed=0)
     # the validation loss is the beta = 1 number, whatever beta training used

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import pyro.distributions as dist
 from pyro.infer import RenyiELBO
 
 from linear_gaussian import exact_elbo, linear_vae
 from pyrovae.run import config
 from pyrovae.data import load_data
 from pyrovae.infer.estimators.ais import AISSettings, ais, bdmc, schedule
-from pyrovae.infer.estimators.iwae import draw, iwae, iwae_batch
+from pyrovae.infer.estimators.iwae import iwae, iwae_batch
 
 
 @pytest.fixture(autouse=True)
@@ -70,14 +69,6 @@ def test_iwae_reports_progress_per_batch_is_float64_and_seeded_with_zero_by_defa
     default = iwae(vae, x, 4, batch_size=4, progress=calls.append)
     assert calls == [4, 4, 2] and default.shape == (10,) and default.dtype == torch.float64
     assert torch.equal(default, iwae(vae, x, 4, batch_size=4, seed=0))
-
-
-def test_draw_is_a_reparametrized_sample_where_one_exists_else_a_plain_sample():
-    loc = torch.zeros(3, requires_grad=True)
-    z = draw(dist.Normal(loc, 1.0), 5)
-    assert z.shape == (5, 3) and z.requires_grad  # as Pyro's sample site: gradients reach q's parameters
-    counts = draw(dist.Poisson(torch.full((3,), 2.0)), 5)  # no rsample
-    assert counts.shape == (5, 3) and not counts.requires_grad
 
 
 def test_elbo_below_iwae_below_exact_and_iwae_grows_with_k(ppca):

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from pyrovae.run import config as config_mod
+from pyrovae.infer.estimators.diagnostics import posterior_means
 from pyrovae.run import figures
 from pyrovae.cli import main
 from pyrovae.model.vae import build_vae
@@ -132,19 +133,23 @@ def test_figures_are_rgb_arrays_for_every_latent_shape():
     for latent_dim in (1, 2, 5):
         cfg["model"]["latent_dim"] = latent_dim
         vae = build_vae(cfg["model"], (1, 6, 6))
+        means = posterior_means(vae, x)
+        assert list(means) == ["z"] and means["z"].shape == (30, latent_dim)
         for labels in (None, torch.arange(30) % 3):
-            picture = figures.latent_scatter(vae, x, labels)
+            picture = figures.latent_scatter(means["z"], labels)
             assert picture.ndim == 3 and picture.shape[2] == 3 and picture.std() > 0
     chart = figures.kl_per_dimension_chart(torch.tensor([0.0, 1.5, 3.0]))
+    two_sites = figures.kl_per_dimension_chart({"z1": torch.tensor([0.0, 1.5]), "z2": torch.tensor([3.0])})
     curves = figures.loss_curves([{"train/loss": 3.0, "val/loss": 2.0, "val/recon": 1.5, "val/kl": 0.5}] * 2)
-    assert chart.shape[2] == curves.shape[2] == 3
+    assert chart.shape[2] == curves.shape[2] == two_sites.shape[2] == 3
+    assert two_sites.shape[1] > chart.shape[1]  # one panel per site
 
 
 def test_latent_scatter_does_not_move_the_training_random_stream():
     cfg = config_mod.load(None, ["model.latent_dim=4", "model.guide.hidden=[8]", "model.likelihood.hidden=[8]"])
     vae = build_vae(cfg["model"], (1, 6, 6))
     torch.manual_seed(3)
-    figures.latent_scatter(vae, torch.rand(20, 1, 6, 6))
+    figures.latent_scatter(posterior_means(vae, torch.rand(20, 1, 6, 6))["z"])
     after = torch.rand(3)
     torch.manual_seed(3)
     torch.rand(20, 1, 6, 6)

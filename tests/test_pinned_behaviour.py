@@ -113,7 +113,7 @@ ALSO_ABOVE = {"train.beta_start": (1.01, "must be at most 1.0"), "train.lr_decay
 
 
 def test_the_table_covers_every_numeric_config_key():
-    numeric = {f"{section}.{name}" for section, cls in SECTIONS.items()
+    numeric = {f"{section}.{name}" for section, cls in {**SECTIONS, "model": VAE.__init__}.items()
                for name, hint in typing.get_type_hints(cls).items() if hint in (int, float)}
     assert numeric == set(OUTSIDE)
 
@@ -206,7 +206,7 @@ def test_apply_schedule_sets_the_rates_the_scheduler_reports():
 def test_make_elbo_passes_its_options_and_the_loss_defaults_to_beta_one(jit):
     elbo = make_elbo("meanfield", num_particles=3, jit=jit)
     assert elbo.num_particles == 3 and getattr(elbo, "ignore_jit_warnings", jit) is jit
-    with pytest.raises(ValueError, match=r"^elbo must be one of trace, meanfield, got 'renyi'$"):
+    with pytest.raises(ValueError, match=r"^elbo must be one of trace, meanfield, enum, got 'renyi'$"):
         make_elbo("renyi", jit=jit)
     loss, x = ELBOLoss(tiny_vae(), make_elbo("trace", jit=jit)), batch()
     loss(x)  # a JIT ELBO traces at its first call, which draws random numbers of its own

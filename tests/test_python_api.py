@@ -85,7 +85,7 @@ except UserError as err:
     print("refused:", err)
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert "['test/kl', 'test/loss', 'test/mse', 'test/recon']" in done.stdout, done.stderr[-2000:]
+    assert "['test/kl', 'test/kl/z', 'test/loss', 'test/mse', 'test/recon']" in done.stdout, done.stderr[-2000:]
     assert "refused: prior class Mine is defined in __main__" in done.stdout
     assert not (tmp_path / "mlruns").exists()  # nothing was logged
 

@@ -15,7 +15,7 @@ from pyro.infer.util import is_validation_enabled
 from pyro.optim import PyroOptim
 
 from pyrovae.data import Splits
-from pyrovae.infer.elbo import ELBOLoss, make_elbo
+from pyrovae.infer.elbo import ELBOLoss, ScaleLatents, make_elbo
 from pyrovae.infer.faults import NonFiniteLoss
 from pyrovae.infer.optim import lr_factor, make_optimizer
 from pyrovae.infer.trainer import Trainer
@@ -42,6 +42,14 @@ def tiny(tiny_overrides, *extra):
     return cfg, vae, splits
 
 
+def with_annealing(fn):
+    """``fn(x)`` with pyrovae's annealing handler, as SVI's model or guide taking ``(x, beta)``."""
+    def with_beta(x, beta):
+        with ScaleLatents(beta):
+            fn(x)
+    return with_beta
+
+
 def batches(x, steps):
     return [x[i % 4 * 50:(i % 4 + 1) * 50] for i in range(steps)]
 
@@ -50,7 +58,8 @@ def batches(x, steps):
 def test_twenty_steps_of_the_elbo_module_equal_svi_step_bit_for_bit(tiny_overrides, kind, jit):
     _, vae, splits = tiny(tiny_overrides)
     xs, beta = batches(splits.evaluation_data("train"), 20), torch.tensor(0.5)
-    svi = SVI(vae.model, vae.guide, OneTorchAdam(vae.parameters(), 1e-2), make_elbo(kind, jit=jit))
+    svi = SVI(with_annealing(vae.model), with_annealing(vae.guide), OneTorchAdam(vae.parameters(), 1e-2),
+              make_elbo(kind, jit=jit))
     torch.manual_seed(1)
     ref_losses = [svi.step(x, beta) for x in xs]
     reference = {k: v.detach().clone() for k, v in vae.named_parameters()}
@@ -99,7 +108,7 @@ def test_one_epoch_of_the_trainer_equals_the_svi_loop(tiny_overrides):
 
     pyro.clear_param_store()
     _, vae, _ = tiny(tiny_overrides, *annealed)
-    svi = SVI(vae.model, vae.guide, OneTorchAdam(vae.parameters(), cfg["train"]["lr"]), make_elbo())
+    svi = SVI(with_annealing(vae.model), with_annealing(vae.guide), OneTorchAdam(vae.parameters(), cfg["train"]["lr"]), make_elbo())
     torch.manual_seed(3)
     losses, n = [], 0
     for step, x in enumerate(splits.train_batches(cfg["train"]["batch_size"])):

@@ -83,7 +83,7 @@ def load_idx_images(cfg: dict, dataset: str = "MNIST", name: str = "mnist") -> S
         train=grey(train_images[:n_train]), train_labels=train_labels[:n_train],
         val=grey(train_images[n_train:]), val_labels=train_labels[n_train:],
         test=grey(test_images), test_labels=test_labels,
-        binarize=cfg["binarize"], seed=cfg["seed"],
+        binarize=cfg["binarize"], seed=cfg["seed"], classes=10,
         info={"source": str(root / dataset / "raw"), "split": f"train[:{n_train}] / train[{n_train}:] / test"},
     )
 

@@ -34,6 +34,8 @@ class Splits:
     train_labels: torch.Tensor | None = None
     val_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
+    #: how many classes the labels have (set by the loader; else the largest label + 1)
+    classes: int | None = None
     info: dict = field(default_factory=dict)
     #: the true data distribution where it is known (``ppca``): has ``log_prob(x)``
     truth: object | None = None
@@ -68,10 +70,20 @@ class Splits:
         return self._fixed[name]
 
     def labels(self, name: str) -> torch.Tensor | None:
+        """The labels of a split (integer classes, ``(N,)``), or None when the data have none."""
         return getattr(self, f"{name}_labels")
 
-    def train_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        """One epoch of shuffled training batches (the last one may be smaller).
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of the labels, or None without labels."""
+        if self.classes is not None:
+            return self.classes
+        found = [y for y in (self.train_labels, self.val_labels, self.test_labels) if y is not None and y.numel()]
+        return int(max(int(y.max()) for y in found)) + 1 if found else None
+
+    def train_batches(self, batch_size: int, labelled: bool = False) -> Iterator:
+        """One epoch of shuffled training batches (the last one may be smaller); with ``labelled``,
+        pairs ``(x, y)`` of each batch and its labels (``y`` None when the data have none).
 
         Uses the global torch RNG, which the trainer seeds, so an epoch's binarization and
         order are reproducible and resumable.
@@ -82,14 +94,17 @@ class Splits:
             # Bernoulli(x) as P(U < x), U ~ Uniform[0, 1), kept as bool until a batch is taken:
             # about half the time of torch.bernoulli on a CPU (benchmarks/speed.py and the README have figures).
             x = torch.rand(x.shape, dtype=x.dtype, device=x.device) < x
+        labels = self.train_labels if labelled else None
         for start in range(0, x.shape[0], batch_size):
-            yield x[order[start:start + batch_size]].to(self.train.dtype)
+            rows = order[start:start + batch_size]
+            batch = x[rows].to(self.train.dtype)
+            yield (batch, None if labels is None else labels[rows]) if labelled else batch
 
     def num_batches(self, batch_size: int) -> int:
         return -(-self.train.shape[0] // batch_size)
 
     def shard_batches(self, batch_size: int, rank: int, world_size: int, seed: int, epoch: int,
-                      start: int = 0) -> Iterator[torch.Tensor]:
+                      start: int = 0, labelled: bool = False) -> Iterator:
         """This rank's share of each global batch of one epoch (distributed training).
 
         The epoch's permutation comes from a generator seeded by ``(seed, epoch)``, the same on
@@ -97,7 +112,8 @@ class Splits:
         takes slice r, binarized with the global torch RNG, which each rank seeds apart. A last
         global batch with fewer rows than ranks is dropped (``pyro.plate`` cannot be empty).
         Batches before ``start`` are skipped without drawing random numbers, so a run resumed
-        mid-epoch continues with the same rows and draws.
+        mid-epoch continues with the same rows and draws. ``labelled``: pairs ``(x, y)`` as in
+        :meth:`train_batches`, the labels sharded with their rows.
         """
         x = self.train
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -105,10 +121,14 @@ class Splits:
         for b in range(self.num_shard_batches(batch_size, world_size)):
             if b < start:
                 continue
-            rows = x[torch.tensor_split(order[b * batch_size:(b + 1) * batch_size], world_size)[rank]]
+            index = torch.tensor_split(order[b * batch_size:(b + 1) * batch_size], world_size)[rank]
+            rows = x[index]
             if self.binarize:
                 rows = (torch.rand(rows.shape, dtype=rows.dtype, device=rows.device) < rows).to(rows.dtype)
-            yield rows
+            if labelled:
+                yield rows, None if self.train_labels is None else self.train_labels[index]
+            else:
+                yield rows
 
     def num_shard_batches(self, batch_size: int, world_size: int) -> int:
         full, last = divmod(self.train.shape[0], batch_size)

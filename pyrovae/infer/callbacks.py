@@ -73,12 +73,12 @@ class ProgressBar(Callback):
 
 
 class BitsPerDim(Callback):
-    r"""``{split}/bpd`` = ``{split}/loss`` / (D ln 2) when the likelihood is a mass over discrete
-    data (``reports_bits_per_dim``), D = the number of data elements."""
+    r"""``{split}/bpd`` = ``{split}/loss`` / (D ln 2) when the model says its data site is a mass over
+    discrete data (its ``reports_bits_per_dim``), D = the number of data elements."""
 
     def add_metrics(self, trainer, split, metrics):
-        if getattr(trainer.vae.likelihood, "reports_bits_per_dim", False):
-            metrics[f"{split}/bpd"] = bits_per_dim(metrics[f"{split}/loss"], trainer.vae.data_shape)
+        if getattr(trainer.vae, "reports_bits_per_dim", False):
+            metrics[f"{split}/bpd"] = bits_per_dim(metrics[f"{split}/loss"], trainer.data.data_shape)
 
 
 class IWAEEvery(Callback):
@@ -92,8 +92,9 @@ class IWAEEvery(Callback):
         if split != "val" or not self.every or (trainer.epoch + 1) % self.every:
             return
         started = time.perf_counter()
-        x = trainer.data.evaluation_data(split)
-        log_px = iwae(trainer.vae, x[: self.n] if self.n else x, self.k,
-                      batch_size=self.batch_size, seed=self.seed)
+        x, y = trainer.data.evaluation_data(split), trainer.data.labels(split)
+        n = self.n or x.shape[0]
+        log_px = iwae(trainer.vae, x[:n], self.k, batch_size=self.batch_size, seed=self.seed,
+                      y=None if y is None else y[:n])
         metrics[f"{split}/nll_iwae"] = -float(log_px.mean())
         metrics[f"{split}/iwae_seconds"] = time.perf_counter() - started

@@ -4,19 +4,29 @@ Training maximizes the (annealed) evidence lower bound of Kingma & Welling (2014
 
 .. math:: \mathcal{L}_\beta(x) = E_{q(z|x)}[\log p(x|z)] - \beta\,\mathrm{KL}(q(z|x) \| p(z)),
 
-computed by one of Pyro's ELBO objects on :meth:`VAE.model` / :meth:`VAE.guide` (``beta``
-scales the latent site in both). :class:`ELBOLoss` returns :math:`-\sum_b \mathcal{L}_\beta(x_b)`
-over a batch as a differentiable scalar: ``loss.backward()`` and ``optimizer.step()`` is SVI with
-that ELBO, and one step equals ``SVI.step`` with the same torch optimizer bit for bit on the CPU
-(tested). The VAE is a registered submodule, so ``ELBOLoss(vae, elbo).parameters()`` are the
-VAE's: ``Trace_ELBO()(model, guide)`` alone has none, because bound methods are not submodules.
+computed by one of Pyro's ELBO objects on any model's ``model`` / ``guide`` methods
+(:mod:`pyrovae.infer.traces`), for one latent site or many. :class:`ELBOLoss` returns
+:math:`-\sum_b \mathcal{L}_\beta(x_b)` over a batch as a differentiable scalar: ``loss.backward()``
+and ``optimizer.step()`` is SVI with that ELBO, and one step equals ``SVI.step`` with the same torch
+optimizer bit for bit on the CPU (tested). The model is a registered submodule, so
+``ELBOLoss(model, elbo).parameters()`` are the model's: ``Trace_ELBO()(model, guide)`` alone has
+none, because bound methods are not submodules.
+
+**Annealing** is an effect handler, :class:`ScaleLatents`: it multiplies the scale of every latent
+(unobserved) sample site by :math:`\beta`, in the model *and* the guide, so that ``Trace_ELBO``
+optimizes :math:`E_q[\log p(x|z)] - \beta\,\mathrm{KL}` and ``TraceMeanField_ELBO`` scales its
+closed-form KL too (it takes the guide site's scale; a scale on the model's site alone would
+optimize another objective). Model code never takes ``beta``. ``beta`` (and the labels ``y``)
+reach the traced function as positional tensors, so a JIT ELBO compiles once, not once per beta
+value (a Python number would be frozen into the first graph) or per batch (a keyword tensor is
+part of Pyro's JIT cache key); a batch with labels and one without are two graphs.
 
 Two properties of the JIT ELBOs (pyro-ppl 1.9) that this module handles:
 
 - ``JitTrace_ELBO.differentiable_loss`` doubles the gradient (its loss term is not detached);
   the loss here is ``loss.detach() + (surrogate - surrogate.detach())`` from
   ``loss_and_surrogate_loss``: the value of the loss, the gradient of the surrogate.
-- JIT ELBOs key their compiled graph on ``id(model)``; ``vae.model`` is a new bound-method
+- JIT ELBOs key their compiled graph on ``id(model)``; ``model.model`` is a new bound-method
   object at every access, so the module keeps one of each.
 
 References: Ranganath et al. 2014, "Black Box Variational Inference"; Bingham et al. 2019,
@@ -26,39 +36,87 @@ References: Ranganath et al. 2014, "Black Box Variational Inference"; Bingham et
 from __future__ import annotations
 
 import torch
-from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+import warnings
+
+from pyro.infer import (ELBO, JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceEnum_ELBO,
+                        TraceMeanField_ELBO)
+from pyro.poutine.messenger import Messenger
 from torch import nn
 
-ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
-JIT_ELBOS = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO}
+from pyrovae.infer.traces import parameters_of, takes_labels
+
+ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "enum": TraceEnum_ELBO}
+JIT_ELBOS = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO, "enum": JitTraceEnum_ELBO}
 
 
 def make_elbo(kind: str = "trace", num_particles: int = 1, jit: bool = False) -> ELBO:
-    """``Trace_ELBO`` (Monte Carlo KL) or ``TraceMeanField_ELBO`` (closed-form KL where it exists),
-    optionally their ``torch.jit``-traced versions."""
+    """``Trace_ELBO`` (Monte Carlo KL), ``TraceMeanField_ELBO`` (closed-form KL where it exists) or
+    ``TraceEnum_ELBO`` (discrete guide sites marked ``infer={"enumerate": "parallel"}`` summed out
+    exactly), optionally their ``torch.jit``-traced versions."""
     table = JIT_ELBOS if jit else ELBOS
     if kind not in table:
         raise ValueError(f"elbo must be one of {', '.join(table)}, got {kind!r}")
+    options = {"num_particles": num_particles}
+    if kind == "enum":  # every model pyrovae trains has its own plates; enumeration goes left of them
+        options["strict_enumeration_warning"] = False
     if jit:  # beta goes in as a positional tensor: a traced input, not a constant
-        return table[kind](num_particles=num_particles, ignore_jit_warnings=True)
-    return table[kind](num_particles=num_particles)
+        options["ignore_jit_warnings"] = True
+    return table[kind](**options)
+
+
+class ScaleLatents(Messenger):
+    """Multiply the scale of every latent (unobserved) sample site by ``beta`` (KL annealing)."""
+
+    def __init__(self, beta: torch.Tensor | float):
+        super().__init__()
+        self.beta = beta
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["scale"] = self.beta * msg["scale"]
 
 
 class ELBOLoss(nn.Module):
-    """``forward(x, beta) -> -ELBO_beta`` summed over the batch ``x`` of shape ``(B, *data_shape)``."""
+    """``forward(x, beta, y=None) -> -ELBO_beta`` summed over the batch ``x`` of shape ``(B, *data_shape)``.
+
+    ``y`` (labels or other side information, one row per datapoint) goes to ``model``/``guide``
+    when they take it. A model written for pyrovae 0.2 whose methods take ``beta`` themselves
+    still trains (they receive it; no handler is added), with a deprecation warning.
+    """
 
     def __init__(self, vae: nn.Module, elbo: ELBO):
         super().__init__()
         self.vae = vae
         self.elbo = elbo
-        self._model, self._guide = vae.model, vae.guide  # one object each: JIT caches by id
+        self._model, self._guide = self.annealed_model, self.annealed_guide  # one object each: JIT caches by id
         self._surrogate_form = isinstance(elbo, JitTrace_ELBO)
         self._traced = isinstance(elbo, (JitTrace_ELBO, JitTraceMeanField_ELBO))
+        self._legacy_beta = "beta" in parameters_of(vae.model)
+        self._labelled = takes_labels(vae.model), takes_labels(vae.guide)
+        if self._legacy_beta:
+            warnings.warn(f"{type(vae).__name__}.model takes 'beta': pyrovae now anneals every latent site by an "
+                          f"effect handler, so model code need not take it (support for it will go)",
+                          DeprecationWarning, stacklevel=2)
 
-    def forward(self, x: torch.Tensor, beta: torch.Tensor | float = 1.0) -> torch.Tensor:
+    def _call(self, fn, labelled: bool, beta, x, labels) -> None:
+        args = (x, *labels) if labelled else (x,)
+        if self._legacy_beta:
+            fn(*args, beta=beta)
+            return
+        with ScaleLatents(beta):
+            fn(*args)
+
+    def annealed_model(self, beta, x, *labels) -> None:
+        self._call(self.vae.model, self._labelled[0], beta, x, labels)
+
+    def annealed_guide(self, beta, x, *labels) -> None:
+        self._call(self.vae.guide, self._labelled[1], beta, x, labels)
+
+    def forward(self, x: torch.Tensor, beta: torch.Tensor | float = 1.0, y: torch.Tensor | None = None) -> torch.Tensor:
         if self._traced and not isinstance(beta, torch.Tensor):  # torch.jit traces tensors only
             beta = torch.tensor(float(beta), device=x.device)
+        args = (beta, x) if y is None else (beta, x, y)
         if self._surrogate_form:
-            loss, surrogate = self.elbo.loss_and_surrogate_loss(self._model, self._guide, x, beta)
+            loss, surrogate = self.elbo.loss_and_surrogate_loss(self._model, self._guide, *args)
             return loss.detach() + (surrogate - surrogate.detach())
-        return self.elbo.differentiable_loss(self._model, self._guide, x, beta)
+        return self.elbo.differentiable_loss(self._model, self._guide, *args)

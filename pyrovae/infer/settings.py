@@ -22,8 +22,9 @@ class TrainSettings(Settings):
     lr: float = Field(1e-3, gt=0.0, description="base learning rate")
     seed: int = Field(0, ge=0, description="seeds torch, NumPy and Python's RNGs")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
-    elbo: Literal["trace", "meanfield"] = Field(
-        "trace", description="Trace_ELBO (Monte Carlo KL) or TraceMeanField_ELBO (closed-form KL where it exists)")
+    elbo: Literal["trace", "meanfield", "enum"] = Field(
+        "trace", description="Trace_ELBO (Monte Carlo KL), TraceMeanField_ELBO (closed-form KL where it exists) or "
+                             "TraceEnum_ELBO (discrete guide sites marked for parallel enumeration summed out)")
     num_particles: int = Field(1, ge=1)
     jit: bool = Field(False, description="JitTrace_ELBO / JitTraceMeanField_ELBO (torch.jit.trace of the loss)")
     beta_start: float = Field(1.0, gt=0.0, le=1.0, description="KL weight at the first step (> 0)")

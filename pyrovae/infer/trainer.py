@@ -1,6 +1,8 @@
 r"""The training loop: steps a torch optimizer over the ELBO module, validates, calls callbacks.
 
-Each step minimizes :math:`-\mathcal{L}_\beta` on one batch (:class:`~pyrovae.infer.elbo.ELBOLoss`),
+Each step minimizes :math:`-\mathcal{L}_\beta` on one batch (:class:`~pyrovae.infer.elbo.ELBOLoss`) of any
+model with the interface of :mod:`pyrovae.model.base` (checked when the trainer is built), with the
+batch's labels when the model takes them,
 with ``beta`` raised linearly from ``beta_start`` to 1 over ``warmup_epochs`` (Bowman et al.
 2016; Sønderby et al. 2016); ``train/loss`` is the per-datapoint mean of that objective over the
 epoch. Every epoch ends with validation at beta = 1 (:func:`~pyrovae.infer.terms.evaluate`), the
@@ -33,10 +35,12 @@ from pyrovae.infer import distributed
 from pyrovae.infer.callbacks import BitsPerDim, Callback, IWAEEvery, ProgressBar, overrides
 from pyrovae.infer.elbo import ELBOLoss, make_elbo
 from pyrovae.infer.faults import Interrupted, NonFiniteLoss, StopOnSignals, validate_first_step_only
+from pyrovae.infer.interface import check_model
 from pyrovae.infer.optim import apply_schedule, make_optimizer, make_scheduler
 from pyrovae.infer.rng import get_rng_state, set_rng_state
 from pyrovae.infer.settings import EvalSettings, TrainSettings
 from pyrovae.infer.terms import evaluate
+from pyrovae.infer.traces import evaluation_labels, takes_labels
 
 #: what :meth:`Trainer.state_dict` keeps besides weights, optimizer, schedule and RNG
 COUNTERS = ("epoch", "step", "best_val_loss", "best_epoch", "bad_epochs", "stopped_early")
@@ -61,6 +65,13 @@ class Trainer:
         self.vae, self.data = vae, data
         self.device = data.train.device
         self.world = distributed.World.current()
+        #: whether training batches carry labels: the data have them and the model takes them
+        self.labelled = data.train_labels is not None and takes_labels(vae.model)
+        # A param store left by another model under the same pyro.module name would shadow this one's
+        # parameters in the traces; training steps the module's own parameters either way.
+        pyro.clear_param_store()
+        check_model(vae, data.evaluation_data("val"), data.labels("val") if self.labelled else None,
+                    jit=self.settings.jit, enumerate_guide=self.settings.elbo == "enum")
         self.elbo = make_elbo(self.settings.elbo, self.settings.num_particles, self.settings.jit)
         self.loss = ELBOLoss(vae, self.elbo)
         self._forward = self.loss
@@ -78,7 +89,7 @@ class Trainer:
         ev = self.evaluation
         self.callbacks = [*([ProgressBar()] if progress else []), BitsPerDim(),
                           IWAEEvery(ev.iwae_every, ev.iwae_k, ev.batch_size, ev.seed, ev.iwae_n), *callbacks]
-        self._step_hooks = [cb for cb in self.callbacks if overrides(cb, "on_step_end")]
+        self._step_hooks: list[Callback] = []  # chosen at each epoch's start: callbacks may be added until then
         self.catch_signals = catch_signals
         self.epoch = self.step = self.best_epoch = self.bad_epochs = 0
         self.best_val_loss = float("inf")
@@ -91,9 +102,6 @@ class Trainer:
         self._stop_signal: int | None = None
         self._stopping = False  # the stop all ranks agreed on (the local signal, in one process)
         self._rng_per_rank: list | None = None  # every rank's RNG, gathered where callbacks may save
-        # A param store left by another VAE under the same "vae" name would shadow this one's
-        # parameters in the traces; training steps the module's own parameters either way.
-        pyro.clear_param_store()
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -145,7 +153,7 @@ class Trainer:
     def validate(self, split: str = "val") -> dict[str, float]:
         """``{split}/loss, recon, kl, mse`` at beta = 1, plus what callbacks add for the split."""
         terms = evaluate(self.vae, self.elbo, self.data.evaluation_data(split), self.evaluation.batch_size,
-                         seed=self.evaluation.seed)
+                         seed=self.evaluation.seed, y=evaluation_labels(self.vae, self.data.labels(split)))
         metrics = {f"{split}/{k}": v for k, v in terms.items()}
         for cb in self.callbacks:
             cb.add_metrics(self, split, metrics)
@@ -166,16 +174,17 @@ class Trainer:
         first_step = self.step - done
         beta_list = [self.beta(first_step + i) for i in range(self.steps_per_epoch)]
         betas = torch.tensor(beta_list, device=self.device)  # on the device once, not a copy per step
+        self._step_hooks = [cb for cb in self.callbacks if overrides(cb, "on_step_end")]  # as they are now
         for cb in self.callbacks:
             cb.on_epoch_begin(self)
         started = time.perf_counter()
         self.vae.train()
-        for i, x in enumerate(validate_first_step_only(self._batches(done))):
+        for i, batch in enumerate(validate_first_step_only(self._batches(done))):
             if i < done:
                 continue
             if i == done and resumed:
                 set_rng_state(resumed["rng"])
-            loss, rows = self._step(x, betas[i])
+            loss, rows = self._step(*batch, betas[i])
             if not math.isfinite(loss):
                 raise NonFiniteLoss(loss, self.epoch + 1, i + 1)
             self._loss_sum += loss
@@ -192,17 +201,21 @@ class Trainer:
                 "train/lr": self.scheduler.get_last_lr()[0], "train/seconds": time.perf_counter() - started}
 
     def _batches(self, done: int):
-        """This epoch's batches; distributed: this rank's slices, the ``done`` first ones left out
-        (yielded as None placeholders so that batch indices stay global)."""
+        """This epoch's ``(x, y)`` batches (``y`` None without labels); distributed: this rank's
+        slices, the ``done`` first ones left out (yielded as None placeholders so that batch
+        indices stay global)."""
         if not self.world.distributed:
-            return self.data.train_batches(self.settings.batch_size)
+            return self.data.train_batches(self.settings.batch_size, labelled=True) if self.labelled \
+                else ((x, None) for x in self.data.train_batches(self.settings.batch_size))
         shards = self.data.shard_batches(self.settings.batch_size, self.world.rank, self.world.size,
-                                         self.settings.seed, self.epoch, start=done)
+                                         self.settings.seed, self.epoch, start=done, labelled=self.labelled)
+        if not self.labelled:
+            shards = ((x, None) for x in shards)
         return (x for part in ([None] * done, shards) for x in part)
 
-    def _step(self, x: torch.Tensor, beta: torch.Tensor) -> tuple[float, int]:
+    def _step(self, x: torch.Tensor, y: torch.Tensor | None, beta: torch.Tensor) -> tuple[float, int]:
         """One optimizer step; the loss summed over the (global) batch and its number of rows."""
-        loss = self._forward(x, beta)
+        loss = self._forward(x, beta, y)
         (loss * self.world.size if self.world.distributed else loss).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -22,6 +22,11 @@ from pyrovae.errors import UserError
 from pyrovae.settings import check_annotation
 
 
+def section(kind: str) -> str:
+    """The config table a component (or the model itself) is written in."""
+    return "[model]" if kind == "model" else f"[model.{kind}]"
+
+
 def signature(cls: type) -> Mapping[str, inspect.Parameter]:
     """Constructor parameters, with string annotations evaluated where they can be."""
     try:
@@ -35,7 +40,7 @@ def resolve_class(kind: str, name: "str | type", table: Mapping[str, type]) -> t
     if inspect.isclass(name):
         return name
     if not isinstance(name, str) or not name:
-        raise UserError(f"model.{kind}.name must be a non-empty string, got {name!r}")
+        raise UserError(f"{section(kind)[1:-1]}.name must be a non-empty string, got {name!r}")
     if ":" not in name:
         if name in table:
             return table[name]
@@ -92,21 +97,24 @@ def check_arguments(kind: str, spec: Mapping[str, Any], table: Mapping[str, type
     for key, value in user.items():
         if key in context:
             raise UserError(f"{label}: '{key}' is set by pyrovae (from [model] or the data), "
-                            f"remove it from [model.{kind}]")
+                            f"remove it from {section(kind)}")
         if key not in params and not takes_any:
             close = difflib.get_close_matches(key, settable, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UserError(f"{label} has no argument '{key}'{hint}; "
-                            f"it takes: {', '.join(settable) or 'no arguments'}")
+            takes = ", ".join(settable) or "no arguments"
+            if kind == "model":  # the [model] table's own keys read like every other config key
+                raise UserError(f"unknown config key 'model.{key}'{hint}; {label} takes: {takes}")
+            raise UserError(f"{label} has no argument '{key}'{hint}; it takes: {takes}")
         if key in params and params[key].annotation is not params[key].empty:
             problem = check_annotation(value, params[key].annotation)
             if problem:
-                raise UserError(f"{label}: argument '{key}' {problem}")
+                raise UserError(f"config key 'model.{key}' {problem}" if kind == "model"
+                                else f"{label}: argument '{key}' {problem}")
     missing = [p for p, param in params.items()
                if param.default is param.empty and p not in user and p not in context
                and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL)]
     if missing:
-        raise UserError(f"{label} needs argument '{missing[0]}': set it in [model.{kind}]")
+        raise UserError(f"{label} needs argument '{missing[0]}': set it in {section(kind)}")
     return cls, {**constructor_defaults(cls, context), **user}
 
 

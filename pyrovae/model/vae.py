@@ -7,11 +7,9 @@ Generative story (Kingma & Welling 2014) and amortized posterior::
     q(z | x)            (guide / posterior)
 
 ``model`` and ``guide`` never branch on what is plugged in: every prior, guide and
-likelihood of the zoo (or a user's own) goes through the same two functions. KL annealing
-scales the latent site by ``beta`` in *both* of them, so that ``Trace_ELBO`` optimizes
-``E_q[log p(x|z)] - beta * KL`` and ``TraceMeanField_ELBO`` scales its analytic KL too (it
-takes the guide site's scale; a scale on the model's site alone would optimize another
-objective). Evaluation always passes ``beta = 1``.
+likelihood of the zoo (or a user's own) goes through the same two functions. It is one model of
+the interface in :mod:`pyrovae.model.base` (one latent site ``z``, one observed site ``x``); KL
+annealing reaches ``z`` through the trainer's effect handler, so neither method takes ``beta``.
 """
 
 from __future__ import annotations
@@ -20,14 +18,14 @@ from typing import Any, Mapping, Sequence, Union
 
 import pyro
 import torch
-from pyro import poutine
 from torch import nn
 
 from pyrovae.errors import UserError
+from pyrovae.model.base import Count, Model
 from pyrovae.model.guides import GUIDES
 from pyrovae.model.likelihoods import LIKELIHOODS
 from pyrovae.model.priors import PRIORS
-from pyrovae.model.components import build, check_arguments
+from pyrovae.model.components import build
 
 
 #: a component given by name (table entry or ``"package.module:Class"``), by class, or as a
@@ -36,7 +34,7 @@ ComponentSpec = Union[str, type, Mapping[str, Any]]
 TABLES = {"prior": PRIORS, "guide": GUIDES, "likelihood": LIKELIHOODS}
 
 
-class VAE(nn.Module):
+class VAE(Model):
     """A prior, a guide and a likelihood; :meth:`model` and :meth:`guide` for Pyro.
 
     Each component is a module instance, or a spec that this constructor builds with the
@@ -49,46 +47,52 @@ class VAE(nn.Module):
     When all three are specs, :attr:`config` is the resolved ``[model]`` section (every default
     filled in), which a tracked run logs so that it can be rebuilt; with module instances it is
     ``None``. The modules are the attributes ``prior``, ``posterior`` (q(z|x); ``guide`` is the
-    Pyro guide *function*) and ``likelihood``.
+    Pyro guide *function*) and ``likelihood``. A subclass may override ``model``/``guide`` (e.g.
+    a second latent site) and add constructor arguments: it is recorded and rebuilt as itself.
     """
+
+    components = {"prior": "prior", "guide": "guide", "likelihood": "likelihood"}
 
     def __init__(self, prior: "nn.Module | ComponentSpec" = "standard_normal",
                  guide: "nn.Module | ComponentSpec" = "diagonal_normal",
                  likelihood: "nn.Module | ComponentSpec" = "bernoulli", *,
-                 latent_dim: int, data_shape: Sequence[int]):
+                 latent_dim: Count, data_shape: Sequence[int]):
         super().__init__()
         self.latent_dim = int(latent_dim)
         self.data_shape = tuple(int(d) for d in data_shape)
         context = {"latent_dim": self.latent_dim, "data_shape": self.data_shape}
-        specs: dict[str, Any] = {"latent_dim": self.latent_dim}
-        posterior = self._component("guide", guide, specs, context)  # a VampPrior is built on it
-        self.prior = self._component("prior", prior, specs, {**context, "guide": posterior})
+        posterior = self._component("guide", guide, context)  # a VampPrior is built on it
+        self.prior = self._component("prior", prior, {**context, "guide": posterior})
         self.posterior = posterior
-        self.likelihood = self._component("likelihood", likelihood, specs, context)
-        #: the resolved [model] section in config order, or None when modules were given
-        self.config: dict[str, Any] | None = (
-            {k: specs[k] for k in ("latent_dim", "prior", "guide", "likelihood")} if len(specs) == 4 else None)
+        self.likelihood = self._component("likelihood", likelihood, context)
 
     @staticmethod
-    def _component(kind: str, given, specs: dict, context: dict) -> nn.Module:
+    def _component(kind: str, given, context: dict) -> nn.Module:
         if isinstance(given, nn.Module):
             return given
         spec = dict(given) if isinstance(given, Mapping) else {"name": given}
-        cls, kwargs = check_arguments(kind, spec, TABLES[kind], context)
-        specs[kind] = {"name": spec["name"], **kwargs}
         return build(kind, spec, TABLES[kind], **context)
 
-    def model(self, x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> None:
+    def model(self, x: torch.Tensor) -> None:
         pyro.module("vae", self)
         with pyro.plate("data", x.shape[0]):
-            with poutine.scale(scale=beta):
-                z = pyro.sample("z", self.prior())
+            z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(z), obs=x)
 
-    def guide(self, x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> None:
+    def guide(self, x: torch.Tensor) -> None:
         pyro.module("vae", self)
-        with pyro.plate("data", x.shape[0]), poutine.scale(scale=beta):
+        with pyro.plate("data", x.shape[0]):
             pyro.sample("z", self.posterior(x))
+
+    @property
+    def reports_bits_per_dim(self) -> bool:
+        """Whether the likelihood is a mass over discrete data (runs then log ``<split>/bpd``)."""
+        return bool(getattr(self.likelihood, "reports_bits_per_dim", False))
+
+    @property
+    def data_hint(self) -> str:
+        """What to tell a user whose data the likelihood does not model."""
+        return getattr(self.likelihood, "data_hint", "")
 
     # Conveniences for users of a trained model (and for the image logger).
     @torch.no_grad()
@@ -116,13 +120,25 @@ class VAE(nn.Module):
         return self.reconstruct(x)
 
     def check_contract(self, x: torch.Tensor) -> None:
-        """Fail with one clear line when a plugged-in module breaks the shape contract."""
+        """Fail with one clear line when a plugged-in module breaks the shape contract, including
+        for ``z`` with a leading sample dimension, shape ``(K, B, latent_dim)``, as IWAE and AIS
+        pass it."""
         with torch.no_grad():
             batch = (x.shape[0],)
             _check_shapes("prior", self.prior, self.prior(), (), (self.latent_dim,))
             q = self.posterior(x)
             _check_shapes("guide", self.posterior, q, batch, (self.latent_dim,))
             _check_shapes("likelihood", self.likelihood, self.likelihood(q.sample()), batch, self.data_shape)
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                z = q.sample((2,))  # under a fork: runs keep the random stream of pyrovae 0.2
+            try:
+                p = self.likelihood(z)
+            except Exception as err:
+                raise UserError(f"likelihood {type(self.likelihood).__name__} fails on z of shape {tuple(z.shape)} "
+                                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); IWAE and "
+                                f"AIS pass z with leading sample dimensions (K, B, latent_dim): reshape with "
+                                f"z.shape[:-1], not z.shape[0]") from None
+            _check_shapes("likelihood", self.likelihood, p, (2, *batch), self.data_shape)
 
 
 def _check_shapes(label: str, module: nn.Module, d, batch_shape: tuple, event_shape: tuple) -> None:

@@ -124,5 +124,5 @@ class Checkpointer(Callback):
     def on_train_end(self, trainer, metrics):
         log(self.run, capture(trainer, finished=True), "last")
         if self.best_module is not None:
-            log_vae(self.run, trainer.vae, self.model_config, "best_model", state_dict=self.best_module,
-                    step=trainer.best_epoch)
+            log_vae(self.run, trainer.vae, self.model_config, trainer.data.data_shape, "best_model",
+                    state_dict=self.best_module, step=trainer.best_epoch, num_classes=trainer.data.num_classes)

@@ -1,9 +1,10 @@
 """Configuration: defaults, TOML files, ``--set section.key=value`` overrides, validation.
 
 A config is a nested dict with the sections below. Every fixed key has a type and, where it
-matters, a range or a list of choices; ``[model.prior]``, ``[model.guide]`` and
-``[model.likelihood]`` hold a ``name`` plus that class's constructor arguments, checked
-against its signature (see :mod:`pyrovae.model.components`). :func:`resolve` returns the config with
+matters, a range or a list of choices. ``[model]`` holds a ``name`` (default ``"vae"``) plus that
+model class's constructor arguments, checked against its signature; the VAE's ``[model.prior]``,
+``[model.guide]`` and ``[model.likelihood]`` hold a ``name`` plus that component's arguments, checked
+the same way (see :mod:`pyrovae.model.models` and :mod:`pyrovae.model.components`). :func:`resolve` returns the config with
 every default filled in, which is what a run logs, so a run is reproducible from its
 ``config.toml`` artifact alone.
 """
@@ -21,18 +22,13 @@ from pydantic import Field
 from pyrovae.data import DataSettings
 from pyrovae.errors import UserError
 from pyrovae.infer.settings import EvalSettings, TrainSettings
-from pyrovae.model.components import check_arguments
-from pyrovae.model.vae import TABLES
+from pyrovae.model.models import resolve_model
 from pyrovae.settings import Settings, suggest
 
-
-class ModelSettings(Settings):
-    section = "model"
-
-    latent_dim: int = Field(50, ge=1)
-    prior: dict = Field(default_factory=lambda: {"name": "standard_normal"})
-    guide: dict = Field(default_factory=lambda: {"name": "diagonal_normal", "hidden": [400]})
-    likelihood: dict = Field(default_factory=lambda: {"name": "bernoulli", "hidden": [400]})
+#: the default ``[model]``: the MNIST baseline (784-400-50 MLPs, Kingma & Welling 2014)
+DEFAULT_MODEL = {"name": "vae", "latent_dim": 50, "prior": {"name": "standard_normal"},
+                 "guide": {"name": "diagonal_normal", "hidden": [400]},
+                 "likelihood": {"name": "bernoulli", "hidden": [400]}}
 
 
 class MlflowSettings(Settings):
@@ -45,15 +41,16 @@ class MlflowSettings(Settings):
                                                    "(0 = never): fewer artifacts in long runs")
 
 
-SECTIONS: dict[str, type[Settings]] = {"data": DataSettings, "model": ModelSettings, "train": TrainSettings,
+#: the sections with fixed keys; ``[model]`` is checked against the model class it names
+SECTIONS: dict[str, type[Settings]] = {"data": DataSettings, "train": TrainSettings,
                                        "eval": EvalSettings, "mlflow": MlflowSettings}
-COMPONENTS = ("prior", "guide", "likelihood")
+ORDER = ("data", "model", "train", "eval", "mlflow")
 #: values of keys that older pyrovae versions logged and this one reads differently
 LEGACY_VALUES = {("train", "adam", "pyro"): "foreach"}  # pyro.optim.Adam: the same update, per tensor
 
 
 def defaults() -> dict[str, dict[str, Any]]:
-    return {name: cls().as_dict() for name, cls in SECTIONS.items()}
+    return {name: copy.deepcopy(DEFAULT_MODEL) if name == "model" else SECTIONS[name]().as_dict() for name in ORDER}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -123,13 +120,14 @@ def _apply(base: dict, new: dict, where: list[str]) -> None:
     """Lay the user's values over the defaults, rejecting unknown sections and keys."""
     for key, value in new.items():
         here = [*where, key]
-        if not where and key not in SECTIONS:
-            raise UserError(f"unknown config section [{key}]{suggest(key, SECTIONS)}; "
-                            f"sections are {', '.join(SECTIONS)}")
-        if len(where) == 1 and key not in base:
+        if not where and key not in ORDER:
+            raise UserError(f"unknown config section [{key}]{suggest(key, ORDER)}; "
+                            f"sections are {', '.join(ORDER)}")
+        if len(where) == 1 and key not in base and where != ["model"]:  # the model's class checks its keys
             raise UserError(f"unknown config key '{'.'.join(here)}'{suggest(key, base)}")
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            if where == ["model"] and value.get("name", base[key].get("name")) != base[key].get("name"):
+            names_a_class = where == ["model"] or (not where and key == "model")  # the model or a component
+            if names_a_class and value.get("name", base[key].get("name")) != base[key].get("name"):
                 base[key] = {}  # another class: the default class's arguments do not apply
             _apply(base[key], value, here)
         elif len(here) <= 2 and isinstance(base.get(key), dict):
@@ -140,17 +138,10 @@ def _apply(base: dict, new: dict, where: list[str]) -> None:
 
 
 def resolve(config: dict[str, Any]) -> dict[str, Any]:
-    """Check every value and fill in component defaults; raise :class:`UserError` on the first problem."""
-    config = {section: cls(**config[section]).as_dict() for section, cls in SECTIONS.items()}
-    context = {"prior": ("latent_dim", "data_shape", "guide"),
-               "guide": ("latent_dim", "data_shape"), "likelihood": ("latent_dim", "data_shape")}
-    for kind in COMPONENTS:
-        spec = config["model"][kind]
-        if "name" not in spec:
-            raise UserError(f"[model.{kind}] needs a name")
-        _, kwargs = check_arguments(kind, spec, TABLES[kind], dict.fromkeys(context[kind]))
-        config["model"][kind] = {"name": spec["name"], **kwargs}
-    return config
+    """Check every value and fill in model and component defaults; raise :class:`UserError` on the
+    first problem."""
+    return {section: resolve_model(config[section]) if section == "model"
+            else SECTIONS[section](**config[section]).as_dict() for section in ORDER}
 
 
 def to_toml(config: dict[str, Any]) -> str:

@@ -7,8 +7,9 @@ weights), holding its settings as params -- ``eval.of``, ``eval.split``, ``eval.
 ``ais.*`` -- and its numbers as metrics at the step of the weights' epoch:
 
 - always, on every point: ``<split>/nll_elbo`` (-ELBO at beta = 1 with the run's own ELBO
-  object, and ``_se``), ``<split>/kl`` and ``<split>/active_units`` (Burda et al.'s
-  Cov_x E_q[z_u] > 0.01);
+  object, and ``_se``), ``<split>/kl`` and ``<split>/kl/<site>`` for each latent site, and
+  ``<split>/active_units`` (Burda et al.'s Cov_x E_q[z_u] > 0.01; per site as
+  ``<split>/active_units/<site>`` when the model has several);
 - the cost of each estimator beside its number (:mod:`pyrovae.run.costs`): ``<split>/elbo_*``,
   ``<split>/iwae_*``, ``<split>/ais_*`` with suffixes ``seconds``, ``seconds_per_point`` and
   ``peak_mib`` (peak memory above the level at the start: CUDA allocator counters, or the
@@ -22,8 +23,11 @@ weights), holding its settings as params -- ``eval.of``, ``eval.split``, ``eval.
   errors *above* IWAE's on the same points, a warning says so (Wu et al. 2017);
 - with ``bdmc``: forward and reverse AIS on data simulated from the model, ``bdmc/gap``.
 
-So evaluations with other settings never overwrite each other, and the trained run itself is
-never reopened. The per-datapoint estimates (``.npy``) and their histogram are artifacts of the
+Every estimator reads the model's traces, so this holds for any model a run logged; a model with
+labels is scored as its interface says (log p(x|y) for a conditional model, log p(x) with the label
+summed out for a semi-supervised one), and AIS/BDMC refuse a discrete latent site in one line
+before anything runs. So evaluations with other settings never overwrite each other, and the
+trained run itself is never reopened. The per-datapoint estimates (``.npy``) and their histogram are artifacts of the
 evaluation run under ``evaluation/``.
 """
 
@@ -42,10 +46,11 @@ from pyrovae.data import load_data
 from pyrovae.devices import select_device
 from pyrovae.errors import UserError
 from pyrovae.infer.elbo import make_elbo
-from pyrovae.infer.estimators.ais import AISSettings, ais, bdmc
-from pyrovae.infer.estimators.diagnostics import active_units
+from pyrovae.infer.estimators.ais import AISSettings, ais, bdmc, check_ais
+from pyrovae.infer.estimators.diagnostics import active_units_per_site
 from pyrovae.infer.estimators.iwae import iwae
 from pyrovae.infer.terms import datapoint_terms
+from pyrovae.infer.traces import evaluation_labels
 from pyrovae.run.costs import Cost, measure
 from pyrovae.run.restore import rebuild, run_config
 from pyrovae.run.tracking import MlflowRun
@@ -115,9 +120,12 @@ def evaluate_run(run_id: str, split: str = "test", iwae_k: int = 5000, subset: i
     config = run_config(run)
     vae = rebuild(run, config, weights, torch_device)
     epoch = weights_epoch(run, weights)
-    x = load_data(config["data"], torch_device).evaluation_data(split)
+    data = load_data(config["data"], torch_device)
+    x, y = data.evaluation_data(split), evaluation_labels(vae, data.labels(split))
     if subset:
-        x = x[:subset]
+        x, y = x[:subset], None if y is None else y[:subset]
+    if ais_run or bdmc_run:
+        check_ais(vae, x, y)  # a discrete latent: one line now, not after the IWAE pass
     quiet, settings = not progress, ais_settings
     params = {"eval.of": run.run_id, "eval.split": split, "eval.n": x.shape[0], "eval.seed": seed,
               "eval.weights": weights, "eval.weights_epoch": epoch, "eval.iwae_k": iwae_k}
@@ -127,14 +135,17 @@ def evaluate_run(run_id: str, split: str = "test", iwae_k: int = 5000, subset: i
     with child.lifecycle(system_metrics=False), tempfile.TemporaryDirectory() as tmp:
         elbo = make_elbo(config["train"]["elbo"], config["train"]["num_particles"])
         with measure(torch_device) as cost:
-            terms = datapoint_terms(vae, elbo, x, batch_size, seed=seed)
+            terms = datapoint_terms(vae, elbo, x, batch_size, seed=seed, y=y)
         metrics[f"{split}/nll_elbo"], metrics[f"{split}/nll_elbo_se"] = mean_and_se(terms["loss"])
-        metrics[f"{split}/kl"] = mean_and_se(terms["kl"])[0]
+        metrics.update({f"{split}/{k}": mean_and_se(v)[0] for k, v in terms.items() if k.startswith("kl")})
         metrics.update(cost_metrics(f"{split}/elbo", cost, x.shape[0]))
-        metrics[f"{split}/active_units"] = active_units(vae, x)
+        units = active_units_per_site(vae, x, y=y)
+        metrics[f"{split}/active_units"] = sum(units.values())
+        if len(units) > 1:
+            metrics.update({f"{split}/active_units/{site}": n for site, n in units.items()})
         if iwae_k:
             with _bar(x.shape[0], f"IWAE K={iwae_k}", quiet) as bar, measure(torch_device) as cost:
-                log_px = iwae(vae, x, iwae_k, batch_size, seed=seed, progress=bar.update)
+                log_px = iwae(vae, x, iwae_k, batch_size, seed=seed, progress=bar.update, y=y)
             metrics[f"{split}/nll_iwae"], metrics[f"{split}/nll_iwae_se"] = mean_and_se(-log_px)
             metrics.update(cost_metrics(f"{split}/iwae", cost, x.shape[0]))
             estimates[f"IWAE K={iwae_k}"] = log_px
@@ -143,7 +154,8 @@ def evaluate_run(run_id: str, split: str = "test", iwae_k: int = 5000, subset: i
             params.update({**settings.as_tags(), "ais.subset": xs.shape[0]})
             with _bar(math.ceil(xs.shape[0] / batch_size) * settings.steps, "AIS", quiet) as bar, \
                     measure(torch_device) as cost:
-                log_px_ais = ais(vae, xs, settings, batch_size, seed=seed, progress=bar.update)
+                log_px_ais = ais(vae, xs, settings, batch_size, seed=seed, progress=bar.update,
+                                 y=None if y is None else y[:ais_subset])
             metrics[f"{split}/nll_ais"], metrics[f"{split}/nll_ais_se"] = mean_and_se(-log_px_ais)
             metrics.update(cost_metrics(f"{split}/ais", cost, xs.shape[0]))
             loss = terms["loss"][:xs.shape[0]]
@@ -159,7 +171,8 @@ def evaluate_run(run_id: str, split: str = "test", iwae_k: int = 5000, subset: i
             params.update({**settings.as_tags(), "bdmc.n": n})
             with _bar(2 * math.ceil(n / batch_size) * settings.steps, "BDMC", quiet) as bar, \
                     measure(torch_device) as cost:
-                result = bdmc(vae, n, settings, batch_size, seed=seed, progress=bar.update)
+                result = bdmc(vae, x[:n], settings, batch_size, seed=seed, progress=bar.update,
+                              y=None if y is None else y[:n])
             metrics.update({"bdmc/gap": result.gap, "bdmc/log_px_lower": float(result.lower.mean()),
                             "bdmc/log_px_upper": float(result.upper.mean()), "bdmc/seconds": cost.seconds})
         child.log_params(params)

@@ -12,6 +12,7 @@ import torch
 from torchvision.utils import make_grid
 
 from pyrovae.infer.terms import evaluation_mode
+from pyrovae.infer.traces import generate, reconstruct
 
 
 def to_uint8_grid(images: torch.Tensor, nrow: int = 8) -> np.ndarray:
@@ -20,10 +21,10 @@ def to_uint8_grid(images: torch.Tensor, nrow: int = 8) -> np.ndarray:
     return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def reconstruction_grid(vae, x: torch.Tensor, seed: int = 0) -> np.ndarray:
-    """Rows alternate: inputs, then the decoder mean at z ~ q(z|x) of each input above it."""
-    with evaluation_mode(vae, seed, x.device):
-        recon = vae.reconstruct(x)
+def reconstruction_grid(model, x: torch.Tensor, seed: int = 0, y: torch.Tensor | None = None) -> np.ndarray:
+    """Rows alternate: inputs, then the data site's mean at z ~ q(z|x) of each input above it."""
+    with evaluation_mode(model, seed, x.device):
+        recon = reconstruct(model, x, y)
     n = min(8, x.shape[0])
     rows = []
     for start in range(0, x.shape[0], n):
@@ -31,11 +32,13 @@ def reconstruction_grid(vae, x: torch.Tensor, seed: int = 0) -> np.ndarray:
     return to_uint8_grid(torch.cat(rows), nrow=n)
 
 
-def prior_sample_grid(vae, n: int = 64, seed: int = 0) -> np.ndarray:
-    """Decoder means of ``n`` draws z ~ p(z), the same draws for the same seed."""
-    device = next(vae.parameters()).device
-    with evaluation_mode(vae, seed, device):
-        images = vae.generate(n)
+def prior_sample_grid(model, n: int = 64, seed: int = 0, data_shape=None, y: torch.Tensor | None = None) -> np.ndarray:
+    """The data site's means at ``n`` draws of the latent sites from the model (given labels ``y``,
+    one per draw, for a conditional model), the same draws for the same seed."""
+    device = next(model.parameters()).device
+    template = torch.zeros(n, *(data_shape or model.data_shape), device=device)
+    with evaluation_mode(model, seed, device):
+        images = generate(model, template, y)
     return to_uint8_grid(images, nrow=int(np.ceil(np.sqrt(n))))
 
 
@@ -70,12 +73,12 @@ def latent_manifold_grid(vae, n: int = 15, quantile: float = 0.95) -> np.ndarray
     return to_uint8_grid(images, nrow=n)
 
 
-def latent_scatter(vae, x: torch.Tensor, labels: torch.Tensor | None = None, seed: int = 0) -> np.ndarray:
-    r"""Posterior means :math:`E_q[z|x]` of ``x``, projected on their first two principal
-    components (``torch.pca_lowrank``, seeded) when ``latent_dim > 2``, coloured by label."""
-    from pyrovae.infer.estimators.diagnostics import posterior_means
-
-    means = posterior_means(vae, x, seed=seed).float().cpu()
+def latent_scatter(means: torch.Tensor, labels: torch.Tensor | None = None, seed: int = 0,
+                   site: str = "z") -> np.ndarray:
+    r"""Posterior means :math:`E_q[z_s|x]` of one latent site, shape ``(N, D)``
+    (:func:`~pyrovae.infer.estimators.diagnostics.posterior_means`), projected on their first two
+    principal components (``torch.pca_lowrank``, seeded) when ``D > 2``, coloured by label."""
+    means = means.float().cpu()
     if means.shape[1] > 2:
         with torch.random.fork_rng(devices=[]):  # pca_lowrank draws random projections
             torch.manual_seed(seed)
@@ -93,17 +96,22 @@ def latent_scatter(vae, x: torch.Tensor, labels: torch.Tensor | None = None, see
     else:
         dots = ax.scatter(points[:, 0], points[:, 1], c=colours, s=4, cmap="tab10", alpha=0.7, linewidths=0)
         fig.colorbar(dots, ax=ax, label="label")
-    ax.set(xlabel=axes[0], ylabel=axes[1], title=f"posterior means, D = {means.shape[1]}")
+    ax.set(xlabel=axes[0], ylabel=axes[1], title=f"posterior means of {site}, D = {means.shape[1]}")
     return _to_array(fig)
 
 
-def kl_per_dimension_chart(kl: torch.Tensor) -> np.ndarray:
-    """Bars of the mean KL(q(z_u|x) || p(z_u)) per latent dimension u, in nats; near 0 = collapsed."""
-    kl = kl.detach().cpu().numpy()
-    fig = figure(max(3.5, 0.12 * len(kl) + 1.5), 2.8)
-    ax = fig.add_subplot()
-    ax.bar(np.arange(len(kl)), kl, color="tab:blue")
-    ax.set(xlabel="latent dimension", ylabel="KL (nats)", title=f"KL per dimension, total {kl.sum():.2f}")
+def kl_per_dimension_chart(kl: "torch.Tensor | dict[str, torch.Tensor]") -> np.ndarray:
+    """Bars of the mean KL(q(z_u|.) || p(z_u|.)) per latent dimension u, in nats, one panel per latent
+    site (``{site: (D_s,)}``, or one tensor); near 0 = collapsed."""
+    sites = kl if isinstance(kl, dict) else {"z": kl}
+    width = sum(max(3.5, 0.12 * len(v) + 1.5) for v in sites.values())
+    fig = figure(width, 2.8)
+    for ax, (name, values) in zip(np.atleast_1d(fig.subplots(1, len(sites))), sites.items()):
+        values = values.detach().cpu().numpy()
+        ax.bar(np.arange(len(values)), values, color="tab:blue")
+        title = f"KL per dimension, total {values.sum():.2f}"
+        ax.set(xlabel=f"dimension of {name}" if len(sites) > 1 else "latent dimension", ylabel="KL (nats)",
+               title=title if len(sites) == 1 else f"{name}: {title}")
     return _to_array(fig)
 
 

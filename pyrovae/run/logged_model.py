@@ -1,7 +1,8 @@
 """The VAE as an MLflow logged model: ``mlflow.pytorch.load_model("runs:/<run>/model")`` gives it back.
 
-The loaded object is a :class:`pyrovae.model.vae.VAE` on the CPU, in ``eval()`` mode, with
-``encode(x) -> z``, ``decode(z) -> E[x|z]``, ``reconstruct(x)`` and ``generate(n)``; loading it
+The loaded object is the run's model -- a :class:`pyrovae.model.vae.VAE` (with ``encode(x) -> z``,
+``decode(z) -> E[x|z]``, ``reconstruct(x)`` and ``generate(n)``) or the class the run logged -- on
+the CPU, in ``eval()`` mode; loading it
 needs ``pyrovae`` (and the versions of torch/pyro-ppl/zuko it names) importable. Three traps,
 each checked with MLflow 3.17.2:
 
@@ -23,7 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
-from pyrovae.model.vae import VAE, build_vae
+from pyrovae.model.models import build_model
 
 #: the packages a pickled VAE needs to load
 REQUIREMENTS = ("torch", "pyro-ppl", "zuko", "pyrovae")
@@ -39,25 +40,26 @@ def pip_requirements() -> list[str]:
     return out
 
 
-def clean_copy(vae: VAE, model_config: dict, state_dict: dict | None = None) -> VAE:
-    """A fresh CPU VAE built from ``model_config`` holding ``state_dict`` (default: ``vae``'s weights)."""
+def clean_copy(vae, model_config: dict, data_shape, state_dict: dict | None = None, num_classes: int | None = None):
+    """A fresh CPU model built from ``model_config`` holding ``state_dict`` (default: ``vae``'s weights)."""
     with torch.random.fork_rng(devices=[]):  # the fresh modules' initialization must not move training's RNG
-        copy = build_vae(model_config, vae.data_shape)
+        copy = build_model(model_config, data_shape, num_classes)
     copy.load_state_dict({k: v.detach().cpu() for k, v in (state_dict or vae.state_dict()).items()})
     return copy.eval()
 
 
-def log_vae(run, vae: VAE, model_config: dict, name: str = "model", state_dict: dict | None = None,
-            step: int = 0) -> None:
+def log_vae(run, vae, model_config: dict, data_shape, name: str = "model", state_dict: dict | None = None,
+            step: int = 0, num_classes: int | None = None) -> None:
     """Log a clean copy of ``vae`` (or of ``state_dict``) as the logged model ``name`` of ``run``
     (a :class:`~pyrovae.run.tracking.MlflowRun`)."""
-    copy = clean_copy(vae, model_config, state_dict)
+    copy = clean_copy(vae, model_config, data_shape, state_dict, num_classes)
     quiet = logging.getLogger("mlflow.pytorch")  # it warns that pickle runs code on load: said above
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
         run.log_model(copy, name=name, serialization_format="pickle", step=step,
                       pip_requirements=pip_requirements(),
-                      metadata={"latent_dim": copy.latent_dim, "data_shape": list(copy.data_shape)})
+                      metadata={"model": model_config["name"], "data_shape": list(data_shape),
+                                **({"latent_dim": copy.latent_dim} if hasattr(copy, "latent_dim") else {})})
     finally:
         quiet.setLevel(level)

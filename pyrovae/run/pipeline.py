@@ -26,33 +26,36 @@ from pyrovae.infer import distributed
 from pyrovae.infer.callbacks import Callback
 from pyrovae.infer.distributed import World, init_from_env
 from pyrovae.infer.faults import NonFiniteLoss
+from pyrovae.infer.interface import check_data_support
 from pyrovae.infer.settings import TrainSettings
 from pyrovae.infer.trainer import Trainer
-from pyrovae.model.components import spec_name
-from pyrovae.model.vae import TABLES, VAE, build_vae
+from pyrovae.infer.traces import takes_labels
+from pyrovae.model.models import build_model, loggable
 from pyrovae.run import checkpoint
-from pyrovae.run.config import COMPONENTS, MlflowSettings, parse_override, resolve, to_toml
+from pyrovae.run.config import MlflowSettings, parse_override, resolve, to_toml
 from pyrovae.run.logger import MlflowLogger
 from pyrovae.run.restore import run_config
 from pyrovae.run.tracking import MlflowRun, experiment_id, tracking_uri
 
 
-def check_data(vae: VAE, data: Splits) -> None:
-    """The likelihood accepts every split, and every module keeps the shape contract."""
-    check = getattr(vae.likelihood, "check_data", None)
-    for name in ("train", "val", "test"):
-        if check is not None and not (name == "train" and data.binarize):  # dynamic: binary by construction
-            check(data.evaluation_data(name), name)
-    vae.check_contract(data.evaluation_data("val")[:4])
+def check_data(model, data: Splits) -> None:
+    """Every split lies in the support of the model's data site, and a VAE's modules keep the
+    shape contract (the rest of the model interface is checked when the trainer is built)."""
+    splits = {name: data.evaluation_data(name) for name in ("train", "val", "test")
+              if not (name == "train" and data.binarize)}  # dynamic binarization: binary by construction
+    if hasattr(model, "check_contract"):  # a VAE names the module that breaks the shape contract
+        model.check_contract(data.evaluation_data("val")[:4])
+    labelled = takes_labels(model.model)
+    check_data_support(model, splits, {n: data.labels(n) if labelled else None for n in splits})
 
 
-def prepare(config: dict) -> tuple[VAE, Splits]:
-    """Join torchrun's processes (if any), seed, load the data onto the device, build the VAE."""
+def prepare(config: dict):
+    """Join torchrun's processes (if any), seed, load the data onto the device, build the model."""
     _, device = init_from_env(config["train"]["device"])
     pyro.set_rng_seed(config["train"]["seed"])
     data = load_data(config["data"], device)
-    vae = build_vae(config["model"], data.data_shape).to(device)
-    return vae, data
+    model = build_model(config["model"], data.data_shape, data.num_classes).to(device)
+    return model, data
 
 
 def run_tags(device: torch.device) -> dict[str, str]:
@@ -92,20 +95,23 @@ class _LastMetrics(Callback):
         self.result.metrics.update(metrics)
 
 
-def loggable_model_config(vae: VAE) -> dict:
-    """``vae.config`` with every component class replaced by the name a run can import again."""
-    if vae.config is None:
-        raise UserError("this VAE was built from module instances, so a run could not rebuild it; "
-                        "give VAE(...) component names, classes or {'name': ..., **arguments} tables instead")
-    return {**vae.config, **{kind: {**vae.config[kind], "name": spec_name(kind, vae.config[kind]["name"], TABLES[kind])}
-                             for kind in COMPONENTS}}
+def loggable_model_config(model) -> dict:
+    """The model's resolved ``[model]`` table with every class replaced by the name a run can
+    import again (one line when it cannot be)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise UserError(f"this {type(model).__name__} was built from module instances (or is not a pyrovae.Model), "
+                        f"so a run could not rebuild it; give its components as names, classes or "
+                        f"{{'name': ..., **arguments}} tables, and derive a model class of your own from pyrovae.Model")
+    return loggable(config)
 
 
-def train(vae: VAE, data: Splits, *, tracking: MlflowSettings | Mapping | None = None,
+def train(vae, data: Splits, *, tracking: MlflowSettings | Mapping | None = None,
           settings: TrainSettings | Mapping | None = None, evaluation: Mapping | None = None,
           callbacks: Sequence[Callback] = (), progress: bool = True, parent_run_id: str | None = None,
           **train_keys: Any) -> RunResult:
-    """Train ``vae`` on ``data`` (from :func:`~pyrovae.data.load_data`) into one MLflow run.
+    """Train ``vae`` (any model with the interface of :mod:`pyrovae.model.base`) on ``data`` (from
+    :func:`~pyrovae.data.load_data`) into one MLflow run.
 
     ``tracking`` holds the ``[mlflow]`` keys (``tracking_uri``, ``experiment``, ``run_name``);
     keyword arguments are the ``[train]`` keys, ``evaluation`` the ``[eval]`` keys. Logs the

@@ -1,4 +1,4 @@
-"""What a finished run gives back: its resolved config, and its VAE rebuilt from weights.
+"""What a finished run gives back: its resolved config, and its model rebuilt from weights.
 
 Rebuilding runs no code from the run's files (weights load with ``weights_only=True``); it
 imports the component classes its config names, so open only runs whose code you trust.
@@ -11,7 +11,7 @@ import tomllib
 import torch
 
 from pyrovae.errors import UserError
-from pyrovae.model.vae import VAE, build_vae
+from pyrovae.model.models import build_model
 from pyrovae.run.config import over_defaults
 from pyrovae.run.tracking import MlflowRun
 
@@ -29,9 +29,9 @@ def run_config(run: MlflowRun) -> dict:
     return over_defaults(tomllib.loads(text))  # keys added since the run get their defaults
 
 
-def rebuild(run: MlflowRun, config: dict, weights: str = "final",
-            device: str | torch.device = "cpu") -> VAE:
-    """The run's VAE from ``config`` and its ``final`` weights or its ``best`` checkpoint."""
+def rebuild(run: MlflowRun, config: dict, weights: str = "final", device: str | torch.device = "cpu"):
+    """The run's model (its own class, from ``config``) with its ``final`` weights or its ``best``
+    checkpoint."""
     from pyrovae.run import checkpoint
 
     path = WEIGHTS[weights]
@@ -42,21 +42,23 @@ def rebuild(run: MlflowRun, config: dict, weights: str = "final",
                         f"did the run finish (or reach a best epoch)?") from None
     if weights == "best":
         saved = checkpoint.load(local, f"{path} of run '{run.run_id}'")
-        state, data_shape = saved["module"], None
+        state, data_shape, num_classes = saved["module"], None, None
     else:
         saved = torch.load(local, map_location="cpu", weights_only=True)
-        state, data_shape = saved["state_dict"], tuple(saved["data_shape"])
+        state, data_shape, num_classes = saved["state_dict"], tuple(saved["data_shape"]), saved.get("num_classes")
     if data_shape is None:
         from pyrovae.data import load_data
 
-        data_shape = load_data(config["data"], "cpu").data_shape
-    vae = build_vae(config["model"], data_shape)
-    vae.load_state_dict(state)
-    return vae.to(device).eval()
+        data = load_data(config["data"], "cpu")
+        data_shape, num_classes = data.data_shape, data.num_classes
+    model = build_model(config["model"], data_shape, num_classes)
+    model.load_state_dict(state)
+    return model.to(device).eval()
 
 
-def load_vae(run_id: str, weights: str = "final", device: str | torch.device = "cpu", uri: str = "") -> VAE:
-    """A finished run's VAE, rebuilt from its config and weights, in ``eval()`` mode.
+def load_vae(run_id: str, weights: str = "final", device: str | torch.device = "cpu", uri: str = ""):
+    """A finished run's model (a :class:`~pyrovae.model.vae.VAE`, or the class the run logged),
+    rebuilt from its config and weights, in ``eval()`` mode.
 
     ``weights``: ``"final"`` (the end of training) or ``"best"`` (the epoch with the lowest
     val/loss). ``uri``: the tracking store (default: ``$MLFLOW_TRACKING_URI``, else

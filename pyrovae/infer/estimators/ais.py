@@ -9,7 +9,11 @@ from a normalized start :math:`f_0 = b` to :math:`f_T \propto p(z|x)`, where
 - ``start = "prior"``: :math:`b = p(z)`, :math:`h = \log p(x|z)` (Wu et al. 2017);
 - ``start = "posterior"``: :math:`b = q(z|x)`, :math:`h = \log p(x,z) - \log q(z|x)`,
 
-so :math:`f_T = p(x, z)` in both cases and :math:`Z_T = p(x)`. A chain starts at
+so :math:`f_T = p(x, z)` in both cases and :math:`Z_T = p(x)`. Here z is every continuous latent
+site of the model at once (both levels of a hierarchical VAE, say), mapped to the real line and
+read from the model's and the guide's traces (:mod:`pyrovae.infer.estimators.potential`); a model
+with a discrete latent site is refused in one line, and a conditional model is scored with its
+labels (log p(x|y)). A chain starts at
 :math:`z_0 \sim b`, adds :math:`(\beta_t - \beta_{t-1})\,h(z_{t-1})` to its log-weight and moves
 :math:`z_t \sim T_t(z_{t-1})` by an HMC transition that leaves :math:`f_t` invariant
 (:mod:`pyrovae.infer.estimators.hmc`). :math:`E[w] = p(x)`, so the estimate
@@ -48,10 +52,13 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Literal
 
 import torch
+from pyro import poutine
 
 from pyrovae.errors import UserError
 from pyrovae.infer.estimators.hmc import adapt_step_size, evaluate_state, hmc_step
+from pyrovae.infer.estimators.potential import Potential
 from pyrovae.infer.terms import evaluation_mode
+from pyrovae.infer.traces import arguments, data_site, evaluation_labels, plate_nesting, sample_sites
 
 
 @dataclass
@@ -91,19 +98,6 @@ def schedule(steps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Ten
     return (s - s[0]) / (s[-1] - s[0])
 
 
-def _parts(vae, x: torch.Tensor, start: str):
-    """``z -> (log b(z), h(z))`` for a batch ``x``; ``z`` is ``(C, B, D)``."""
-    prior, q = vae.prior(), vae.posterior(x)
-
-    def parts(z):
-        log_joint_terms = vae.likelihood(z).log_prob(x)
-        if start == "prior":
-            return prior.log_prob(z), log_joint_terms
-        log_q = q.log_prob(z)
-        return log_q, prior.log_prob(z) + log_joint_terms - log_q
-    return parts, (prior if start == "prior" else q)
-
-
 def anneal(parts, z0: torch.Tensor, betas: torch.Tensor, settings: AISSettings,
            on_step: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Run chains from ``z0`` (exact draws from :math:`f_{\beta_0}`) through ``betas``.
@@ -133,32 +127,53 @@ def logmeanexp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return log_w.logsumexp(dim) - math.log(log_w.shape[dim])
 
 
-def ais(vae, x: torch.Tensor, settings: AISSettings = AISSettings(), batch_size: int = 100,
-        seed: int | None = 0, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+def ais(model, x: torch.Tensor, settings: AISSettings = AISSettings(), batch_size: int = 100,
+        seed: int | None = 0, progress: Callable[[int], None] | None = None,
+        y: torch.Tensor | None = None) -> torch.Tensor:
     """AIS estimate (a stochastic lower bound) of log p(x) for each row of ``x``, shape ``(N,)``, float64.
 
     Batches of ``batch_size`` datapoints, each with ``settings.chains`` chains, run together
     as ``(C, B, D)`` tensors. ``progress(n)`` is called with ``n = 1`` after each annealing step
-    of each batch (``ceil(N / batch_size) * steps`` calls in all).
+    of each batch (``ceil(N / batch_size) * steps`` calls in all). ``y``: the labels of ``x``, for a
+    model that needs them.
     """
     betas = schedule(settings.steps, settings.schedule)
+    y = evaluation_labels(model, y)
     out = []
-    with evaluation_mode(vae, seed, x.device):
+    with evaluation_mode(model, seed, x.device):
+        nesting = plate_nesting(model, x[:1], None if y is None else y[:1])
         for start in range(0, x.shape[0], batch_size):
-            batch = x[start:start + batch_size]
-            parts, base = _parts(vae, batch, settings.start)
-            z0 = base.sample((settings.chains,) if settings.start == "posterior"
-                             else (settings.chains, batch.shape[0]))
-            log_w, _ = anneal(parts, z0, betas, settings, on_step=progress and (lambda: progress(1)))
+            batch, labels = x[start:start + batch_size], None if y is None else y[start:start + batch_size]
+            potential = Potential(model, batch, labels, settings.chains, nesting)
+            z0 = potential.draw(settings.start)
+            log_w, _ = anneal(potential.parts(settings.start), z0, betas, settings,
+                              on_step=progress and (lambda: progress(1)))
             out.append(logmeanexp(log_w))
     return torch.cat(out)
 
 
-def simulate(vae, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` pairs from the model: ``z ~ p(z)``, shape ``(n, D)``, and ``x ~ p(x|z)``, ``(n, *data_shape)``."""
-    with evaluation_mode(vae, seed, next(vae.parameters()).device):
-        z = vae.prior().sample((n,))
-        return z, vae.likelihood(z).sample()
+def check_ais(model, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    """Raise the one-line refusal AIS would raise for ``model`` (a discrete latent site), at once."""
+    y = evaluation_labels(model, y)
+    with evaluation_mode(model, 0, x.device):
+        rows, labels = x[:2], None if y is None else y[:2]
+        Potential(model, rows, labels, 1, plate_nesting(model, rows, labels))
+
+
+def simulate(model, x: torch.Tensor, y: torch.Tensor | None = None,
+             seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Data drawn from the model itself, one datapoint per row of the template ``x`` (whose values
+    are not used; ``y`` goes to a model that needs labels): the latent values (site -> ``(n, ...)``)
+    and ``x ~ p(x|z)``, shape of ``x``."""
+    args = arguments(model.model, x, y)
+    with evaluation_mode(model, seed, x.device):
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), poutine.block():
+            conditioned = poutine.trace(model.model).get_trace(*args)  # which sites observe data
+            observed = {n for n, s in sample_sites(conditioned).items() if s["is_observed"]}
+            data = data_site(conditioned, x)["name"]
+        trace = poutine.trace(poutine.uncondition(model.model)).get_trace(*args)
+        latent = {n: s["value"] for n, s in sample_sites(trace).items() if n not in observed}
+        return latent, trace.nodes[data]["value"]
 
 
 @dataclass
@@ -168,7 +183,7 @@ class BDMCResult:
     lower: torch.Tensor   # forward AIS: E[lower] <= log p(x)
     upper: torch.Tensor   # reverse AIS from the exact posterior sample: E[upper] >= log p(x)
     x: torch.Tensor
-    z: torch.Tensor
+    z: dict[str, torch.Tensor]  # the latent values that generated x, by site
 
     @property
     def gap(self) -> float:
@@ -176,23 +191,32 @@ class BDMCResult:
         return float((self.upper - self.lower).mean())
 
 
-def bdmc(vae, n: int, settings: AISSettings = AISSettings(), batch_size: int = 100, seed: int = 0,
-         progress: Callable[[int], None] | None = None) -> BDMCResult:
-    """Sandwich log p(x) on ``n`` datapoints simulated from the model itself (Grosse et al. 2015).
+def bdmc(model, n: "int | torch.Tensor", settings: AISSettings = AISSettings(), batch_size: int = 100,
+         seed: int = 0, progress: Callable[[int], None] | None = None,
+         y: torch.Tensor | None = None) -> BDMCResult:
+    """Sandwich log p(x) on datapoints simulated from the model itself (Grosse et al. 2015).
 
-    The forward chains give :func:`ais`; the reverse chains start at the ``z`` that generated
-    each ``x`` (all C chains of a datapoint from the same exact sample) and run the schedule
-    from 1 back to 0. ``progress`` counts 2 * steps per batch.
+    ``n``: how many (the model's ``data_shape`` gives their shape), or a template batch whose rows
+    say how many and of what shape (with labels ``y`` for a model that needs them). The forward
+    chains give :func:`ais`; the reverse chains start at the latent values that generated each ``x``
+    (all C chains of a datapoint from the same exact sample) and run the schedule from 1 back to
+    0. ``progress`` counts 2 * steps per batch.
     """
-    z_true, x = simulate(vae, n, seed)
-    lower = ais(vae, x, settings, batch_size, seed=seed + 1, progress=progress)
+    template = n if torch.is_tensor(n) else torch.zeros(int(n), *model.data_shape,
+                                                        device=next(model.parameters()).device)
+    y = evaluation_labels(model, y)
+    z_true, x = simulate(model, template, y, seed)
+    lower = ais(model, x, settings, batch_size, seed=seed + 1, progress=progress, y=y)
     betas = schedule(settings.steps, settings.schedule).flip(0)
     upper = []
-    with evaluation_mode(vae, seed + 2, x.device):
-        for start in range(0, n, batch_size):
-            batch = x[start:start + batch_size]
-            parts, _ = _parts(vae, batch, settings.start)
-            z0 = z_true[start:start + batch_size].expand(settings.chains, -1, -1).contiguous()
-            log_w, _ = anneal(parts, z0, betas, settings, on_step=progress and (lambda: progress(1)))
+    with evaluation_mode(model, seed + 2, x.device):
+        nesting = plate_nesting(model, x[:1], None if y is None else y[:1])
+        for start in range(0, x.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            potential = Potential(model, x[rows], None if y is None else y[rows], settings.chains, nesting)
+            z0 = potential.pack({k: v[rows].expand(settings.chains, *v[rows].shape) for k, v in z_true.items()
+                                 if k in potential.sites}).contiguous()
+            log_w, _ = anneal(potential.parts(settings.start), z0, betas, settings,
+                              on_step=progress and (lambda: progress(1)))
             upper.append(-logmeanexp(log_w))
     return BDMCResult(lower=lower, upper=torch.cat(upper), x=x, z=z_true)

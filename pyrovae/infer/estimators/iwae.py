@@ -1,22 +1,27 @@
 r"""The importance-weighted bound (IWAE) on log p(x), one number per datapoint.
 
-For a datapoint x and K draws :math:`z_k \sim q(z|x)`,
+For a datapoint x and K draws of all latent sites :math:`z_k \sim q(z|x)` from the guide,
 
 .. math::
     \log \hat p_K(x) = \log \frac{1}{K} \sum_{k=1}^{K} w_k, \qquad
-    \log w_k = \log p(z_k) + \log p(x|z_k) - \log q(z_k|x),
+    \log w_k = \log p(x, z_k) - \log q(z_k|x),
 
 is a stochastic lower bound, :math:`E[\log \hat p_K(x)] \le \log p(x)`, that increases with K
 and reaches log p(x) as K -> infinity; K = 1 is the ELBO (Burda et al. 2016, theorem 1).
+:math:`\log p(x, z)` sums every site of the model (any number of latent sites, e.g. both levels
+of a hierarchical VAE) and :math:`\log q` every latent site of the guide, read from their traces
+(:mod:`pyrovae.infer.traces`): the K draws are a ``pyrovae_particles`` plate around model and
+guide. A discrete guide site marked ``infer={"enumerate": "parallel"}`` is summed out exactly:
+for such a label y, :math:`w_k = \sum_y p(x, y, z_{k,y}) / q(z_{k,y}|x, y)`, an unbiased estimate
+of p(x) (the :math:`q(y|x)` cancels), so the bound is on log p(x) with y summed out. A model
+that needs labels (a conditional model) is scored with them: log p(x | y).
 
 Memory stays bounded at the literature's K = 5000: datapoints go in batches of
 ``batch_size`` and the K draws in chunks of ``chunk_size``, combined with a running
 log-sum-exp, so at most ``chunk_size x batch_size`` decoder outputs exist at once.
 
-The model is fixed (:class:`pyrovae.model.vae.VAE`), so the weights are computed straight from its
-three modules. They are the same numbers Pyro's ``RenyiELBO(alpha=0, num_particles=K,
-vectorize_particles=True)`` computes on the same draws (its loss is minus their sum over the
-data; the tests check it). ``pyro.infer.importance.vectorized_importance_weights`` is *not*
+They are the same numbers Pyro's ``RenyiELBO(alpha=0, num_particles=K, vectorize_particles=True)``
+computes on the same draws (its loss is minus their sum over the data; the tests check it). ``pyro.infer.importance.vectorized_importance_weights`` is *not*
 this: it sums over the data plate.
 
 References: Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
@@ -28,9 +33,8 @@ import math
 from typing import Callable
 
 import torch
-from torch.distributions import Distribution
-
 from pyrovae.infer.terms import evaluation_mode
+from pyrovae.infer.traces import evaluation_labels, plate_nesting, run_traces, scores
 
 
 def default_chunk_rows(device: torch.device | str) -> int:
@@ -45,21 +49,19 @@ def default_chunk_rows(device: torch.device | str) -> int:
     return 1_024 if torch.device(device).type == "cpu" else 50_000
 
 
-def draw(q: Distribution, k: int) -> torch.Tensor:
-    """``k`` draws of shape ``(k, *q.batch_shape, *q.event_shape)``, as Pyro's sample site draws them
-    (``rsample`` where it exists), so that seeded draws match Pyro's."""
-    shape = torch.Size((k,))
-    return q.rsample(shape) if q.has_rsample else q.sample(shape)
+def log_weights(model, x: torch.Tensor, k: int, nesting: int, y: torch.Tensor | None = None) -> torch.Tensor:
+    r"""``(k, B)`` importance log-weights :math:`\log p(x, z_k) - \log q(z_k|x)` of one batch, the
+    guide's enumerated sites summed out; ``nesting`` from :func:`~pyrovae.infer.traces.plate_nesting`."""
+    model_trace, guide_trace = run_traces(model, x, y, particles=k, nesting=nesting, enumerate_guide=True)
+    scored = scores(model_trace, guide_trace, nesting, enumerated=True)
+    log_w = scored.log_joint() - sum(v for n, v in scored.posterior.items() if n not in scored.enumerated)
+    if log_w.dim() > 2:  # enumerated values, left of the particles: sum them out
+        log_w = log_w.reshape(-1, *log_w.shape[-2:]).logsumexp(0)
+    return log_w
 
 
-def log_weights(vae, x: torch.Tensor, k: int, q: Distribution) -> torch.Tensor:
-    r"""``(k, B)`` importance log-weights :math:`\log p(z_k) + \log p(x|z_k) - \log q(z_k|x)`
-    for ``q = vae.posterior(x)`` (encoded once per batch, for all its chunks)."""
-    z = draw(q, k)                                         # (k, B, D)
-    return vae.prior().log_prob(z) + vae.likelihood(z).log_prob(x) - q.log_prob(z)
-
-
-def iwae_batch(vae, x: torch.Tensor, k: int, chunk_size: int | None = None) -> torch.Tensor:
+def iwae_batch(model, x: torch.Tensor, k: int, chunk_size: int | None = None, nesting: int = 1,
+               y: torch.Tensor | None = None) -> torch.Tensor:
     """IWAE bound of each row of one batch ``x``, shape ``(B,)``; draws in chunks of ``chunk_size``.
 
     A running log-sum-exp over chunks: the result equals the unchunked one up to float
@@ -67,31 +69,35 @@ def iwae_batch(vae, x: torch.Tensor, k: int, chunk_size: int | None = None) -> t
     multiple of 16 random numbers (torch's CPU normal sampler fills blocks of 16).
     """
     chunk_size = k if chunk_size is None else chunk_size
-    q = vae.posterior(x)
     total = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
     for start in range(0, k, chunk_size):
-        lw = log_weights(vae, x, min(chunk_size, k - start), q)
+        lw = log_weights(model, x, min(chunk_size, k - start), nesting, y)
         total = torch.logaddexp(total, lw.double().logsumexp(0))
     return total - math.log(k)
 
 
-def iwae(vae, x: torch.Tensor, k: int, batch_size: int = 100, chunk_size: int | None = None,
-         seed: int | None = 0, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+def iwae(model, x: torch.Tensor, k: int, batch_size: int = 100, chunk_size: int | None = None,
+         seed: int | None = 0, progress: Callable[[int], None] | None = None,
+         y: torch.Tensor | None = None) -> torch.Tensor:
     r"""Per-datapoint IWAE bound :math:`\log \hat p_K(x_n)` for every row of ``x``, shape ``(N,)``, float64.
 
-    ``chunk_size`` defaults to as many draws as keep ``chunk_size * batch_size`` near
-    :func:`default_chunk_rows` (1,024 on a CPU, 50,000 on a GPU: 3 and 160 MB of decoder
-    output for MNIST). No gradients, ``eval()`` mode, a forked RNG
+    ``y``: the labels of ``x``, handed to a model that needs them (log p(x|y)); a model for which
+    they are optional is scored without them (log p(x)). ``chunk_size`` defaults to as many draws
+    as keep ``chunk_size * batch_size`` near :func:`default_chunk_rows` (1,024 on a CPU, 50,000 on
+    a GPU: 3 and 160 MB of decoder output for MNIST). No gradients, ``eval()`` mode, a forked RNG
     seeded with ``seed`` (see :func:`pyrovae.infer.terms.evaluation_mode`); ``progress(n)`` is
     called after each batch of ``n`` datapoints (a progress bar's ``update``).
     """
     if chunk_size is None:
         chunk_size = max(1, min(k, default_chunk_rows(x.device) // max(1, min(batch_size, x.shape[0]))))
+    y = evaluation_labels(model, y)
     out = []
-    with evaluation_mode(vae, seed, x.device):
+    with evaluation_mode(model, seed, x.device):
+        nesting = plate_nesting(model, x[:1], None if y is None else y[:1])
         for start in range(0, x.shape[0], batch_size):
             batch = x[start:start + batch_size]
-            out.append(iwae_batch(vae, batch, k, chunk_size))
+            labels = None if y is None else y[start:start + batch_size]
+            out.append(iwae_batch(model, batch, k, chunk_size, nesting, labels))
             if progress is not None:
                 progress(batch.shape[0])
     return torch.cat(out)

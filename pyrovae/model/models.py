@@ -1,0 +1,63 @@
+"""The model table, and the one way a model is built from (and named in) a ``[model]`` table.
+
+``[model]`` holds ``name`` -- an entry of :data:`MODELS` or ``"package.module:Class"`` (any class
+with the interface of :mod:`pyrovae.model.base`) -- and that class's keyword arguments, checked
+against its signature as component tables are. Arguments the class lists in its ``components``
+attribute are component specs (a name, a class, or ``{"name": ..., **arguments}``), resolved
+against their own table. The data supplies ``data_shape`` and ``num_classes``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from pyrovae.errors import UserError
+from pyrovae.model.base import CONTEXT
+from pyrovae.model.components import build, check_arguments, resolve_class, spec_name
+from pyrovae.model.vae import TABLES, VAE
+
+#: model name -> class; ``"package.module:Class"`` names any other
+MODELS: dict[str, type] = {"vae": VAE}
+
+#: what components may receive from the model that builds them (never set in a config)
+COMPONENT_CONTEXT = ("latent_dim", "data_shape", "guide", "num_classes")
+
+
+def resolve_model(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` checked against its class, every default filled in, components resolved."""
+    spec = dict(spec)
+    spec.setdefault("name", "vae")
+    cls, kwargs = check_arguments("model", spec, MODELS, dict.fromkeys(CONTEXT))
+    for argument, kind in getattr(cls, "components", {}).items():
+        if argument not in kwargs:
+            continue
+        given = kwargs[argument]
+        component = dict(given) if isinstance(given, Mapping) else {"name": given}
+        if "name" not in component:
+            raise UserError(f"[model.{argument}] needs a name")
+        _, component_kwargs = check_arguments(kind, component, TABLES[kind], dict.fromkeys(COMPONENT_CONTEXT))
+        kwargs[argument] = {"name": component["name"], **component_kwargs}
+    return {"name": spec["name"], **kwargs}
+
+
+def build_model(spec: Mapping[str, Any], data_shape: Sequence[int], num_classes: int | None = None):
+    """The model a ``[model]`` table names, built with the context arguments its class asks for."""
+    resolved = resolve_model(spec)
+    context = {"data_shape": tuple(int(d) for d in data_shape)}
+    if num_classes is not None:
+        context["num_classes"] = int(num_classes)
+    return build("model", resolved, MODELS, **context)
+
+
+def loggable(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved ``[model]`` table with every class replaced by the name a later process imports.
+
+    A class defined in ``__main__`` or in a function cannot be imported again: one
+    :class:`UserError` line.
+    """
+    cls = resolve_class("model", spec["name"], MODELS)
+    out = {**spec, "name": spec_name("model", spec["name"], MODELS)}
+    for argument, kind in getattr(cls, "components", {}).items():
+        if isinstance(out.get(argument), Mapping):
+            out[argument] = {**out[argument], "name": spec_name(kind, out[argument]["name"], TABLES[kind])}
+    return out

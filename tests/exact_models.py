@@ -1,0 +1,149 @@
+r"""Models written as a pyrovae user writes them (plain Pyro model/guide classes, site names of their
+own), whose log p(x) and exact posterior are known in closed form (float64 throughout).
+
+**Two levels** (:class:`TwoLevelLinear`), ``top -> middle -> pixels``:
+
+.. math::
+    z_2 \sim N(0, I),\quad z_1 \mid z_2 \sim N(A z_2, s_1^2 I),\quad x \mid z_1 \sim N(W z_1 + b, \sigma^2 I),
+
+so :math:`z_1 \sim N(0, \Sigma_1)`, :math:`\Sigma_1 = AA^T + s_1^2 I`, and
+:math:`p(x) = N(x; b, W\Sigma_1W^T + \sigma^2 I)`. Since x depends on z2 only through z1,
+:math:`p(z_2 \mid z_1, x) = p(z_2 \mid z_1)`, so the guide :math:`q(z_1|x)\,q(z_2|z_1)` with both
+factors Gaussian posteriors *is* the exact posterior; ``perturb`` widens and shifts q(z1|x).
+
+**A label summed out** (:class:`LabelledLinear`), a semi-supervised M2 small enough to sum by hand:
+
+.. math:: y \sim \mathrm{Cat}(\pi),\quad z \sim N(0, I),\quad x \mid y, z \sim N(Wz + B_y, \sigma^2 I),
+
+so :math:`p(x) = \sum_y \pi_y N(x; B_y, WW^T + \sigma^2 I)`. Its guide enumerates y with
+:math:`q(y|x)` (exact, or ``label_guess`` mixed with uniform) and draws z from the exact
+:math:`p(z|x, y)`: then the ELBO is :math:`\log p(x) - \mathrm{KL}(q(y|x)\,\|\,p(y|x))` exactly, and
+every IWAE draw equals p(x) exactly (:math:`q(y|x)` cancels).
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch.distributions import MultivariateNormal
+
+from pyrovae import Model
+
+
+def gaussian_posterior(prior_cov: torch.Tensor, weight: torch.Tensor, noise_var: float):
+    """For z ~ N(0, prior_cov), x = W z + e, e ~ N(0, noise_var I): (gain G, covariance C) with
+    p(z | x) = N(G (x - offset), C)."""
+    cov = torch.linalg.inv(torch.linalg.inv(prior_cov) + weight.T @ weight / noise_var)
+    return cov @ weight.T / noise_var, cov
+
+
+class TwoLevelLinear(Model):
+    """A two-level linear-Gaussian VAE (sites ``top``, ``middle``, ``pixels``) with its exact guide."""
+
+    def __init__(self, data_dim: int = 6, middle_dim: int = 3, top_dim: int = 2, seed: int = 0,
+                 perturb: float = 0.0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        randn = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+        self.register_buffer("A", randn(middle_dim, top_dim))
+        self.register_buffer("W", randn(data_dim, middle_dim))
+        self.register_buffer("b", randn(data_dim))
+        self.s1, self.sigma, self.perturb = 0.7, 0.5, perturb
+        cov1 = self.A @ self.A.T + self.s1 ** 2 * torch.eye(middle_dim, dtype=torch.float64)
+        self.register_buffer("cov1", cov1)
+        gain1, post1 = gaussian_posterior(cov1, self.W, self.sigma ** 2)
+        gain2, post2 = gaussian_posterior(torch.eye(top_dim, dtype=torch.float64), self.A, self.s1 ** 2)
+        self.register_buffer("gain1", gain1)
+        self.register_buffer("tril1", torch.linalg.cholesky(post1) * (1 + perturb))
+        self.register_buffer("gain2", gain2)
+        self.register_buffer("tril2", torch.linalg.cholesky(post2))
+        self.dummy = torch.nn.Parameter(torch.zeros(()))  # something for an optimizer to hold
+
+    def model(self, x):
+        pyro.module("two_level", self)
+        with pyro.plate("data", x.shape[0]):
+            top = pyro.sample("top", dist.Normal(torch.zeros_like(self.A[0]), 1.0).to_event(1))
+            middle = pyro.sample("middle", dist.Normal(top @ self.A.T, self.s1).to_event(1))
+            pyro.sample("pixels", dist.Normal(middle @ self.W.T + self.b + 0 * self.dummy, self.sigma).to_event(1),
+                        obs=x)
+
+    def guide(self, x):
+        pyro.module("two_level", self)
+        with pyro.plate("data", x.shape[0]):
+            loc = (x - self.b) @ self.gain1.T + self.perturb * 0.3
+            middle = pyro.sample("middle", dist.MultivariateNormal(loc, scale_tril=self.tril1))
+            pyro.sample("top", dist.MultivariateNormal(middle @ self.gain2.T, scale_tril=self.tril2))
+
+    def log_px(self, x: torch.Tensor) -> torch.Tensor:
+        cov = self.W @ self.cov1 @ self.W.T + self.sigma ** 2 * torch.eye(len(self.b), dtype=torch.float64)
+        return MultivariateNormal(self.b, covariance_matrix=cov).log_prob(x)
+
+    def sample(self, n: int, seed: int = 1) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        top = torch.randn(n, self.A.shape[1], generator=g, dtype=torch.float64)
+        middle = top @ self.A.T + self.s1 * torch.randn(n, self.A.shape[0], generator=g, dtype=torch.float64)
+        return middle @ self.W.T + self.b + self.sigma * torch.randn(n, len(self.b), generator=g, dtype=torch.float64)
+
+
+class LabelledLinear(Model):
+    """y (3 classes, summed out) and z -> x; the guide enumerates y (site ``digit``; ``code`` for z)."""
+
+    def __init__(self, data_dim: int = 5, latent_dim: int = 2, classes: int = 3, seed: int = 0,
+                 label_guess: float = 0.0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        randn = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+        self.register_buffer("W", randn(data_dim, latent_dim))
+        self.register_buffer("B", 2 * randn(classes, data_dim))
+        self.register_buffer("pi", torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)[:classes])
+        self.sigma, self.label_guess = 0.6, label_guess
+        gain, post = gaussian_posterior(torch.eye(latent_dim, dtype=torch.float64), self.W, self.sigma ** 2)
+        self.register_buffer("gain", gain)
+        self.register_buffer("tril", torch.linalg.cholesky(post))
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def marginal(self):
+        cov = self.W @ self.W.T + self.sigma ** 2 * torch.eye(self.W.shape[0], dtype=torch.float64)
+        return MultivariateNormal(self.B, covariance_matrix=cov)  # batch (classes,)
+
+    def posterior_y(self, x):
+        joint = self.pi.log() + self.marginal().log_prob(x.unsqueeze(-2))          # (..., classes)
+        exact = (joint - joint.logsumexp(-1, keepdim=True)).exp()
+        return (1 - self.label_guess) * exact + self.label_guess / len(self.pi)
+
+    def model(self, x, y=None):
+        pyro.module("labelled", self)
+        with pyro.plate("data", x.shape[0]):
+            digit = pyro.sample("digit", dist.Categorical(self.pi), obs=y)
+            code = pyro.sample("code", dist.Normal(torch.zeros_like(self.W[0]), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(code @ self.W.T + self.B[digit] + 0 * self.dummy, self.sigma).to_event(1),
+                        obs=x)
+
+    def guide(self, x, y=None):
+        pyro.module("labelled", self)
+        with pyro.plate("data", x.shape[0]):
+            if y is None:
+                y = pyro.sample("digit", dist.Categorical(self.posterior_y(x)), infer={"enumerate": "parallel"})
+            loc = (x - self.B[y]) @ self.gain.T
+            pyro.sample("code", dist.MultivariateNormal(loc, scale_tril=self.tril))
+
+    def log_px(self, x):
+        return (self.pi.log() + self.marginal().log_prob(x.unsqueeze(-2))).logsumexp(-1)
+
+    def elbo(self, x):
+        """log p(x) - KL(q(y|x) || p(y|x)), exact."""
+        q = self.posterior_y(x)
+        exact = self.posterior_y_exact(x)
+        return self.log_px(x) - (q * (q.log() - exact.log())).sum(-1)
+
+    def posterior_y_exact(self, x):
+        joint = self.pi.log() + self.marginal().log_prob(x.unsqueeze(-2))
+        return (joint - joint.logsumexp(-1, keepdim=True)).exp()
+
+    def sample(self, n: int, seed: int = 1):
+        g = torch.Generator().manual_seed(seed)
+        y = torch.multinomial(self.pi, n, replacement=True, generator=g)
+        z = torch.randn(n, self.W.shape[1], generator=g, dtype=torch.float64)
+        return z @ self.W.T + self.B[y] + self.sigma * torch.randn(n, self.W.shape[0], generator=g,
+                                                                  dtype=torch.float64), y
