@@ -28,7 +28,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import MultivariateNormal
 
-from pyrovae import Model
+from pyrovae import VAE, Model
 
 
 def gaussian_posterior(prior_cov: torch.Tensor, weight: torch.Tensor, noise_var: float):
@@ -147,3 +147,19 @@ class LabelledLinear(Model):
         z = torch.randn(n, self.W.shape[1], generator=g, dtype=torch.float64)
         return z @ self.W.T + self.B[y] + self.sigma * torch.randn(n, self.W.shape[0], generator=g,
                                                                   dtype=torch.float64), y
+
+
+class Tempered(VAE):
+    """A VAE subclass with a parameter of its own: the likelihood's logits divided by a learned
+    temperature (a pyrovae 0.2 run could not log it: the state_dict had an unexpected key)."""
+
+    def __init__(self, temperature: float = 2.0, **vae_arguments):
+        super().__init__(**vae_arguments)
+        self.temperature = torch.nn.Parameter(torch.tensor(float(temperature)))
+
+    def model(self, x):
+        pyro.module("vae", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior())
+            logits = self.likelihood(z).base_dist.logits / self.temperature
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(len(self.data_shape)), obs=x)

@@ -122,6 +122,40 @@ def test_likelihood_refuses_data_outside_its_support(name):
         lik.check_data(torch.full((2, *SHAPE), 1.5), "val")
 
 
+@pytest.mark.parametrize("name", sorted(GUIDES))
+def test_a_guide_called_in_the_0_2_order_is_swapped_back_with_a_deprecation_warning(name):
+    """Every component takes (latent_dim, data_shape); pyrovae 0.2's guides took the reverse."""
+    options = {k: v for k, v in TINY.items() if k in signature(GUIDES[name])}
+    torch.manual_seed(0)
+    today = GUIDES[name](LATENT, SHAPE, **options)
+    torch.manual_seed(0)
+    with pytest.warns(DeprecationWarning, match=r"\(latent_dim, data_shape\)"):
+        legacy = GUIDES[name](SHAPE, LATENT, **options)
+    for (key, a), (_, b) in zip(today.state_dict().items(), legacy.state_dict().items()):
+        assert torch.equal(a, b), key
+
+
+class ViewDecoder(torch.nn.Module):
+    """A likelihood written the usual way for 2-D z only: ``z.view(z.shape[0], ...)``."""
+
+    def __init__(self, latent_dim: int, data_shape: tuple[int, ...]):
+        super().__init__()
+        self.data_shape = data_shape
+        self.net = torch.nn.Linear(latent_dim, math.prod(data_shape))
+
+    def forward(self, z):
+        logits = self.net(z).view(z.shape[0], *self.data_shape)
+        return pyro.distributions.Bernoulli(logits=logits).to_event(len(self.data_shape))
+
+
+def test_a_likelihood_that_handles_two_dimensional_z_only_is_refused_before_training():
+    vae = VAE(likelihood=ViewDecoder, guide={"name": "diagonal_normal", "hidden": [8]}, latent_dim=LATENT,
+              data_shape=SHAPE)
+    with pytest.raises(UserError, match=r"^likelihood ViewDecoder fails on z of shape \(2, 6, 3\) .* z.shape\[:-1\], "
+                                        r"not z.shape\[0\]$"):
+        vae.check_contract(binary_batch())
+
+
 # --- gradients, devices -------------------------------------------------------------------------
 
 COMPONENTS = [(kind, name) for kind, table in TABLES.items() for name in sorted(table)]

@@ -25,6 +25,22 @@ from pyrovae.run.tracking import experiment_id
 
 ROOT = Path(__file__).parent.parent
 LEGACY = Path(__file__).parent / "fixtures" / "legacy_run_format1"
+RUN_0_2 = Path(__file__).parent / "fixtures" / "run_0_2"
+TINY_0_2 = ["data.name=synthetic", "data.subset=200", "train.batch_size=50", "model.latent_dim=3",
+            "model.guide.hidden=[16]", "model.likelihood.hidden=[16]", "eval.batch_size=100"]
+VARIANTS_0_2 = {"default": [], "meanfield_warmup": ["train.elbo=meanfield", "train.beta_start=0.2", "train.warmup_epochs=2"],
+                "jit_warmup": ["train.jit=true", "train.beta_start=0.2", "train.warmup_epochs=2"]}
+
+
+def log_fixture(client, store: str, folder: Path, experiment: str) -> str:
+    """A finished run in ``store`` holding the pyrovae artifacts of a fixture folder."""
+    run_id = client.create_run(experiment_id(store, experiment), run_name=experiment).info.run_id
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in (".pt", ".toml") and path.parent.name != "data":
+            sub = str(path.parent.relative_to(folder)) if path.parent != folder else None
+            client.log_artifact(run_id, str(path), sub)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
 def readme_python_blocks() -> list[str]:
@@ -93,12 +109,7 @@ except UserError as err:
 @pytest.mark.slow
 def test_a_run_logged_by_pyrovae_0_1_evaluates_samples_and_resumes_with_its_numbers(store, tmp_path):
     client = MlflowClient(store)
-    run_id = client.create_run(experiment_id(store, "legacy"), run_name="legacy").info.run_id
-    for path in sorted(LEGACY.rglob("*")):
-        if path.suffix in (".pt", ".toml"):
-            folder = str(path.parent.relative_to(LEGACY)) if path.parent != LEGACY else None
-            client.log_artifact(run_id, str(path), folder)
-    client.set_terminated(run_id, "FINISHED")
+    run_id = log_fixture(client, store, LEGACY, "legacy")
 
     assert main(["evaluate", run_id, "--iwae-k", "5", "--subset", "20", "--no-progress"]) == 0
     assert main(["sample", run_id, "--n", "4", "--best", "--out", str(tmp_path / "s.png")]) == 0
@@ -107,3 +118,138 @@ def test_a_run_logged_by_pyrovae_0_1_evaluates_samples_and_resumes_with_its_numb
     for key in ("train/loss", "val/loss"):
         (third,) = client.get_metric_history(run_id, key)
         assert third.step == 3 and third.value == pytest.approx(expected[key][2], rel=1e-6), key
+
+
+@pytest.mark.slow
+def test_the_default_model_gives_the_numbers_pyrovae_0_2_logged(store):
+    """Same seed, same numbers (to float rounding): the loss, the validation terms, the test terms
+    and the IWAE bound of every test point, without and with KL annealing, eager and JIT."""
+    import torch
+
+    from pyrovae import iwae, load_data, load_vae
+
+    expected = json.loads((RUN_0_2 / "expected.json").read_text())
+    client = MlflowClient(store)
+    for name, extra in VARIANTS_0_2.items():
+        overrides = [*TINY_0_2, *extra, "train.epochs=3", f"mlflow.run_name={name}"]
+        assert main(["train", "--no-progress", *sum((["--set", o] for o in overrides), [])]) == 0
+        (run,) = client.search_runs([experiment_id(store, "pyrovae")], filter_string=f"attributes.run_name = '{name}'")
+        old = expected[f"{name}-3"]
+        for key in ("train/loss", "val/loss", "val/recon", "val/kl"):
+            history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+            assert [m.value for m in history] == pytest.approx(old[key], rel=1e-6, abs=1e-6), (name, key)
+        for key in ("test/loss", "test/recon", "test/kl"):
+            assert run.data.metrics[key] == pytest.approx(old[key], rel=1e-6, abs=1e-6), (name, key)
+        bound = iwae(load_vae(run.info.run_id), load_data("synthetic", subset=200).evaluation_data("test"), 50, seed=0)
+        assert torch.allclose(bound, torch.tensor(old["iwae_k50_test"], dtype=torch.float64), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_run_logged_by_pyrovae_0_2_evaluates_samples_resumes_and_loads_in_mlflow(store, tmp_path):
+    import mlflow.pytorch
+    import torch
+
+    from pyrovae import VAE
+
+    client = MlflowClient(store)
+    run_id = log_fixture(client, store, RUN_0_2, "run-0-2")
+    assert main(["evaluate", run_id, "--iwae-k", "5", "--subset", "20", "--no-progress"]) == 0
+    assert main(["sample", run_id, "--n", "4", "--best", "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["resume", run_id, "--set", "train.epochs=3", "--no-progress"]) == 0
+    third = json.loads((RUN_0_2 / "expected.json").read_text())["default-3"]
+    for key in ("train/loss", "val/loss"):
+        (metric,) = client.get_metric_history(run_id, key)
+        assert metric.step == 3 and metric.value == pytest.approx(third[key][2], rel=1e-6), key
+    logged = mlflow.pytorch.load_model(str(RUN_0_2 / "model"))  # the pickled 0.2 VAE, with today's class
+    assert isinstance(logged, VAE) and logged.config["latent_dim"] == 3
+    x = torch.bernoulli(torch.full((5, 1, 12, 12), 0.3))
+    assert logged.decode(logged.encode(x)).shape == x.shape and logged.generate(2).shape == (2, 1, 12, 12)
+    from pyrovae.infer.estimators.iwae import iwae
+
+    assert iwae(logged, x, 4).shape == (5,)  # scored from its traces like any model
+
+
+def test_every_callback_given_to_train_sees_every_step(store):
+    from pyrovae import Callback, load_data, train
+    from pyrovae.model.vae import VAE
+
+    class Count(Callback):
+        def __init__(self):
+            self.steps, self.epochs = 0, 0
+
+        def on_step_end(self, trainer, loss):
+            self.steps += 1
+
+        def on_epoch_end(self, trainer, epoch, metrics):
+            self.epochs += 1
+
+    data = load_data("synthetic", subset=120)
+    vae = VAE(guide={"name": "diagonal_normal", "hidden": [8]}, likelihood={"name": "bernoulli", "hidden": [8]},
+              latent_dim=2, data_shape=data.data_shape)
+    count = Count()
+    train(vae, data, epochs=2, batch_size=50, callbacks=[count], progress=False,
+          tracking={"images_every": 0}, evaluation={"batch_size": 200})
+    assert (count.steps, count.epochs) == (2 * 3, 2)  # 120 rows in batches of 50: 3 steps an epoch
+
+
+@pytest.mark.slow
+def test_a_vae_subclass_with_a_parameter_of_its_own_is_logged_and_rebuilt_as_itself(store):
+    import torch
+
+    from exact_models import Tempered
+    from pyrovae import evaluate_run, load_data, load_vae, train
+
+    data = load_data("synthetic", subset=200)
+    model = Tempered(temperature=1.5, latent_dim=2, data_shape=data.data_shape,
+                     guide={"name": "diagonal_normal", "hidden": [8]}, likelihood={"name": "bernoulli", "hidden": [8]})
+    result = train(model, data, epochs=1, batch_size=50, progress=False)
+    client = MlflowClient(store)
+    params = client.get_run(result.run_id).data.params
+    assert params["model.name"] == "exact_models:Tempered" and params["model.temperature"] == "1.5"
+    again = load_vae(result.run_id)
+    assert type(again) is Tempered
+    assert torch.equal(again.temperature, model.temperature.detach()) and float(again.temperature) != 1.5  # trained
+    assert evaluate_run(result.run_id, iwae_k=5, subset=20, progress=False).metrics["test/nll_iwae"] > 0
+    assert main(["resume", result.run_id, "--set", "train.epochs=2", "--no-progress"]) == 0
+
+
+def readme_section_blocks(heading: str, language: str) -> list[str]:
+    section = ROOT.joinpath("README.md").read_text().split(heading, 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
+
+
+@pytest.mark.slow
+def test_the_readme_s_own_model_trains_scores_samples_and_reloads_from_the_cli_and_python(store, tmp_path,
+                                                                                          monkeypatch, capsys):
+    heading = "## Your own model: any Pyro model/guide pair"
+    module, script = readme_section_blocks(heading, "python")
+    assert module == (ROOT / "experiments" / "own_model.py").read_text()  # the README shows the file itself
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    tiny = ["--set", "data.name=synthetic", "--set", "data.subset=300", "--set", "train.epochs=1",
+            "--set", "model.z1=4", "--set", "model.hidden=32", "--no-progress"]
+    assert main(["train", str(ROOT / "experiments" / "own_model.toml"), *tiny]) == 0
+    assert "val/kl/z1" in capsys.readouterr().out
+    client = MlflowClient(store)
+    (trained,) = client.search_runs([client.get_experiment_by_name("own-model").experiment_id])
+    run_id = trained.info.run_id
+    assert trained.data.params["model.name"] == "own_model:TwoLevelCVAE"
+    assert {"val/kl/z1", "val/kl/z2", "test/kl/z1"} <= set(trained.data.metrics)
+    assert main(["evaluate", run_id, "--iwae-k", "20", "--subset", "30", "--ais", "--ais-steps", "20",
+                 "--ais-subset", "5", "--no-progress"]) == 0
+    scores = {line.split()[0]: float(line.split()[1]) for line in capsys.readouterr().out.splitlines()
+              if line.startswith("  ")}
+    assert scores["test/nll_elbo"] > 0 and scores["test/nll_ais"] > 0 and "test/active_units/z2" in scores
+    assert main(["sample", run_id, "--n", "8", "--out", str(tmp_path / "s.png")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("pyrovae: error: TwoLevelCVAE is conditional") and "\n" not in error
+    assert main(["sample", run_id, "--n", "8", "--out", str(tmp_path / "s.png"), "--labels", "0,3"]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+    (tmp_path / "demo.py").write_text(script)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(ROOT / "experiments")
+    done = subprocess.run([sys.executable, "demo.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "'val/kl/z1'" in done.stdout and "test -log p(x|y), IWAE K=100:" in done.stdout
+    assert done.stdout.strip().endswith("TwoLevelCVAE")

@@ -48,6 +48,13 @@ def load_data(name: str | DataSettings | Mapping[str, Any] = "mnist", device: to
         labels = splits.labels(split)
         if labels is not None:
             setattr(splits, f"{split}_labels", labels[:keep])
+    classes = splits.num_classes
+    if settings.num_classes and classes is not None:
+        if classes > settings.num_classes:
+            raise UserError(f"the labels of {settings.name} go up to {classes - 1}, outside 0 .. "
+                            f"{settings.num_classes - 1} (data.num_classes = {settings.num_classes}): "
+                            f"raise data.num_classes or fix the labels")
+        splits.classes = settings.num_classes
     if splits.binarize and not ((splits.train >= 0) & (splits.train <= 1)).all():
         raise UserError("data.binarize = true needs values in [0, 1] (pixel intensities); "
                         "set data.binarize = false for real-valued data")

@@ -25,5 +25,11 @@ class DataSettings(Settings):
     val: str = Field("", description="arrays: validation file")
     test: str = Field("", description="arrays: test file")
     file: str = Field("", description="arrays: one file to split by val_fraction/test_fraction")
+    train_labels: str = Field("", description="arrays: integer class labels of data.train, shape (N,) (.npy or .pt)")
+    val_labels: str = Field("", description="arrays: labels of data.val")
+    test_labels: str = Field("", description="arrays: labels of data.test")
+    labels: str = Field("", description="arrays: labels of data.file, split with it")
+    num_classes: int = Field(0, ge=0, description="how many classes the labels have (0 = the largest label + 1); "
+                                                  "a label outside 0 .. num_classes - 1 is refused")
     val_fraction: float = Field(0.1, ge=0.0, le=0.9)
     test_fraction: float = Field(0.1, ge=0.0, le=0.9)

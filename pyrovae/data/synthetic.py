@@ -44,7 +44,7 @@ def load_synthetic(cfg: dict) -> Splits:
     parts = [_bars(n, gen) for n in SIZES]
     return Splits(name="synthetic", train=parts[0][0], train_labels=parts[0][1],
                   val=parts[1][0], val_labels=parts[1][1], test=parts[2][0], test_labels=parts[2][1],
-                  binarize=cfg["binarize"], seed=cfg["seed"],
+                  binarize=cfg["binarize"], seed=cfg["seed"], classes=4,
                   info={"source": f"synthetic bars, seed {cfg['seed']}", "split": "3000 / 500 / 500"})
 
 

@@ -86,7 +86,7 @@ class Model(nn.Module):
             if key in CONTEXT or params[key].kind == params[key].VAR_POSITIONAL:
                 continue
             if params[key].kind == params[key].VAR_KEYWORD:
-                config.update(value)
+                config.update((k, v) for k, v in value.items() if k not in CONTEXT)
             else:
                 config[key] = value
         return resolve_model(config)

@@ -31,6 +31,8 @@ def signature(cls: type) -> Mapping[str, inspect.Parameter]:
     """Constructor parameters, with string annotations evaluated where they can be."""
     try:
         return inspect.signature(cls, eval_str=True).parameters
+    except ValueError:  # a class without a signature of its own to read (a builtin base)
+        return {}
     except Exception:  # an annotation that names something not importable: check no types
         return inspect.signature(cls).parameters
 
@@ -119,11 +121,12 @@ def check_arguments(kind: str, spec: Mapping[str, Any], table: Mapping[str, type
 
 
 def build(kind: str, spec: Mapping[str, Any], table: Mapping[str, type], **context: Any):
-    """Instantiate the component named by ``spec`` with the context arguments it asks for."""
+    """Instantiate the component named by ``spec`` with the context arguments it asks for: those its
+    constructor names, or (a subclass forwarding ``**kwargs``) that a constructor of a base class names."""
     cls, kwargs = check_arguments(kind, spec, table, context)
-    params = signature(cls)
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    given = {k: v for k, v in context.items() if k in params or takes_any}
+    named = {name for c in cls.__mro__ if "__init__" in vars(c) and c is not object
+             for name in signature(c)}
+    given = {k: v for k, v in context.items() if k in named}
     try:
         return cls(**given, **kwargs)
     except (TypeError, ValueError) as err:

@@ -53,6 +53,9 @@ def rebuild(run: MlflowRun, config: dict, weights: str = "final", device: str | 
         data_shape, num_classes = data.data_shape, data.num_classes
     model = build_model(config["model"], data_shape, num_classes)
     model.load_state_dict(state)
+    for name, value in (("data_shape", tuple(data_shape)), ("num_classes", num_classes)):
+        if getattr(model, name, None) is None:  # what sampling needs, for a class that does not keep it
+            object.__setattr__(model, name, value)
     return model.to(device).eval()
 
 

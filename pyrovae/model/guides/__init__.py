@@ -2,7 +2,7 @@
 and event shape ``(latent_dim,)``.
 
 To add one: a small class in its own file plus an entry in ``GUIDES``. A guide's constructor
-may ask for ``data_shape`` and ``latent_dim``.
+may ask for ``latent_dim`` and ``data_shape`` (in that order, as priors and likelihoods do).
 """
 
 from pyrovae.model.guides.diagonal_normal import DiagonalNormal

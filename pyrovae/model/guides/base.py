@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.nn.functional import softplus
 
 from pyrovae.model.nets import Encoder
+
+
+def context_order(latent_dim, data_shape) -> tuple[int, tuple[int, ...]]:
+    """``(latent_dim, data_shape)``, the order every component's constructor takes them in.
+
+    pyrovae 0.2's guides took ``(data_shape, latent_dim)``: such a positional call still works,
+    swapped back with a deprecation warning.
+    """
+    if isinstance(latent_dim, (tuple, list)) and isinstance(data_shape, int):
+        warnings.warn("guides take (latent_dim, data_shape), as priors and likelihoods do; the order "
+                      "(data_shape, latent_dim) of pyrovae 0.2 will go: pass them by keyword",
+                      DeprecationWarning, stacklevel=3)
+        latent_dim, data_shape = data_shape, latent_dim
+    return int(latent_dim), tuple(int(d) for d in data_shape)
 
 
 class EncoderGuide(nn.Module):

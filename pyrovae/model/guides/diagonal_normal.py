@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 
-from pyrovae.model.guides.base import EncoderGuide
+from pyrovae.model.guides.base import EncoderGuide, context_order
 
 
 class DiagonalNormal(EncoderGuide):
@@ -18,8 +18,9 @@ class DiagonalNormal(EncoderGuide):
     References: Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
     """
 
-    def __init__(self, data_shape: tuple[int, ...], latent_dim: int,
+    def __init__(self, latent_dim: int, data_shape: tuple[int, ...],
                  hidden: list[int] = (400,), activation: str = "relu"):
+        latent_dim, data_shape = context_order(latent_dim, data_shape)
         super().__init__(data_shape, hidden, activation, outputs=2 * latent_dim)
 
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:

@@ -8,7 +8,7 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from torch import nn
 from torch.distributions.transforms import AffineTransform
 
-from pyrovae.model.guides.base import EncoderGuide
+from pyrovae.model.guides.base import EncoderGuide, context_order
 
 
 class ConditionalFlowGuide(EncoderGuide):
@@ -33,8 +33,9 @@ class ConditionalFlowGuide(EncoderGuide):
 
     gaussian_first: bool = True
 
-    def __init__(self, data_shape: tuple[int, ...], latent_dim: int, hidden: list[int],
+    def __init__(self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int],
                  activation: str, steps: int, flow_hidden: list[int]):
+        latent_dim, data_shape = context_order(latent_dim, data_shape)
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         super().__init__(data_shape, hidden, activation, outputs=2 * latent_dim)

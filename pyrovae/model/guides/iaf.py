@@ -29,9 +29,9 @@ class InverseAutoregressiveFlow(ConditionalFlowGuide):
 
     gaussian_first = True
 
-    def __init__(self, data_shape: tuple[int, ...], latent_dim: int, hidden: list[int] = (400,),
+    def __init__(self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,),
                  activation: str = "relu", steps: int = 2, flow_hidden: list[int] = (128,)):
-        super().__init__(data_shape, latent_dim, hidden, activation, steps, flow_hidden)
+        super().__init__(latent_dim, data_shape, hidden, activation, steps, flow_hidden)
 
     def make_step(self, latent_dim, context_dim, hidden, permutation):
         net = ConditionalAutoRegressiveNN(latent_dim, context_dim, hidden, permutation=permutation)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 
-from pyrovae.model.guides.base import EncoderGuide
+from pyrovae.model.guides.base import EncoderGuide, context_order
 
 
 class LowRankNormal(EncoderGuide):
@@ -21,8 +21,9 @@ class LowRankNormal(EncoderGuide):
     Inference in Deep Generative Models", ICML 2014, section 4.3 (rank-one plus diagonal).
     """
 
-    def __init__(self, data_shape: tuple[int, ...], latent_dim: int, hidden: list[int] = (400,),
+    def __init__(self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,),
                  activation: str = "relu", rank: int = 2):
+        latent_dim, data_shape = context_order(latent_dim, data_shape)
         if rank < 1:
             raise ValueError(f"rank must be at least 1, got {rank}")
         super().__init__(data_shape, hidden, activation, outputs=latent_dim * (2 + rank))

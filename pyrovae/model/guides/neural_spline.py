@@ -26,13 +26,13 @@ class NeuralSplineFlow(ConditionalFlowGuide):
 
     gaussian_first = False
 
-    def __init__(self, data_shape: tuple[int, ...], latent_dim: int, hidden: list[int] = (400,),
+    def __init__(self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,),
                  activation: str = "relu", steps: int = 2, flow_hidden: list[int] = (128,),
                  bins: int = 8, bound: float = 3.0):
         if bins < 2:
             raise ValueError(f"bins must be at least 2, got {bins}")
         self.bins, self.bound = bins, float(bound)
-        super().__init__(data_shape, latent_dim, hidden, activation, steps, flow_hidden)
+        super().__init__(latent_dim, data_shape, hidden, activation, steps, flow_hidden)
 
     def make_step(self, latent_dim, context_dim, hidden, permutation):
         # knots' widths, heights, inner derivatives and the linear-order weights, per coordinate
