@@ -94,7 +94,7 @@ def test_every_random_generator_is_restored():
 #: the bounds from the fields would let a removed bound remove its own check
 OUTSIDE = {
     "data.seed": (-1, "must be at least 0"), "data.subset": (-1, "must be at least 0"),
-    "data.train_subset": (-1, "must be at least 0"),
+    "data.train_subset": (-1, "must be at least 0"), "data.num_classes": (-1, "must be at least 0"),
     "data.val_fraction": (0.91, "must be at most 0.9"), "data.test_fraction": (-0.01, "must be at least 0.0"),
     "model.latent_dim": (0, "must be at least 1"),
     "train.epochs": (0, "must be at least 1"), "train.batch_size": (0, "must be at least 1"),
