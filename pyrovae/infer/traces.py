@@ -104,7 +104,7 @@ def guide_trace(model, x: torch.Tensor, y: torch.Tensor | None, particles: int, 
 
 def run_traces(model, x: torch.Tensor, y: torch.Tensor | None = None, *, particles: int = 0,
                nesting: int | None = None, enumerate_guide: bool = False):
-    """``(model_trace, guide_trace)`` of one batch, subsample sites pruned, ``log_prob`` computed.
+    """``(model_trace, guide_trace)`` of one batch, ``log_prob`` computed at every sample site.
 
     The guide draws (``particles`` draws per datapoint under the ``pyrovae_particles`` plate, if
     given) and the model is replayed against it, in the order Pyro's ELBOs use, so that with the
@@ -112,22 +112,57 @@ def run_traces(model, x: torch.Tensor, y: torch.Tensor | None = None, *, particl
     ``infer={"enumerate": "parallel"}``; ``particles`` and ``enumerate_guide`` need ``nesting``
     (:func:`plate_nesting`) to put their dimensions left of the model's plates.
     """
-    guide, model_fn = model.guide, model.model
+    guide_trace = trace_guide(model, x, y, particles=particles, nesting=nesting, enumerate_guide=enumerate_guide)
+    return replay_model(model, x, y, guide_trace, particles=particles, nesting=nesting), guide_trace
+
+
+def trace_guide(model, x: torch.Tensor, y: torch.Tensor | None = None, *, particles: int = 0,
+                nesting: int | None = None, enumerate_guide: bool = False):
+    """The guide's trace of one batch (see :func:`run_traces`), ``log_prob`` computed."""
+    guide = model.guide
     if particles or enumerate_guide:
         if nesting is None:
             raise ValueError("particles and enumeration need the plate nesting")
         if enumerate_guide:
             guide = poutine.enum(guide, first_available_dim=-(nesting + 1 + (1 if particles else 0)))
         if particles:
-            plate = pyro.plate(PARTICLES, particles, dim=-(nesting + 1))
-            guide, model_fn = plate(guide), plate(model_fn)
+            guide = pyro.plate(PARTICLES, particles, dim=-(nesting + 1))(guide)
     guide_trace = poutine.trace(guide).get_trace(*arguments(model.guide, x, y))
-    model_trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(
-        *arguments(model.model, x, y))
-    guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
-    model_trace.compute_log_prob()
-    guide_trace.compute_log_prob()
-    return model_trace, guide_trace
+    guide_trace.compute_log_prob(_not_subsample)  # plates' subsample sites stay in the traces, unscored:
+    return guide_trace                            # sample_sites() leaves them out
+
+
+def replay_model(model, x: torch.Tensor, y: torch.Tensor | None, guide_trace, *, particles: int = 0,
+                 nesting: int | None = None):
+    """The model's trace of one batch replayed against ``guide_trace``, ``log_prob`` computed."""
+    model_fn = model.model
+    if particles:
+        model_fn = pyro.plate(PARTICLES, particles, dim=-(nesting + 1))(model_fn)
+    model_trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(*arguments(model.model, x, y))
+    model_trace.compute_log_prob(_not_subsample)
+    return model_trace
+
+
+def narrow_particles(trace, start: int, length: int, particles: int, nesting: int):
+    """A copy of a trace drawn with ``particles`` draws per datapoint that holds draws
+    ``start .. start + length`` only (values and log-probabilities; enumerated values, which have
+    no particle dimension, unchanged): a model replayed against it sees ``length`` draws."""
+    out = poutine.Trace()
+    for name, site in trace.nodes.items():
+        site = dict(site)
+        if site["type"] == "sample" and not site_is_subsample(site):
+            for key in ("value", "log_prob"):
+                value = site.get(key)
+                event = site["fn"].event_dim if key == "value" else 0
+                dim = value.dim() - event - (nesting + 1) if torch.is_tensor(value) else -1
+                if dim >= 0 and value.shape[dim] == particles:
+                    site[key] = value.narrow(dim, start, length)
+        out.add_node(name, **site)
+    return out
+
+
+def _not_subsample(name: str, site: dict) -> bool:
+    return not site_is_subsample(site)
 
 
 def sample_sites(trace) -> dict[str, dict]:

@@ -34,7 +34,8 @@ from typing import Callable
 
 import torch
 from pyrovae.infer.terms import evaluation_mode
-from pyrovae.infer.traces import evaluation_labels, plate_nesting, run_traces, scores
+from pyrovae.infer.traces import (evaluation_labels, is_enumerated, narrow_particles, plate_nesting, replay_model,
+                                  sample_sites, scores, trace_guide)
 
 
 def default_chunk_rows(device: torch.device | str) -> int:
@@ -49,10 +50,18 @@ def default_chunk_rows(device: torch.device | str) -> int:
     return 1_024 if torch.device(device).type == "cpu" else 50_000
 
 
-def log_weights(model, x: torch.Tensor, k: int, nesting: int, y: torch.Tensor | None = None) -> torch.Tensor:
+#: guide draws (datapoints x draws) traced at once: the guide then runs once per block, the model per chunk
+GUIDE_ROWS = 2 ** 17
+
+
+def log_weights(model, x: torch.Tensor, k: int, nesting: int, y: torch.Tensor | None = None,
+                guide_trace=None) -> torch.Tensor:
     r"""``(k, B)`` importance log-weights :math:`\log p(x, z_k) - \log q(z_k|x)` of one batch, the
-    guide's enumerated sites summed out; ``nesting`` from :func:`~pyrovae.infer.traces.plate_nesting`."""
-    model_trace, guide_trace = run_traces(model, x, y, particles=k, nesting=nesting, enumerate_guide=True)
+    guide's enumerated sites summed out; ``nesting`` from :func:`~pyrovae.infer.traces.plate_nesting`.
+    ``guide_trace``: k draws of the guide already traced (else the guide draws them)."""
+    if guide_trace is None:
+        guide_trace = trace_guide(model, x, y, particles=k, nesting=nesting, enumerate_guide=True)
+    model_trace = replay_model(model, x, y, guide_trace, particles=k, nesting=nesting)
     scored = scores(model_trace, guide_trace, nesting, enumerated=True)
     log_w = scored.log_joint() - sum(v for n, v in scored.posterior.items() if n not in scored.enumerated)
     if log_w.dim() > 2:  # enumerated values, left of the particles: sum them out
@@ -61,19 +70,42 @@ def log_weights(model, x: torch.Tensor, k: int, nesting: int, y: torch.Tensor | 
 
 
 def iwae_batch(model, x: torch.Tensor, k: int, chunk_size: int | None = None, nesting: int = 1,
-               y: torch.Tensor | None = None) -> torch.Tensor:
-    """IWAE bound of each row of one batch ``x``, shape ``(B,)``; draws in chunks of ``chunk_size``.
+               y: torch.Tensor | None = None, draw_numel: int = 0) -> torch.Tensor:
+    """IWAE bound of each row of one batch ``x``, shape ``(B,)``; the model scores the draws in
+    chunks of ``chunk_size``.
 
-    A running log-sum-exp over chunks: the result equals the unchunked one up to float
-    rounding, and with the same seed the draws are the same ones whenever each chunk holds a
-    multiple of 16 random numbers (torch's CPU normal sampler fills blocks of 16).
+    A running log-sum-exp over chunks: the result equals the unchunked one up to float rounding,
+    and with the same seed the draws are the same ones whenever each chunk holds a multiple of 16
+    random numbers (torch's CPU normal sampler fills blocks of 16). Under that condition, given the
+    random numbers each draw of the guide takes per datapoint (``draw_numel``), the guide draws
+    blocks of about :data:`GUIDE_ROWS` draws x datapoints at once (a multiple of the chunk: the
+    same numbers), so its networks run once per block, not once per chunk; the model, whose decoder
+    outputs dominate the memory, replays each chunk of the block.
     """
     chunk_size = k if chunk_size is None else chunk_size
+    same_draws = draw_numel and (chunk_size * x.shape[0] * draw_numel) % 16 == 0
+    block = max(chunk_size, GUIDE_ROWS // max(1, x.shape[0] * chunk_size) * chunk_size) if same_draws else chunk_size
     total = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
-    for start in range(0, k, chunk_size):
-        lw = log_weights(model, x, min(chunk_size, k - start), nesting, y)
-        total = torch.logaddexp(total, lw.double().logsumexp(0))
+    for block_start in range(0, k, block):
+        drawn = min(block, k - block_start)
+        guide_trace = trace_guide(model, x, y, particles=drawn, nesting=nesting, enumerate_guide=True)
+        for start in range(0, drawn, chunk_size):
+            length = min(chunk_size, drawn - start)
+            chunk = guide_trace if length == drawn else narrow_particles(guide_trace, start, length, drawn, nesting)
+            lw = log_weights(model, x, length, nesting, y, guide_trace=chunk)
+            total = torch.logaddexp(total, lw.double().logsumexp(0))
     return total - math.log(k)
+
+
+def random_numbers_per_draw(model, x: torch.Tensor, y: torch.Tensor | None, nesting: int) -> int:
+    """How many numbers one draw of the guide's sampled (not enumerated) sites takes for one
+    datapoint ``x`` (a trace under a forked RNG); 0 when that is not known (a site without rsample)."""
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        trace = trace_guide(model, x, y, particles=1, nesting=nesting, enumerate_guide=True)
+    sites = [s for s in sample_sites(trace).values() if not s["is_observed"] and not is_enumerated(s)]
+    if any(not s["fn"].has_rsample for s in sites):
+        return 0
+    return sum(s["value"].numel() for s in sites)
 
 
 def iwae(model, x: torch.Tensor, k: int, batch_size: int = 100, chunk_size: int | None = None,
@@ -94,10 +126,11 @@ def iwae(model, x: torch.Tensor, k: int, batch_size: int = 100, chunk_size: int 
     out = []
     with evaluation_mode(model, seed, x.device):
         nesting = plate_nesting(model, x[:1], None if y is None else y[:1])
+        draw_numel = random_numbers_per_draw(model, x[:1], None if y is None else y[:1], nesting)
         for start in range(0, x.shape[0], batch_size):
             batch = x[start:start + batch_size]
             labels = None if y is None else y[start:start + batch_size]
-            out.append(iwae_batch(model, batch, k, chunk_size, nesting, labels))
+            out.append(iwae_batch(model, batch, k, chunk_size, nesting, labels, draw_numel))
             if progress is not None:
                 progress(batch.shape[0])
     return torch.cat(out)
