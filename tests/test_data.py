@@ -133,3 +133,41 @@ def test_synthetic_and_ppca_are_reproducible():
     ppca = load_data(data_cfg("data.name=ppca", "data.binarize=false"))
     exact = ppca.truth.log_prob(ppca.test)
     assert exact.shape == (500,) and torch.isfinite(exact).all()
+
+
+def test_user_arrays_carry_labels_split_with_their_rows(tmp_path):
+    x = np.arange(40, dtype=np.float32).repeat(3).reshape(40, 3) / 40
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", (np.arange(40) % 5).astype(np.int64))
+    splits = load_data(data_cfg("data.name=arrays", f'data.file="{tmp_path / "x.npy"}"',
+                                f'data.labels="{tmp_path / "y.npy"}"', "data.binarize=false"))
+    for split in ("train", "val", "test"):
+        rows, labels = getattr(splits, split), splits.labels(split)
+        assert torch.equal(labels, (rows[:, 0] * 40).round().long() % 5)  # each label stayed with its row
+    assert splits.num_classes == 5
+
+
+@pytest.mark.parametrize("labels, keys, message", [
+    (np.zeros(40, np.float32), {}, r"^data.labels must hold 40 integer labels, shape \(40,\)"),
+    (np.arange(39), {}, r"^data.labels must hold 40 integer labels"),
+    (np.arange(40) - 1, {}, r"^data.labels holds negative labels such as -1"),
+    (np.arange(40) % 7, {"data.num_classes": 5}, r"^the labels of arrays go up to 6, outside 0 .. 4 "
+                                                 r"\(data.num_classes = 5\)"),
+])
+def test_labels_that_cannot_be_classes_are_one_line(tmp_path, labels, keys, message):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((40, 3)).astype(np.float32))
+    np.save(tmp_path / "y.npy", labels)
+    args = ["data.name=arrays", f'data.file="{tmp_path / "x.npy"}"', f'data.labels="{tmp_path / "y.npy"}"',
+            "data.binarize=false", *(f"{k}={v}" for k, v in keys.items())]
+    with pytest.raises(UserError, match=message):
+        load_data(data_cfg(*args))
+
+
+def test_labels_for_some_splits_only_are_refused(tmp_path):
+    for name in ("tr", "va", "te"):
+        np.save(tmp_path / f"{name}.npy", np.zeros((4, 2), np.float32))
+    np.save(tmp_path / "ytr.npy", np.zeros(4, np.int64))
+    with pytest.raises(UserError, match=r"^labels for some splits only \(data.train_labels\)"):
+        load_data(data_cfg("data.name=arrays", *(f'data.{s}="{tmp_path / n}.npy"' for s, n in
+                                                  (("train", "tr"), ("val", "va"), ("test", "te"))),
+                           f'data.train_labels="{tmp_path / "ytr.npy"}"', "data.binarize=false"))

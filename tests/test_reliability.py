@@ -45,6 +45,7 @@ def runs_in(store):
 def user_module(tmp_path, monkeypatch, source: str) -> str:
     (tmp_path / "userparts.py").write_text(textwrap.dedent(source))
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "userparts", raising=False)  # another test's module of that name
     return "userparts"
 
 
@@ -138,3 +139,57 @@ def test_four_concurrent_trainings_into_one_fresh_store(tmp_path, tiny_overrides
         assert {"val/loss", "val/recon", "val/kl", "test/loss"} <= set(run.data.metrics)
         assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 1
     assert Path(tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("source, name, message", [
+    ("""
+        import pyro.distributions as dist
+        from torch import nn
+        class PlainBernoulli(nn.Module):  # no data check of its own: pyrovae reads its data site's support
+            def __init__(self, latent_dim, data_shape):
+                super().__init__()
+                self.data_shape = tuple(data_shape)
+                self.net = nn.Linear(latent_dim, 144)
+            def forward(self, z):
+                logits = self.net(z).reshape(*z.shape[:-1], *self.data_shape)
+                return dist.Bernoulli(logits=logits).to_event(3)
+    """, "model.likelihood.name=\"userparts:PlainBernoulli\"", "likelihood PlainBernoulli needs data in Boolean()"),
+    ("""
+        import pyro, pyro.distributions as dist, torch
+        from torch import nn
+        class ScaleMixture(nn.Module):  # a prior with a latent of its own: a site the guide never samples
+            def __init__(self, latent_dim):
+                super().__init__()
+                self.latent_dim = latent_dim
+            def forward(self):
+                tau = pyro.sample("tau", dist.LogNormal(0.0, 1.0))
+                return dist.Normal(torch.zeros(self.latent_dim), tau.unsqueeze(-1)).to_event(1)
+    """, "model.prior.name=\"userparts:ScaleMixture\"", "site 'tau' is sampled by the model of VAE but not by its guide"),
+    ("""
+        import pyro, pyro.distributions as dist, torch
+        from pyrovae import Model
+        class Global(Model):  # a latent variable shared by the whole data set
+            def __init__(self, data_shape):
+                super().__init__()
+                self.shift = torch.nn.Parameter(torch.zeros(()))
+            def model(self, x):
+                s = pyro.sample("s", dist.Normal(0.0, 1.0))
+                with pyro.plate("data", x.shape[0]):
+                    pyro.sample("x", dist.Normal(s + self.shift, 1.0).expand(x.shape[1:]).to_event(3), obs=x)
+            def guide(self, x):
+                pyro.sample("s", dist.Normal(self.shift, 1.0))
+    """, "model=\"userparts:Global\"", "site 's' of the model of Global is outside pyro.plate('data', B)"),
+])
+def test_a_user_model_or_component_that_cannot_be_scored_is_one_line_and_no_run(source, name, message, tmp_path,
+                                                                                monkeypatch, store, tiny_overrides,
+                                                                                capsys):
+    user_module(tmp_path, monkeypatch, source)
+    key = name.split("=")[0].removesuffix(".name")  # the table the user's class takes over
+    overrides = [o for o in tiny_overrides if not o.startswith(key + ".")]
+    if key == "model":  # the whole [model] table is the user's class
+        overrides = [o for o in overrides if not o.startswith("model.")]
+        name = f"model.name={name.split('=', 1)[1]}"
+    extra = ["data.binarize=false"] if "PlainBernoulli" in source else []
+    code, err = run_cli(cli_args([*overrides, name, *extra]), capsys)
+    assert code == 2 and err.startswith("pyrovae: error: ") and message in err and "\n" not in err, err
+    assert runs_in(store) == []
