@@ -3,7 +3,9 @@
 A prior p(z), a likelihood p(x|z) and an amortized posterior q(z|x) -- three modules that
 return distributions -- become a Pyro model/guide pair (:class:`VAE`), trained by SVI with
 Pyro's ELBO as a torch loss (:class:`Trainer`), validated with the same ELBO object, scored by
-tighter estimators (:func:`iwae`, :func:`ais`) and tracked in MLflow (:func:`train`)::
+tighter estimators (:func:`iwae`, :func:`ais`) and tracked in MLflow (:func:`train`). Any other Pyro
+model/guide pair -- several latent sites, labels, a discrete latent -- trains and scores the same
+way (a :class:`Model` subclass with ``model``/``guide`` methods; :mod:`pyrovae.model.base`)::
 
     from pyrovae import VAE, Trainer, load_data, train
     data = load_data("synthetic")
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 #: public name -> the module that defines it, by layer
 _EXPORTS = {

@@ -95,6 +95,7 @@ def test_every_random_generator_is_restored():
 OUTSIDE = {
     "data.seed": (-1, "must be at least 0"), "data.subset": (-1, "must be at least 0"),
     "data.train_subset": (-1, "must be at least 0"), "data.num_classes": (-1, "must be at least 0"),
+    "data.labelled": (-1, "must be at least 0"), "train.labelled_every": (-1, "must be at least 0"),
     "data.val_fraction": (0.91, "must be at most 0.9"), "data.test_fraction": (-0.01, "must be at least 0.0"),
     "model.latent_dim": (0, "must be at least 1"),
     "train.epochs": (0, "must be at least 1"), "train.batch_size": (0, "must be at least 1"),

@@ -20,7 +20,31 @@ from pyrovae.errors import UserError
 LOADERS = {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist, "synthetic": load_synthetic, "ppca": load_ppca,
            "arrays": load_arrays}
 
-__all__ = ["LOADERS", "PPCA", "DataSettings", "Splits", "load_data"]
+__all__ = ["LOADERS", "PPCA", "DataSettings", "Splits", "keep_labels", "load_data"]
+
+
+def keep_labels(labels: torch.Tensor | None, n: int, classes: int | None, seed: int) -> torch.Tensor:
+    """``labels`` with ``n`` kept, balanced over the classes, and the rest set to -1 (unlabelled).
+
+    Each class keeps ``n // classes`` labels, the first ``n % classes`` classes one more, drawn
+    without replacement from its rows by a generator seeded with ``seed``: the same labelled set
+    for every run with the same data settings (Kingma et al. 2014 keep a balanced labelled set).
+    """
+    if labels is None:
+        raise UserError("data.labelled needs labels, but this data set has none")
+    if n < classes:
+        raise UserError(f"data.labelled = {n} keeps fewer labels than the {classes} classes: keep at least one per class")
+    generator = torch.Generator().manual_seed(seed)
+    kept = torch.full_like(labels, -1)
+    for c in range(classes):
+        rows = (labels == c).nonzero().flatten()
+        want = n // classes + (1 if c < n % classes else 0)
+        if rows.numel() < want:
+            raise UserError(f"data.labelled = {n} asks for {want} labels of class {c}, but the training split has "
+                            f"{rows.numel()}: lower data.labelled")
+        chosen = rows[torch.randperm(rows.numel(), generator=generator)[:want]]
+        kept[chosen] = c
+    return kept
 
 
 def load_data(name: str | DataSettings | Mapping[str, Any] = "mnist", device: torch.device | str = "cpu",
@@ -49,6 +73,8 @@ def load_data(name: str | DataSettings | Mapping[str, Any] = "mnist", device: to
         if labels is not None:
             setattr(splits, f"{split}_labels", labels[:keep])
     classes = splits.num_classes
+    if settings.labelled:
+        splits.train_labels = keep_labels(splits.train_labels, settings.labelled, classes, settings.seed)
     if settings.num_classes and classes is not None:
         if classes > settings.num_classes:
             raise UserError(f"the labels of {settings.name} go up to {classes - 1}, outside 0 .. "

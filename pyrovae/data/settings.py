@@ -29,6 +29,9 @@ class DataSettings(Settings):
     val_labels: str = Field("", description="arrays: labels of data.val")
     test_labels: str = Field("", description="arrays: labels of data.test")
     labels: str = Field("", description="arrays: labels of data.file, split with it")
+    labelled: int = Field(0, ge=0, description="semi-supervised: keep N training labels, balanced over the classes "
+                                               "(seeded by data.seed), and treat the other training rows as "
+                                               "unlabelled (0 = keep every label)")
     num_classes: int = Field(0, ge=0, description="how many classes the labels have (0 = the largest label + 1); "
                                                   "a label outside 0 .. num_classes - 1 is refused")
     val_fraction: float = Field(0.1, ge=0.0, le=0.9)

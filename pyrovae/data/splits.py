@@ -103,6 +103,55 @@ class Splits:
     def num_batches(self, batch_size: int) -> int:
         return -(-self.train.shape[0] // batch_size)
 
+    @property
+    def semi_supervised(self) -> bool:
+        """Whether some training rows are unlabelled (label -1, ``data.labelled``) and others not."""
+        y = self.train_labels
+        return y is not None and bool((y < 0).any()) and bool((y >= 0).any())
+
+    def semi_supervised_batches(self, batch_size: int, every: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """One epoch of a partly labelled training set: every unlabelled row once, in shuffled
+        batches ``(x, None)``, with labelled batches ``(x, y)`` among them.
+
+        ``every = 0``: every labelled row once too, its batches spread evenly among the unlabelled
+        ones (Pyro's ``ss_vae_M2``), so each part weighs by its size. ``every = k``: a labelled
+        batch (``min(batch_size, labelled rows)`` rows, cycling through the labelled rows in a fresh
+        order each pass) after every k unlabelled batches, as Kingma et al. put labelled examples in
+        every minibatch: with 100 labels the classifier then sees them at every other step.
+        Dynamically binarized as :meth:`train_batches`.
+        """
+        labelled = self.train_labels >= 0
+        free = labelled.logical_not().nonzero().flatten()
+        free = free[torch.randperm(free.numel(), device=free.device)]
+        unlabelled = [free[i:i + batch_size] for i in range(0, free.numel(), batch_size)]
+        known = labelled.nonzero().flatten()
+        if every:
+            size, order, pool = min(batch_size, known.numel()), [], torch.empty(0, dtype=known.dtype, device=known.device)
+            for i, rows in enumerate(unlabelled):
+                order.append((rows, False))
+                if (i + 1) % every == 0:
+                    if pool.numel() < size:  # a fresh pass over the labelled rows
+                        pool = torch.cat([pool, known[torch.randperm(known.numel(), device=known.device)]])
+                    order.append((pool[:size], True))
+                    pool = pool[size:]
+        else:
+            known = known[torch.randperm(known.numel(), device=known.device)]
+            labelled_batches = [known[i:i + batch_size] for i in range(0, known.numel(), batch_size)]
+            spread = sorted([(i / len(unlabelled), 0, b) for i, b in enumerate(unlabelled)] +
+                            [((i + 0.5) / len(labelled_batches), 1, b) for i, b in enumerate(labelled_batches)],
+                            key=lambda t: (t[0], t[1]))
+            order = [(rows, bool(has_labels)) for _, has_labels, rows in spread]
+        for rows, has_labels in order:
+            x = self.train[rows]
+            if self.binarize:
+                x = (torch.rand(x.shape, dtype=x.dtype, device=x.device) < x).to(x.dtype)
+            yield x, (self.train_labels[rows] if has_labels else None)
+
+    def num_semi_supervised_batches(self, batch_size: int, every: int = 0) -> int:
+        labelled = int((self.train_labels >= 0).sum())
+        unlabelled = -(-(self.train.shape[0] - labelled) // batch_size)
+        return unlabelled + (unlabelled // every if every else -(-labelled // batch_size))
+
     def shard_batches(self, batch_size: int, rank: int, world_size: int, seed: int, epoch: int,
                       start: int = 0, labelled: bool = False) -> Iterator:
         """This rank's share of each global batch of one epoch (distributed training).

@@ -98,3 +98,29 @@ class IWAEEvery(Callback):
                       y=None if y is None else y[:n])
         metrics[f"{split}/nll_iwae"] = -float(log_px.mean())
         metrics[f"{split}/iwae_seconds"] = time.perf_counter() - started
+
+
+class Accuracy(Callback):
+    r"""``val/accuracy`` and ``test/accuracy`` every epoch (and ``test/accuracy`` at the end): the
+    share of labelled points whose label the model's ``classify(x)`` (e.g. M2's q(y|x)) predicts,
+    for a model that has one and data with labels."""
+
+    def add_metrics(self, trainer, split, metrics):
+        if not callable(getattr(trainer.vae, "classify", None)):
+            return
+        for name in ("val", "test") if split == "val" else (split,):
+            labels = trainer.data.labels(name)
+            if labels is not None:
+                metrics[f"{name}/accuracy"] = accuracy(trainer.vae, trainer.data.evaluation_data(name), labels,
+                                                       trainer.evaluation.batch_size)
+
+
+def accuracy(model, x, labels, batch_size: int = 1000) -> float:
+    """The share of rows of ``x`` whose ``labels`` ``model.classify`` predicts (no gradients, ``eval()``)."""
+    from pyrovae.infer.terms import evaluation_mode
+
+    right = 0
+    with evaluation_mode(model, None, x.device):
+        for start in range(0, x.shape[0], batch_size):
+            right += int((model.classify(x[start:start + batch_size]) == labels[start:start + batch_size]).sum())
+    return right / max(1, x.shape[0])

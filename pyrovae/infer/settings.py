@@ -40,6 +40,9 @@ class TrainSettings(Settings):
     lr_decay_epochs: int = Field(30, ge=1, description="step: epochs between two decays")
     checkpoint_every: int = Field(1, ge=1, description="write checkpoints/last.pt every N epochs (and at the end)")
     patience: int = Field(0, ge=0, description="stop when val/loss has not improved for N epochs (0 = never)")
+    labelled_every: int = Field(0, ge=0, description="semi-supervised data (data.labelled): a labelled batch after "
+                                                     "every N unlabelled ones, cycling the labelled rows (0 = each "
+                                                     "labelled row once per epoch, spread among the unlabelled)")
 
 
 class EvalSettings(Settings):

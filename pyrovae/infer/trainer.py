@@ -32,7 +32,7 @@ import torch
 
 from pyrovae.data import Splits
 from pyrovae.infer import distributed
-from pyrovae.infer.callbacks import BitsPerDim, Callback, IWAEEvery, ProgressBar, overrides
+from pyrovae.infer.callbacks import Accuracy, BitsPerDim, Callback, IWAEEvery, ProgressBar, overrides
 from pyrovae.infer.elbo import ELBOLoss, make_elbo
 from pyrovae.infer.faults import Interrupted, NonFiniteLoss, StopOnSignals, validate_first_step_only
 from pyrovae.infer.interface import check_model
@@ -40,7 +40,8 @@ from pyrovae.infer.optim import apply_schedule, make_optimizer, make_scheduler
 from pyrovae.infer.rng import get_rng_state, set_rng_state
 from pyrovae.infer.settings import EvalSettings, TrainSettings
 from pyrovae.infer.terms import evaluate
-from pyrovae.infer.traces import evaluation_labels, takes_labels
+from pyrovae.errors import UserError
+from pyrovae.infer.traces import evaluation_labels, needs_labels, takes_labels
 
 #: what :meth:`Trainer.state_dict` keeps besides weights, optimizer, schedule and RNG
 COUNTERS = ("epoch", "step", "best_val_loss", "best_epoch", "bad_epochs", "stopped_early")
@@ -67,6 +68,10 @@ class Trainer:
         self.world = distributed.World.current()
         #: whether training batches carry labels: the data have them and the model takes them
         self.labelled = data.train_labels is not None and takes_labels(vae.model)
+        #: some training rows unlabelled (data.labelled): labelled and unlabelled batches interleave
+        self.semi_supervised = self.labelled and data.semi_supervised
+        if self.semi_supervised:
+            _check_semi_supervised(vae, self.world)
         # A param store left by another model under the same pyro.module name would shadow this one's
         # parameters in the traces; training steps the module's own parameters either way.
         pyro.clear_param_store()
@@ -84,10 +89,13 @@ class Trainer:
         self.optimizer = make_optimizer(vae.parameters(), self.settings.optimizer, self.settings.lr,
                                         self.settings.weight_decay, self.settings.adam)
         self.steps_per_epoch = (data.num_shard_batches(self.settings.batch_size, self.world.size)
-                                if self.world.distributed else data.num_batches(self.settings.batch_size))
+                                if self.world.distributed else
+                                data.num_semi_supervised_batches(self.settings.batch_size, self.settings.labelled_every)
+                                if self.semi_supervised
+                                else data.num_batches(self.settings.batch_size))
         self.scheduler = make_scheduler(self.optimizer, self.settings, self.steps_per_epoch)
         ev = self.evaluation
-        self.callbacks = [*([ProgressBar()] if progress else []), BitsPerDim(),
+        self.callbacks = [*([ProgressBar()] if progress else []), BitsPerDim(), Accuracy(),
                           IWAEEvery(ev.iwae_every, ev.iwae_k, ev.batch_size, ev.seed, ev.iwae_n), *callbacks]
         self._step_hooks: list[Callback] = []  # chosen at each epoch's start: callbacks may be added until then
         self.catch_signals = catch_signals
@@ -205,6 +213,8 @@ class Trainer:
         slices, the ``done`` first ones left out (yielded as None placeholders so that batch
         indices stay global)."""
         if not self.world.distributed:
+            if self.semi_supervised:
+                return self.data.semi_supervised_batches(self.settings.batch_size, self.settings.labelled_every)
             return self.data.train_batches(self.settings.batch_size, labelled=True) if self.labelled \
                 else ((x, None) for x in self.data.train_batches(self.settings.batch_size))
         shards = self.data.shard_batches(self.settings.batch_size, self.world.rank, self.world.size,
@@ -297,6 +307,16 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_end(self, test)
         return test
+
+
+def _check_semi_supervised(model, world) -> None:
+    """A partly labelled training set needs a model whose labels are optional, in one process."""
+    if needs_labels(model):
+        raise UserError(f"model {type(model).__name__} needs a label for every row, but data.labelled leaves training "
+                        f"rows unlabelled: set data.labelled = 0, or use a model whose y is optional (m2)")
+    if world.distributed:
+        raise UserError("semi-supervised training (data.labelled) runs in one process: its labelled and unlabelled "
+                        "batches are not sharded across ranks; run it without torchrun")
 
 
 def _to_cpu(obj):

@@ -13,11 +13,14 @@ from typing import Any, Mapping, Sequence
 
 from pyrovae.errors import UserError
 from pyrovae.model.base import CONTEXT
-from pyrovae.model.components import build, check_arguments, resolve_class, spec_name
+from pyrovae.model.components import build, check_arguments, resolve_class, signature, spec_name
+from pyrovae.model.cvae import ConditionalVAE
+from pyrovae.model.hierarchical import HierarchicalVAE
+from pyrovae.model.semi_supervised import SemiSupervisedVAE
 from pyrovae.model.vae import TABLES, VAE
 
 #: model name -> class; ``"package.module:Class"`` names any other
-MODELS: dict[str, type] = {"vae": VAE}
+MODELS: dict[str, type] = {"vae": VAE, "cvae": ConditionalVAE, "m2": SemiSupervisedVAE, "hvae": HierarchicalVAE}
 
 #: what components may receive from the model that builds them (never set in a config)
 COMPONENT_CONTEXT = ("latent_dim", "data_shape", "guide", "num_classes")
@@ -33,8 +36,11 @@ def resolve_model(spec: Mapping[str, Any]) -> dict[str, Any]:
             continue
         given = kwargs[argument]
         component = dict(given) if isinstance(given, Mapping) else {"name": given}
-        if "name" not in component:
-            raise UserError(f"[model.{argument}] needs a name")
+        if "name" not in component:  # arguments only: for the component the model's class defaults to
+            default = signature(cls)[argument].default
+            if not isinstance(default, (str, type)):
+                raise UserError(f"[model.{argument}] needs a name")
+            component["name"] = default
         _, component_kwargs = check_arguments(kind, component, TABLES[kind], dict.fromkeys(COMPONENT_CONTEXT))
         kwargs[argument] = {"name": component["name"], **component_kwargs}
     return {"name": spec["name"], **kwargs}
@@ -46,6 +52,13 @@ def build_model(spec: Mapping[str, Any], data_shape: Sequence[int], num_classes:
     context = {"data_shape": tuple(int(d) for d in data_shape)}
     if num_classes is not None:
         context["num_classes"] = int(num_classes)
+    else:
+        cls = resolve_class("model", resolved["name"], MODELS)
+        param = signature(cls).get("num_classes")
+        if param is not None and param.default is param.empty:
+            raise UserError(f"model '{resolved['name'] if isinstance(resolved['name'], str) else cls.__name__}' "
+                            f"needs labels, but the data have none: use a data set with labels (mnist, "
+                            f"fashion_mnist, synthetic, or arrays with label files)")
     return build("model", resolved, MODELS, **context)
 
 

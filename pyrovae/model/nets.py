@@ -71,3 +71,32 @@ class Decoder(nn.Module):
         out = self.net(z)
         shape = self.data_shape if self.channels == 1 else (self.channels, *self.data_shape)
         return out.reshape(*z.shape[:-1], *shape)
+
+
+class GaussianMLP(nn.Module):
+    r"""A diagonal Gaussian whose parameters an MLP computes from its input:
+    :math:`N(\mu(h), \mathrm{diag}\,\sigma(h)^2)`, :math:`\sigma = \mathrm{softplus}(\cdot) + 10^{-5}`.
+
+    ``forward(h)``: ``h`` is ``(*batch, in_features)``; the distribution has batch shape ``batch``
+    and event shape ``(out_features,)``. The conditionals of a hierarchical VAE, p(z1 | z2) and
+    q(z1 | x, z2), are such networks (Tomczak & Welling 2018, the HVAE).
+    """
+
+    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int], activation: str = "relu"):
+        super().__init__()
+        self.net = mlp([in_features, *hidden, 2 * out_features], activation)
+
+    def forward(self, h: torch.Tensor):
+        import pyro.distributions as dist
+
+        loc, raw = self.net(h).chunk(2, -1)
+        return dist.Normal(loc, torch.nn.functional.softplus(raw) + 1e-5).to_event(1)
+
+
+def with_label(h: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
+    """``h`` (``(*batch, n)``) with the one-hot label ``y`` (``batch``-broadcastable, integer)
+    appended: ``(*broadcast, n + classes)``. Leading sample and enumeration dimensions of either
+    broadcast, so a decoder sees each draw of z beside its datapoint's label."""
+    onehot = torch.nn.functional.one_hot(y.long(), classes).to(h.dtype)
+    shape = torch.broadcast_shapes(h.shape[:-1], onehot.shape[:-1])
+    return torch.cat([h.expand(*shape, h.shape[-1]), onehot.expand(*shape, classes)], -1)

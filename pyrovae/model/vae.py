@@ -34,7 +34,42 @@ ComponentSpec = Union[str, type, Mapping[str, Any]]
 TABLES = {"prior": PRIORS, "guide": GUIDES, "likelihood": LIKELIHOODS}
 
 
-class VAE(Model):
+class ComponentModel(Model):
+    """What the models built of components share: building a component from its spec with the
+    context it asks for, registering the parameters with Pyro in training, and what the
+    likelihood says about its data (:attr:`data_hint`, :attr:`reports_bits_per_dim`)."""
+
+    components = {"prior": "prior", "guide": "guide", "likelihood": "likelihood"}
+
+    @staticmethod
+    def _component(kind: str, given, context: dict) -> nn.Module:
+        if isinstance(given, nn.Module):
+            return given
+        spec = dict(given) if isinstance(given, Mapping) else {"name": given}
+        return build(kind, spec, TABLES[kind], **context)
+
+    #: the name its parameters have in Pyro's parameter store (format-1 checkpoints use "vae")
+    pyro_name = "vae"
+
+    def register(self) -> None:
+        """``pyro.module(name, self)`` in training mode: Pyro's SVI and the JIT ELBOs find the
+        parameters through it. Evaluation (``eval()``: validation, IWAE, AIS) needs no parameter
+        store, and registering every parameter at each call was a third of an IWAE chunk's Pyro time."""
+        if self.training:
+            pyro.module(self.pyro_name, self)
+
+    @property
+    def reports_bits_per_dim(self) -> bool:
+        """Whether the likelihood is a mass over discrete data (runs then log ``<split>/bpd``)."""
+        return bool(getattr(self.likelihood, "reports_bits_per_dim", False))
+
+    @property
+    def data_hint(self) -> str:
+        """What to tell a user whose data the likelihood does not model."""
+        return getattr(self.likelihood, "data_hint", "")
+
+
+class VAE(ComponentModel):
     """A prior, a guide and a likelihood; :meth:`model` and :meth:`guide` for Pyro.
 
     Each component is a module instance, or a spec that this constructor builds with the
@@ -51,8 +86,6 @@ class VAE(Model):
     a second latent site) and add constructor arguments: it is recorded and rebuilt as itself.
     """
 
-    components = {"prior": "prior", "guide": "guide", "likelihood": "likelihood"}
-
     def __init__(self, prior: "nn.Module | ComponentSpec" = "standard_normal",
                  guide: "nn.Module | ComponentSpec" = "diagonal_normal",
                  likelihood: "nn.Module | ComponentSpec" = "bernoulli", *,
@@ -66,13 +99,6 @@ class VAE(Model):
         self.posterior = posterior
         self.likelihood = self._component("likelihood", likelihood, context)
 
-    @staticmethod
-    def _component(kind: str, given, context: dict) -> nn.Module:
-        if isinstance(given, nn.Module):
-            return given
-        spec = dict(given) if isinstance(given, Mapping) else {"name": given}
-        return build(kind, spec, TABLES[kind], **context)
-
     def model(self, x: torch.Tensor) -> None:
         self.register()
         with pyro.plate("data", x.shape[0]):
@@ -83,23 +109,6 @@ class VAE(Model):
         self.register()
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", self.posterior(x))
-
-    def register(self) -> None:
-        """``pyro.module("vae", self)`` in training mode: Pyro's SVI and the JIT ELBOs find the
-        parameters through it. Evaluation (``eval()``: validation, IWAE, AIS) needs no parameter
-        store, and registering every parameter at each call was a third of an IWAE chunk's Pyro time."""
-        if self.training:
-            pyro.module("vae", self)
-
-    @property
-    def reports_bits_per_dim(self) -> bool:
-        """Whether the likelihood is a mass over discrete data (runs then log ``<split>/bpd``)."""
-        return bool(getattr(self.likelihood, "reports_bits_per_dim", False))
-
-    @property
-    def data_hint(self) -> str:
-        """What to tell a user whose data the likelihood does not model."""
-        return getattr(self.likelihood, "data_hint", "")
 
     # Conveniences for users of a trained model (and for the image logger).
     @torch.no_grad()
