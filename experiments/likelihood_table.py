@@ -1,10 +1,11 @@
-r"""A likelihood table: every shipped prior and guide on one training budget, log p(x) by IWAE and AIS.
+r"""A likelihood table: every shipped prior and guide, and the two-level HVAE, on one training budget,
+log p(x) by IWAE and AIS.
 
 One child run per variant under one MLflow parent run (experiment ``likelihood-table``): the
 baseline (784-400-50 MLP, N(0, I) prior, diagonal Gaussian q, Bernoulli likelihood, dynamic
 binarization, ``Trace_ELBO``, Adam 1e-3, batch 128) over ``baseline_seeds``, and each file of
-``experiments/zoo/`` (a prior or a guide swapped into the baseline; the other component stays
-the baseline's) at ``seed``. Every variant gets the same epochs on the same training images.
+``experiments/zoo/`` (a prior or a guide swapped into the baseline, the other component staying the
+baseline's; or, ``hvae``, a second latent layer above the baseline's) at ``seed``. Every variant gets the same epochs on the same training images.
 
 After training, each run is scored by ``pyrovae evaluate`` in a fresh process (so its peak
 memory is the estimators' own): on the first ``test_n`` test images (0 = all 10,000) the
@@ -51,7 +52,7 @@ from pyrovae.run import config
 from pyrovae.run.tracking import MlflowRun
 
 HERE = Path(__file__).resolve().parent
-ZOO = ["mixture_of_gaussians", "vamp_prior", "flow", "low_rank_normal", "iaf", "neural_spline"]
+ZOO = ["mixture_of_gaussians", "vamp_prior", "flow", "low_rank_normal", "iaf", "neural_spline", "hvae"]
 #: AIS starts from q(z|x) (it converges in far fewer steps), except where log q(z|x) of a point q
 #: did not draw needs the flow's inverse, one pass per latent dimension at every leapfrog step
 #: (27 s per point at 10 steps for the spline guide): those start from the prior.

@@ -35,6 +35,7 @@ import itertools
 from pathlib import Path
 
 from export_runs import experiment_of, over_seeds, study_parent, write
+from zoo_study import overrides
 
 from pyrovae import Callback, iwae, train_config
 from pyrovae.cli.signals import run_script
@@ -71,8 +72,8 @@ class TestCurve(Callback):
             metrics[OUTCOME] = -float(iwae(trainer.vae, x, self.k, batch_size=1000, seed=self.seed).mean())
 
 
-def run_name(dataset: str, size: int, warmup: int, seed: int) -> str:
-    return f"{dataset}-n{size}-warmup{warmup}-seed{seed}"
+def run_name(dataset: str, size: int, warmup: int, seed: int, model: str = "vae") -> str:
+    return f"{'' if model == 'vae' else model + '-'}{dataset}-n{size}-warmup{warmup}-seed{seed}"
 
 
 #: the axes of the grid, outermost first; each can be cut on the command line to split a budget
@@ -86,18 +87,22 @@ def grid(budget: dict) -> list[tuple]:
     return list(itertools.product(*(budget[axis] for axis in AXES)))
 
 
-def train_grid(budget: dict, parent: MlflowRun, experiment: str) -> None:
+def train_grid(budget: dict, parent: MlflowRun, experiment: str, model: str = "vae") -> None:
+    """Every run of the grid; ``model``: the default VAE, or a file of ``experiments/zoo/`` (e.g. the
+    two-level ``hvae``) for every run."""
+    sets = [] if model == "vae" else overrides(HERE / "zoo" / f"{model}.toml")
     for dataset, size, seed, warmup in grid(budget):
-        cfg = config.load(None, [
+        name = run_name(dataset, size, warmup, seed, model)
+        cfg = config.load(None, [*sets,
             f'data.name="{dataset}"', f"data.train_subset={size}", f"train.epochs={budget['epochs']}",
             f"train.batch_size={budget['batch']}",
             f"train.seed={seed}", f"train.warmup_epochs={warmup}", f"train.beta_start={0.01 if warmup else 1.0}",
             f"train.checkpoint_every={budget['epochs']}", f"eval.iwae_every={budget['every']}",
             f"eval.iwae_k={budget['iwae_k']}", f"eval.iwae_n={budget['score_n']}", "mlflow.images_every=0",
-            f'mlflow.experiment="{experiment}"', f'mlflow.run_name="{run_name(dataset, size, warmup, seed)}"'])
+            f'mlflow.experiment="{experiment}"', f'mlflow.run_name="{name}"'])
         result = train_config(cfg, progress=False, parent_run_id=parent.run_id,
                               callbacks=[TestCurve(budget["every"], budget["iwae_k"], budget["score_n"])])
-        print(f"{run_name(dataset, size, warmup, seed)}: run {result.run_id}", flush=True)
+        print(f"{name}: run {result.run_id}", flush=True)
 
 
 def picks(histories: dict[str, dict[int, float]]) -> dict[str, dict]:
@@ -121,6 +126,7 @@ def analyse(parent: MlflowRun) -> dict:
         histories = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)} for k in keys}
         p = run.data.params
         runs.append({"run_id": run.info.run_id, "name": run.info.run_name, "dataset": p["data.name"],
+                     "model": p.get("model.name", "vae"),
                      "train_size": int(p["data.train_subset"]), "batch_size": int(p["train.batch_size"]),
                      "warmup_epochs": float(p["train.warmup_epochs"]),
                      "seed": int(p["train.seed"]), "epochs": int(p["train.epochs"]), "iwae_k": int(p["eval.iwae_k"]),
@@ -138,7 +144,8 @@ def tabulate(runs: list[dict]) -> list[dict]:
         oracle = [r["picks"]["oracle (test)"]["test_nll"] for r in members]
         for name in [*CRITERIA, "last epoch", "oracle (test)"]:
             nll = [r["picks"][name]["test_nll"] for r in members]
-            table.append({"dataset": cell[0], "train_size": cell[1], "batch_size": cell[2], "warmup_epochs": cell[3],
+            table.append({"model": cell[4], "dataset": cell[0], "train_size": cell[1], "batch_size": cell[2],
+                          "warmup_epochs": cell[3],
                           "criterion": name,
                           "seeds": len(members), "epoch": over_seeds([r["picks"][name]["epoch"] for r in members]),
                           "test_nll": over_seeds(nll), "cost": over_seeds([a - b for a, b in zip(nll, oracle)])})
@@ -146,14 +153,15 @@ def tabulate(runs: list[dict]) -> list[dict]:
 
 
 def cell_of(run: dict) -> tuple:
-    return run["dataset"], run["train_size"], run["batch_size"], run["warmup_epochs"]
+    return run["dataset"], run["train_size"], run["batch_size"], run["warmup_epochs"], run.get("model", "vae")
 
 
 def print_table(record: dict) -> None:
-    print(f"{'data':<14}{'n':>6}{'batch':>6}{'warm-up':>8}  {'criterion':<14}{'epoch':>12}{'test NLL':>18}{'cost vs oracle':>18}")
+    print(f"{'model':<6}{'data':<14}{'n':>6}{'batch':>6}{'warm-up':>8}  {'criterion':<14}{'epoch':>12}{'test NLL':>18}"
+          f"{'cost vs oracle':>18}")
     for row in record["table"]:
         epoch, nll, cost = row["epoch"], row["test_nll"], row["cost"]
-        print(f"{row['dataset']:<14}{row['train_size']:>6}{row['batch_size']:>6}{row['warmup_epochs']:>8g}  "
+        print(f"{row.get('model', 'vae'):<6}{row['dataset']:<14}{row['train_size']:>6}{row['batch_size']:>6}{row['warmup_epochs']:>8g}  "
               f"{row['criterion']:<14}"
               f"{epoch[0]:>7.1f}+-{_se(epoch, 1)}{nll[0]:>11.2f} +- {_se(nll, 2)}{cost[0]:>11.2f} +- {_se(cost, 2)}")
 
@@ -171,6 +179,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", help="training-set sizes instead of the budget's")
     parser.add_argument("--seeds", type=int, nargs="+", help="instead of the budget's seeds")
     parser.add_argument("--warmups", type=int, nargs="+", help="instead of the budget's warm-up epochs")
+    parser.add_argument("--model", default="vae", help="vae (the default model) or a file of experiments/zoo/ "
+                                                       "naming another model, e.g. hvae")
     parser.add_argument("--experiment", default="validation-loss-study")
     parser.add_argument("--out", type=Path, help="the export (default: results/validation_loss_study_<budget>.json)")
     parser.add_argument("--figure", type=Path, help="default: figures/validation_loss_study_<budget>.png")
@@ -181,7 +191,7 @@ def main() -> None:
     else:
         with study_parent(args.experiment, f"validation-loss-{args.budget}", args.budget, BUDGETS[args.budget],
                           args.parent) as parent:
-            train_grid(budget, parent, experiment_of(parent))
+            train_grid(budget, parent, experiment_of(parent), args.model)
     name = parent.client.get_run(parent.run_id).data.tags.get("study.budget", args.budget)
     out = args.out or HERE / "results" / f"validation_loss_study_{name}.json"
     record = analyse(parent)

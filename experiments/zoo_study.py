@@ -27,11 +27,13 @@ DEFAULT_VARIANTS = ["standard_normal", "mixture_of_gaussians", "vamp_prior", "fl
 
 
 def overrides(path: Path) -> list[str]:
-    """A zoo file's sections as ``--set`` overrides, e.g. ``model.guide.steps=2``."""
+    """A zoo file's ``[model]`` keys and sections as ``--set`` overrides, e.g. ``model.name="hvae"``,
+    ``model.guide.steps=2``."""
     out = []
     for kind, section in tomllib.loads(path.read_text())["model"].items():
-        for key, value in section.items():
-            out.append(f"model.{kind}.{key}={value!r}".replace("'", '"'))
+        for key, value in (section.items() if isinstance(section, dict) else [(None, section)]):
+            name = f"model.{kind}" if key is None else f"model.{kind}.{key}"
+            out.append(f"{name}={value!r}".replace("'", '"'))
     return out
 
 
