@@ -1,7 +1,7 @@
-"""The Python API as the README shows it, and runs logged by older pyrovae versions.
+"""The Python API as the README and the docs show it, and runs logged by older pyrovae versions.
 
-The README's two Python blocks (a user's prior module, then the script) are written to a folder
-and run there as a user would; the run they log must be the run ``pyrovae train`` logs for the
+The README's example, and the two Python blocks of ``docs/getting-started.md`` (a user's prior
+module, then the script), are written to a folder and run there as a user would; the run they log must be the run ``pyrovae train`` logs for the
 same settings, and every command must work on it. A run made by pyrovae 0.1 (checkpoint format 1,
 ``tests/fixtures/legacy_run_format1``) must still evaluate, sample and resume with the numbers
 that version would have logged.
@@ -43,14 +43,31 @@ def log_fixture(client, store: str, folder: Path, experiment: str) -> str:
     return run_id
 
 
-def readme_python_blocks() -> list[str]:
-    section = ROOT.joinpath("README.md").read_text().split("## From Python", 1)[1].split("\n## ", 1)[0]
+def python_blocks(page: str, heading: str) -> list[str]:
+    """The Python code blocks of one section (``heading`` up to the next ``## ``) of a Markdown page."""
+    section = ROOT.joinpath(page).read_text().split(heading, 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
 @pytest.mark.slow
-def test_the_readme_example_runs_and_its_run_is_a_normal_pyrovae_run(tmp_path, monkeypatch, capsys):
-    prior_module, script = readme_python_blocks()
+@pytest.mark.slow
+def test_the_readme_example_runs_and_reloads(tmp_path):
+    (script,) = python_blocks("README.md", "## From Python")
+    (tmp_path / "demo.py").write_text(script)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default ./mlruns
+    done = subprocess.run([sys.executable, "demo.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert "'val/loss'" in lines[0] and "'val/kl'" in lines[0] and "'val/mse'" in lines[0]
+    val_loss = float(lines[0].split("'val/loss': ")[1].split(",")[0])
+    assert 0 < float(lines[1].split(":")[1]) < val_loss + 5  # IWAE's NLL: a tighter bound, near the -ELBO
+    assert lines[2] == "torch.Size([8, 1, 12, 12]) torch.Size([4, 1, 12, 12])"
+
+
+@pytest.mark.slow
+def test_the_getting_started_example_runs_and_its_run_is_a_normal_pyrovae_run(tmp_path, monkeypatch, capsys):
+    prior_module, script = python_blocks("docs/getting-started.md", "## From Python")
     (tmp_path / "my_prior.py").write_text(prior_module)
     (tmp_path / "demo.py").write_text(script)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default ./mlruns
@@ -213,17 +230,11 @@ def test_a_vae_subclass_with_a_parameter_of_its_own_is_logged_and_rebuilt_as_its
     assert main(["resume", result.run_id, "--set", "train.epochs=2", "--no-progress"]) == 0
 
 
-def readme_section_blocks(heading: str, language: str) -> list[str]:
-    section = ROOT.joinpath("README.md").read_text().split(heading, 1)[1].split("\n## ", 1)[0]
-    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
-
-
 @pytest.mark.slow
-def test_the_readme_s_own_model_trains_scores_samples_and_reloads_from_the_cli_and_python(store, tmp_path,
+def test_the_docs_own_model_trains_scores_samples_and_reloads_from_the_cli_and_python(store, tmp_path,
                                                                                           monkeypatch, capsys):
-    heading = "## Your own model: any Pyro model/guide pair"
-    module, script = readme_section_blocks(heading, "python")
-    assert module == (ROOT / "experiments" / "own_model.py").read_text()  # the README shows the file itself
+    module, script = python_blocks("docs/models.md", "## Your own model: any Pyro model/guide pair")
+    assert module == (ROOT / "experiments" / "own_model.py").read_text()  # the page shows the file itself
     monkeypatch.syspath_prepend(str(ROOT / "experiments"))
     tiny = ["--set", "data.name=synthetic", "--set", "data.subset=300", "--set", "train.epochs=1",
             "--set", "model.z1=4", "--set", "model.hidden=32", "--no-progress"]

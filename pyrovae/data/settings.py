@@ -10,6 +10,8 @@ from pyrovae.settings import Settings
 
 
 class DataSettings(Settings):
+    """Which data set, where its files are, how it is binarized, cut and labelled."""
+
     section = "data"
 
     name: Literal["mnist", "fashion_mnist", "synthetic", "ppca", "arrays"] = Field(
@@ -34,5 +36,5 @@ class DataSettings(Settings):
                                                "unlabelled (0 = keep every label)")
     num_classes: int = Field(0, ge=0, description="how many classes the labels have (0 = the largest label + 1); "
                                                   "a label outside 0 .. num_classes - 1 is refused")
-    val_fraction: float = Field(0.1, ge=0.0, le=0.9)
-    test_fraction: float = Field(0.1, ge=0.0, le=0.9)
+    val_fraction: float = Field(0.1, ge=0.0, le=0.9, description="arrays with data.file: the share of rows that validate")
+    test_fraction: float = Field(0.1, ge=0.0, le=0.9, description="arrays with data.file: the share of rows that test")

@@ -15,17 +15,19 @@ from pyrovae.settings import Settings
 
 
 class TrainSettings(Settings):
+    """How the trainer steps: the objective, the optimizer and its schedule, KL warm-up, early stopping."""
+
     section = "train"
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(10, ge=1, description="passes over the training set")
+    batch_size: int = Field(128, ge=1, description="datapoints per step (the global batch under torchrun)")
     lr: float = Field(1e-3, gt=0.0, description="base learning rate")
     seed: int = Field(0, ge=0, description="seeds torch, NumPy and Python's RNGs")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
     elbo: Literal["trace", "meanfield", "enum"] = Field(
         "trace", description="Trace_ELBO (Monte Carlo KL), TraceMeanField_ELBO (closed-form KL where it exists) or "
                              "TraceEnum_ELBO (discrete guide sites marked for parallel enumeration summed out)")
-    num_particles: int = Field(1, ge=1)
+    num_particles: int = Field(1, ge=1, description="draws of the latent sites per datapoint in the ELBO")
     jit: bool = Field(False, description="JitTrace_ELBO / JitTraceMeanField_ELBO (torch.jit.trace of the loss)")
     beta_start: float = Field(1.0, gt=0.0, le=1.0, description="KL weight at the first step (> 0)")
     warmup_epochs: float = Field(0.0, ge=0.0, description="epochs to raise beta linearly to 1 (0 = no warm-up)")
@@ -46,9 +48,11 @@ class TrainSettings(Settings):
 
 
 class EvalSettings(Settings):
+    """How every epoch validates: the batch, the seed of its draws, and an optional IWAE curve."""
+
     section = "eval"
 
-    batch_size: int = Field(1000, ge=1)
+    batch_size: int = Field(1000, ge=1, description="datapoints per validation and test batch")
     seed: int = Field(0, ge=0, description="seed of the evaluation samples, fixed so runs compare")
     iwae_every: int = Field(0, ge=0, description="log val/nll_iwae every N epochs (0 = never; it costs K decoder passes)")
     iwae_k: int = Field(100, ge=1, description="importance samples K of the per-epoch val/nll_iwae")

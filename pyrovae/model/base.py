@@ -69,9 +69,9 @@ class Model(nn.Module):
 
     @property
     def config(self) -> dict[str, Any] | None:
-        """The resolved ``[model]`` table that rebuilds this model: ``{"name": <class>, **constructor
-        arguments}`` with each component's defaults filled in and the context arguments left out;
-        ``None`` when an argument is a module instance (which no config can name)."""
+        """The resolved ``[model]`` table that rebuilds this model: the class as ``name`` and the
+        constructor's arguments, each component's defaults filled in and the context arguments left
+        out; ``None`` when an argument is a module instance (which no config can name)."""
         from pyrovae.model.models import resolve_model
 
         arguments = getattr(self, "_arguments", None)

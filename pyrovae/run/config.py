@@ -32,11 +32,13 @@ DEFAULT_MODEL = {"name": "vae", "latent_dim": 50, "prior": {"name": "standard_no
 
 
 class MlflowSettings(Settings):
+    """Where runs are tracked and how much they log."""
+
     section = "mlflow"
 
     tracking_uri: str = Field("", description="'' = $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db")
-    experiment: str = "pyrovae"
-    run_name: str = ""
+    experiment: str = Field("pyrovae", description="the MLflow experiment the run goes to")
+    run_name: str = Field("", description="the run's name (empty: one MLflow picks)")
     images_every: int = Field(1, ge=0, description="log the reconstruction and sample grids every N epochs "
                                                    "(0 = never): fewer artifacts in long runs")
 

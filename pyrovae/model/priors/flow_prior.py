@@ -24,7 +24,7 @@ class ZukoDistribution(ZukoToPyro):
 
 
 class FlowPrior(nn.Module):
-    r"""p(z) = N(u; 0, I) |det du/dz|, u = f(z), f a neural spline flow (zuko's ``NSF``).
+    r""":math:`p(z) = N(u; 0, I)\,|\det \partial u/\partial z|`, :math:`u = f(z)`, f a neural spline flow (zuko's ``NSF``).
 
     ``transforms`` autoregressive rational-quadratic spline steps with ``bins`` bins each,
     their conditioners MLPs of sizes ``hidden``, alternating the variable order.
