@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import fmt, interleave, per_round_ratios, spread, table  # noqa: E402
 
-from pyrovae.run import config  # noqa: E402
 from pyrovae.infer.estimators.iwae import default_chunk_rows  # noqa: E402
 from pyrovae.model.vae import build_vae  # noqa: E402
+from pyrovae.run import config  # noqa: E402
 
 
 def default_vae(latent: int = 50):
@@ -35,7 +35,8 @@ def default_vae(latent: int = 50):
 
 
 def matmul_chain(vae, n: int, k: int, device, rows: int | None = None) -> None:
-    """The decoder's matmuls for ``n * k`` rows, in chunks of ``rows`` (default: what :func:`iwae` uses on ``device``)."""
+    """The decoder's matmuls for ``n * k`` rows, in chunks of ``rows`` (default: what :func:`iwae` uses on
+    ``device``)."""
     first, last = vae.likelihood.decoder.net[0], vae.likelihood.decoder.net[-1]
     w1, b1, w2, b2 = first.weight.t(), first.bias, last.weight.t(), last.bias
     total = n * k
@@ -49,6 +50,7 @@ def matmul_chain(vae, n: int, k: int, device, rows: int | None = None) -> None:
 
 def iwae_runner(vae, x, k):
     from pyrovae.infer.estimators.iwae import iwae
+
     return lambda: iwae(vae, x, k, batch_size=x.shape[0])
 
 
@@ -58,15 +60,28 @@ def run(splits, args) -> None:
     rows = []
     for k, n in ((5000, 20), (50, 2000)):
         x = splits.evaluation_data("val")[:n]
-        s = interleave({"iwae": iwae_runner(vae, x, k), "matmul": lambda: matmul_chain(vae, n, k, device)},
-                       max(2, args.rounds // 2))
-        rows.append([k, n, fmt([n * k / t for t in s["iwae"]]), fmt([n * k / t for t in s["matmul"]]),
-                     fmt(per_round_ratios(s["iwae"], s["matmul"]), 2)])
+        s = interleave(
+            {"iwae": iwae_runner(vae, x, k), "matmul": lambda n=n, k=k: matmul_chain(vae, n, k, device)},
+            max(2, args.rounds // 2),
+        )
+        rows.append(
+            [
+                k,
+                n,
+                fmt([n * k / t for t in s["iwae"]]),
+                fmt([n * k / t for t in s["matmul"]]),
+                fmt(per_round_ratios(s["iwae"], s["matmul"]), 2),
+            ]
+        )
     print("\n## IWAE: datapoints x samples / s, against the bare decoder matmuls of the same shapes\n")
     print(table(["K", "datapoints", "IWAE", "matmul limit", "IWAE time / limit"], rows))
     script = Path(__file__).resolve()
-    out = subprocess.run([sys.executable, str(script), "--peak-rss", "5000", "20", str(device)],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, str(script), "--peak-rss", "5000", "20", str(device)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     print(f"\nPeak RSS of a fresh process running IWAE at K = 5000 (20 datapoints): {out}")
 
 
@@ -94,12 +109,22 @@ def chunk_sweep(device: str, n: int = 20, rows_list=(1_024, 4_096, 16_384, 50_00
     k = 5000
     vae = default_vae().to(device)
     x = torch.bernoulli(torch.rand(n, 1, 28, 28, device=device))
-    s = interleave({name: fn for rows in rows_list for name, fn in (
-        (f"iwae {rows}", lambda r=rows: iwae(vae, x, k, batch_size=n, chunk_size=max(1, r // n))),
-        (f"matmul {rows}", lambda r=rows: matmul_chain(vae, n, k, device, r)))}, rounds)
+    s = interleave(
+        {
+            name: fn
+            for rows in rows_list
+            for name, fn in (
+                (f"iwae {rows}", lambda r=rows: iwae(vae, x, k, batch_size=n, chunk_size=max(1, r // n))),
+                (f"matmul {rows}", lambda r=rows: matmul_chain(vae, n, k, device, r)),
+            )
+        },
+        rounds,
+    )
     best = min(min(v) for name, v in s.items() if name.startswith("matmul"))
-    rows = [[r, fmt(s[f"iwae {r}"], 3), fmt(s[f"matmul {r}"], 3), f"{spread(s[f'iwae {r}'])[0] / best:.2f}"]
-            for r in rows_list]
+    rows = [
+        [r, fmt(s[f"iwae {r}"], 3), fmt(s[f"matmul {r}"], 3), f"{spread(s[f'iwae {r}'])[0] / best:.2f}"]
+        for r in rows_list
+    ]
     print(f"\n## IWAE chunk size on {device}: seconds for K = {k} x {n} datapoints, median [min, max]\n")
     print(table(["rows per chunk", "IWAE s", "matmul s", "IWAE / fastest matmul"], rows))
 

@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import ExamplePipeline, HandVAE  # noqa: E402
 from timing import fmt, interleave, per_round_ratios, spread, table  # noqa: E402
 
-from pyrovae.run import config  # noqa: E402
 from pyrovae.data import Splits, load_data  # noqa: E402
 from pyrovae.devices import select_device  # noqa: E402
 from pyrovae.infer.trainer import Trainer  # noqa: E402
 from pyrovae.model.vae import build_vae  # noqa: E402
+from pyrovae.run import config  # noqa: E402
 
 
 def make_splits(data_root: str, device: torch.device, n_train: int) -> Splits:
@@ -45,9 +45,13 @@ def make_splits(data_root: str, device: torch.device, n_train: int) -> Splits:
     else:
         gen = torch.Generator().manual_seed(0)
         shape = (1, 28, 28)
-        splits = Splits("synthetic-784", train=torch.rand(n_train, *shape, generator=gen),
-                        val=torch.rand(10_000, *shape, generator=gen), test=torch.rand(1000, *shape, generator=gen),
-                        binarize=True).to(device)
+        splits = Splits(
+            "synthetic-784",
+            train=torch.rand(n_train, *shape, generator=gen),
+            val=torch.rand(10_000, *shape, generator=gen),
+            test=torch.rand(1000, *shape, generator=gen),
+            binarize=True,
+        ).to(device)
     splits.full_train_size = 50_000  # what an epoch of MNIST holds, for the validation fraction
     return splits
 
@@ -66,10 +70,12 @@ def own_store(trainer: Trainer):
     parameters (DESIGN.md). Re-registering after a clear keeps the same tensors, so the
     optimizer's state carries on (and a JIT-compiled loss finds its parameters by name).
     """
+
     def run():
         pyro.clear_param_store()
         pyro.module("vae", trainer.vae)
         trainer.train_epoch()
+
     return run
 
 
@@ -95,11 +101,19 @@ def bench_training(splits: Splits, args, device: torch.device) -> dict[str, list
     rows = []
     for name, s in seconds.items():
         ips = [n / t for t in s]
-        rows.append([name, fmt(ips), f"{spread(s)[0] / args.batches * 1e3:.2f}",
-                     fmt(per_round_ratios(seconds["hand-written PyTorch"], s), 2),
-                     fmt(per_round_ratios(seconds["Pyro example style"], s), 2)])
-    print(f"\n## Training: {n} images/round ({args.batches} batches of {args.batch_size}), "
-          f"{args.rounds} rounds after 1 warm-up, median [min, max]\n")
+        rows.append(
+            [
+                name,
+                fmt(ips),
+                f"{spread(s)[0] / args.batches * 1e3:.2f}",
+                fmt(per_round_ratios(seconds["hand-written PyTorch"], s), 2),
+                fmt(per_round_ratios(seconds["Pyro example style"], s), 2),
+            ]
+        )
+    print(
+        f"\n## Training: {n} images/round ({args.batches} batches of {args.batch_size}), "
+        f"{args.rounds} rounds after 1 warm-up, median [min, max]\n"
+    )
     print(table(["contender", "images/s", "ms/step", "x hand-written", "x Pyro example"], rows))
     return seconds
 
@@ -113,8 +127,10 @@ def bench_validation(splits: Splits, args, train_seconds: list[float]) -> None:
     n_batch = args.batches * args.batch_size
     epoch = spread(train_seconds)[0] / n_batch * splits.full_train_size
     val = spread(times)[0]
-    print(f"\n## Validation: {splits.val.shape[0]} images in {val:.3f} s (median of {args.rounds}) "
-          f"= {100 * val / epoch:.1f}% of a {splits.full_train_size}-image epoch ({epoch:.1f} s)")
+    print(
+        f"\n## Validation: {splits.val.shape[0]} images in {val:.3f} s (median of {args.rounds}) "
+        f"= {100 * val / epoch:.1f}% of a {splits.full_train_size}-image epoch ({epoch:.1f} s)"
+    )
 
 
 def bench_scaling(splits: Splits, args) -> None:
@@ -136,22 +152,29 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, default=40, help="training batches per round")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--set", action="append", default=[], help="pyrovae config override for every pyrovae contender")
-    parser.add_argument("--variant", action="append", default=[], help="'name:key=value,...': another pyrovae contender")
+    parser.add_argument(
+        "--set", action="append", default=[], help="pyrovae config override for every pyrovae contender"
+    )
+    parser.add_argument(
+        "--variant", action="append", default=[], help="'name:key=value,...': another pyrovae contender"
+    )
     parser.add_argument("--scaling", action="store_true", help="also tabulate throughput vs batch, latent and K")
     parser.add_argument("--skip-eval", action="store_true")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     device = select_device(args.device)
     torch.manual_seed(0)
-    print(f"device {device}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"pyro {pyro.__version__}, data {'MNIST at ' + args.data_root if args.data_root else 'synthetic 784-dim'}, "
-          f"cpus {os.cpu_count()}")
+    print(
+        f"device {device}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"pyro {pyro.__version__}, data {'MNIST at ' + args.data_root if args.data_root else 'synthetic 784-dim'}, "
+        f"cpus {os.cpu_count()}"
+    )
     splits = make_splits(args.data_root, device, args.batches * args.batch_size)
     seconds = bench_training(splits, args, device)
     bench_validation(splits, args, seconds["pyrovae"])
     if not args.skip_eval:
         import eval_speed
+
         eval_speed.run(splits, args)
     if args.scaling:
         bench_scaling(splits, args)

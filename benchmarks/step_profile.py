@@ -38,18 +38,27 @@ def profile_steps(device: torch.device, batch_size: int, steps: int, rounds: int
         synchronize()
     events = prof.key_averages()
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
-    host_ops = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CPU and e.key.startswith("aten::")),
-                      key=lambda e: e.self_cpu_time_total, reverse=True)
+    host_ops = sorted(
+        (e for e in events if e.device_type == torch.autograd.DeviceType.CPU and e.key.startswith("aten::")),
+        key=lambda e: e.self_cpu_time_total,
+        reverse=True,
+    )
     in_ops = sum(e.self_cpu_time_total for e in host_ops) / 1e6 / steps
-    print(f"\n## batch {batch_size}: {wall * 1e3:.2f} ms/step wall ({batch_size / wall:,.0f} images/s), "
-          f"median of {rounds} epochs of {steps} steps")
+    print(
+        f"\n## batch {batch_size}: {wall * 1e3:.2f} ms/step wall ({batch_size / wall:,.0f} images/s), "
+        f"median of {rounds} epochs of {steps} steps"
+    )
     if kernels:
         busy = sum(e.self_device_time_total for e in kernels) / 1e6 / steps
         launches = sum(e.count for e in kernels) / steps
-        print(f"device kernels: {busy * 1e3:.3f} ms/step ({100 * busy / wall:.0f}% of the step), "
-              f"{launches:.0f} kernel launches/step")
-    print(f"host time inside aten operators: {in_ops * 1e3:.2f} ms/step (under the profiler, which inflates it); "
-          f"the rest of the step is Python: Pyro's tracing, distributions, the ELBO, the optimizer wrapper")
+        print(
+            f"device kernels: {busy * 1e3:.3f} ms/step ({100 * busy / wall:.0f}% of the step), "
+            f"{launches:.0f} kernel launches/step"
+        )
+    print(
+        f"host time inside aten operators: {in_ops * 1e3:.2f} ms/step (under the profiler, which inflates it); "
+        f"the rest of the step is Python: Pyro's tracing, distributions, the ELBO, the optimizer wrapper"
+    )
     print("top host operators (self time per step, calls per step):")
     for e in host_ops[:8]:
         print(f"  {e.key:<32} {e.self_cpu_time_total / 1e3 / steps:7.3f} ms  {e.count / steps:5.1f}")
@@ -63,8 +72,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     device = select_device(args.device)
-    print(f"device {describe(device)}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} host threads")
+    print(f"device {describe(device)}, torch {torch.__version__}, {torch.get_num_threads()} host threads")
     for batch_size in args.batch_size or [128]:
         profile_steps(device, batch_size, args.steps, args.rounds)
 

@@ -43,8 +43,13 @@ def _key(row: dict) -> tuple[str, int]:
 def _reproduction(earlier: dict, new: dict) -> dict:
     """An earlier row and the row that retrained its variant and seed, side by side."""
     keys = ("run_id", "evaluation_run_id", "nll_iwae", "nll_iwae_se")
-    return {"variant": new["variant"], "seed": new["seed"], **{f"earlier_{k}": earlier[k] for k in keys},
-            **{k: new[k] for k in keys}, "exact": all(earlier[k] == new[k] for k in ("nll_iwae", "nll_iwae_se"))}
+    return {
+        "variant": new["variant"],
+        "seed": new["seed"],
+        **{f"earlier_{k}": earlier[k] for k in keys},
+        **{k: new[k] for k in keys},
+        "exact": all(earlier[k] == new[k] for k in ("nll_iwae", "nll_iwae_se")),
+    }
 
 
 def carry_over(record: dict, earlier: dict) -> None:
@@ -66,4 +71,6 @@ def carry_over(record: dict, earlier: dict) -> None:
     record["reproduced"] = earlier.get("reproduced", []) + reproduced
     record["earlier_parents"] = earlier.get("earlier_parents", []) + (
         [{key: earlier[key] for key in ("parent_run_id", "store", "runs")}]
-        if earlier["parent_run_id"] != record["parent_run_id"] else [])
+        if earlier["parent_run_id"] != record["parent_run_id"]
+        else []
+    )

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import pyro
 from pyro.infer import Trace_ELBO
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "benchmarks"))
@@ -46,13 +45,22 @@ from pyrovae.run import config  # noqa: E402
 from pyrovae.run.tracking import MlflowRun  # noqa: E402
 
 #: HandVAE parameter -> the pyrovae VAE's parameter of the same layer
-LAYERS = {"encoder.body.0": "posterior.encoder.net.0", "encoder.head": "posterior.head",
-          "decoder.0": "likelihood.decoder.net.0", "decoder.2": "likelihood.decoder.net.2"}
+LAYERS = {
+    "encoder.body.0": "posterior.encoder.net.0",
+    "encoder.head": "posterior.head",
+    "decoder.0": "likelihood.decoder.net.0",
+    "decoder.2": "likelihood.decoder.net.2",
+}
 
 
 def as_pyrovae(hand: HandVAE, model_config: dict, data_shape) -> VAE:
-    vae = VAE(model_config["prior"], model_config["guide"], model_config["likelihood"],
-              latent_dim=model_config["latent_dim"], data_shape=data_shape)
+    vae = VAE(
+        model_config["prior"],
+        model_config["guide"],
+        model_config["likelihood"],
+        latent_dim=model_config["latent_dim"],
+        data_shape=data_shape,
+    )
     state = {f"{LAYERS[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v for k, v in hand.state_dict().items()}
     missing, unexpected = vae.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith("prior.") for k in missing), (missing, unexpected)  # N(0, I) buffers
@@ -64,26 +72,41 @@ def train_hand(cfg: dict, parent: str, iwae_k: int) -> None:
     pyro.set_rng_seed(seed)  # as `pyrovae train` seeds before building
     data = load_data(cfg["data"])
     hand = HandVAE(lr=cfg["train"]["lr"])
-    run = MlflowRun.create(cfg["mlflow"]["tracking_uri"], cfg["mlflow"]["experiment"], f"hand-seed{seed}",
-                           parent_run_id=parent)
+    run = MlflowRun.create(
+        cfg["mlflow"]["tracking_uri"], cfg["mlflow"]["experiment"], f"hand-seed{seed}", parent_run_id=parent
+    )
     with run.lifecycle():
-        run.log_params({"model": "HandVAE (closed-form KL, BCE)", "train.seed": seed, "train.epochs": epochs,
-                        "train.lr": cfg["train"]["lr"], "train.batch_size": cfg["train"]["batch_size"],
-                        "data.subset": cfg["data"]["subset"]})
+        run.log_params(
+            {
+                "model": "HandVAE (closed-form KL, BCE)",
+                "train.seed": seed,
+                "train.epochs": epochs,
+                "train.lr": cfg["train"]["lr"],
+                "train.batch_size": cfg["train"]["batch_size"],
+                "data.subset": cfg["data"]["subset"],
+            }
+        )
         started = time.perf_counter()
         for epoch in range(1, epochs + 1):
             total = hand.train_batches(data.train_batches(cfg["train"]["batch_size"]))
             vae = as_pyrovae(hand, cfg["model"], data.data_shape)
             val = evaluate(vae, Trace_ELBO(), data.evaluation_data("val"), 1000, seed=0)
-            run.log_metrics({"train/loss": total / data.train.shape[0], **{f"val/{k}": v for k, v in val.items()}},
-                            step=epoch)
+            run.log_metrics(
+                {"train/loss": total / data.train.shape[0], **{f"val/{k}": v for k, v in val.items()}}, step=epoch
+            )
         run.log_metrics({"train/seconds_total": time.perf_counter() - started}, step=epochs)
         test = data.evaluation_data("test")
         scores = evaluate(vae, Trace_ELBO(), test, 1000, seed=0)
         started = time.perf_counter()
         log_px = iwae(vae, test, iwae_k, batch_size=100, seed=0)
-        run.log_metrics({**{f"test/{k}": v for k, v in scores.items()}, "test/nll_iwae": -float(log_px.mean()),
-                         "test/iwae_seconds": time.perf_counter() - started}, step=epochs)
+        run.log_metrics(
+            {
+                **{f"test/{k}": v for k, v in scores.items()},
+                "test/nll_iwae": -float(log_px.mean()),
+                "test/iwae_seconds": time.perf_counter() - started,
+            },
+            step=epochs,
+        )
         run.set_tags({"eval.iwae_k": str(iwae_k), "eval.iwae_n": str(test.shape[0])})
     print(f"hand seed {seed}: test/nll_iwae {-float(log_px.mean()):.3f}", flush=True)
 
@@ -117,8 +140,9 @@ def main() -> None:
     if args.parent:
         parent = MlflowRun.existing(args.parent, parent_cfg["mlflow"]["tracking_uri"])
     else:
-        parent = MlflowRun.create(parent_cfg["mlflow"]["tracking_uri"], args.experiment, "default-vs-hand",
-                                  tags={"pyrovae.group": "parent"})
+        parent = MlflowRun.create(
+            parent_cfg["mlflow"]["tracking_uri"], args.experiment, "default-vs-hand", tags={"pyrovae.group": "parent"}
+        )
     with parent.lifecycle():
         if not args.parent:
             parent.log_config(parent_cfg)

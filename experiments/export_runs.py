@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from mlflow.tracking import MlflowClient
 
@@ -27,21 +27,39 @@ def collect(parent_id: str, uri: str = "") -> dict:
     parent = MlflowRun.existing(parent_id, uri)
     client: MlflowClient = parent.client
     experiment = parent.info().experiment_id
-    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}'",
-                                  order_by=["attributes.start_time ASC"])
+    children = client.search_runs(
+        [experiment],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
     record = {"parent_run_id": parent.run_id, "store": parent.uri, "runs": []}
     for run in children:
-        record["runs"].append({
-            "run_id": run.info.run_id, "name": run.info.run_name, "status": run.info.status,
-            "params": dict(run.data.params), "metrics": {k: v for k, v in run.data.metrics.items()
-                                                         if not k.startswith("system/")},
-            "curves": {key: [[m.step, m.value] for m in client.get_metric_history(run.info.run_id, key)]
-                       for key in CURVES},
-            "evaluations": [{"run_id": e.info.run_id, "status": e.info.status, "params": dict(e.data.params),
-                             "metrics": {k: v for k, v in e.data.metrics.items() if not k.startswith("system/")}}
-                            for e in client.search_runs([experiment], filter_string=(
-                                f"tags.mlflow.parentRunId = '{run.info.run_id}' AND tags.`pyrovae.kind` = 'evaluation'"))],
-        })
+        record["runs"].append(
+            {
+                "run_id": run.info.run_id,
+                "name": run.info.run_name,
+                "status": run.info.status,
+                "params": dict(run.data.params),
+                "metrics": {k: v for k, v in run.data.metrics.items() if not k.startswith("system/")},
+                "curves": {
+                    key: [[m.step, m.value] for m in client.get_metric_history(run.info.run_id, key)] for key in CURVES
+                },
+                "evaluations": [
+                    {
+                        "run_id": e.info.run_id,
+                        "status": e.info.status,
+                        "params": dict(e.data.params),
+                        "metrics": {k: v for k, v in e.data.metrics.items() if not k.startswith("system/")},
+                    }
+                    for e in client.search_runs(
+                        [experiment],
+                        filter_string=(
+                            f"tags.mlflow.parentRunId = '{run.info.run_id}' AND tags.`pyrovae.kind` = 'evaluation'"
+                        ),
+                    )
+                ],
+            }
+        )
     return record
 
 
@@ -57,12 +75,16 @@ def export(parent_id: str, out: Path, uri: str = "") -> dict:
 
 
 @contextmanager
-def study_parent(experiment: str, name: str, budget_name: str, budget: dict,
-                 existing: str | None = None) -> Iterator[MlflowRun]:
+def study_parent(
+    experiment: str, name: str, budget_name: str, budget: dict, existing: str | None = None
+) -> Iterator[MlflowRun]:
     """A study's parent run, open while its children train: ``existing`` (a run id) or a new one
     tagged ``study.budget`` with the budget as ``study.*`` params; FAILED if the study fails."""
-    parent = MlflowRun.existing(existing) if existing else MlflowRun.create(
-        "", experiment, name, tags={"pyrovae.group": "parent", "study.budget": budget_name})
+    parent = (
+        MlflowRun.existing(existing)
+        if existing
+        else MlflowRun.create("", experiment, name, tags={"pyrovae.group": "parent", "study.budget": budget_name})
+    )
     with parent.lifecycle():
         if not existing:
             parent.log_params({f"study.{k}": v for k, v in budget.items()})

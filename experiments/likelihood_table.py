@@ -5,7 +5,8 @@ One child run per variant under one MLflow parent run (experiment ``likelihood-t
 baseline (784-400-50 MLP, N(0, I) prior, diagonal Gaussian q, Bernoulli likelihood, dynamic
 binarization, ``Trace_ELBO``, Adam 1e-3, batch 128) over ``baseline_seeds``, and each file of
 ``experiments/zoo/`` (a prior or a guide swapped into the baseline, the other component staying the
-baseline's; or, ``hvae``, a second latent layer above the baseline's) at ``seed``. Every variant gets the same epochs on the same training images.
+baseline's; or, ``hvae``, a second latent layer above the baseline's) at ``seed``. Every variant gets
+the same epochs on the same training images.
 
 After training, each run is scored by ``pyrovae evaluate`` in a fresh process (so its peak
 memory is the estimators' own): on the first ``test_n`` test images (0 = all 10,000) the
@@ -40,10 +41,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from mlflow.exceptions import MlflowException
-
 from carried_rows import carry_over, load_per_image, save_per_image
 from export_runs import collect, experiment_of, over_seeds, study_parent, write
+from mlflow.exceptions import MlflowException
 from zoo_study import overrides
 
 from pyrovae import train_config
@@ -58,12 +58,31 @@ ZOO = ["mixture_of_gaussians", "vamp_prior", "flow", "low_rank_normal", "iaf", "
 #: (27 s per point at 10 steps for the spline guide): those start from the prior.
 AIS_START = {"iaf": "prior", "neural_spline": "prior"}
 BUDGETS = {
-    "full": dict(epochs=100, subset=0, baseline_seeds=[0, 1], seed=0, iwae_k=5000, test_n=0,
-                 ais_n=100, ais_steps=500, ais_chains=16),
-    "session": dict(epochs=20, subset=0, baseline_seeds=[0, 1], seed=0, iwae_k=5000, test_n=1000,
-                    ais_n=10, ais_steps=200, ais_chains=8),
-    "smoke": dict(epochs=1, subset=1000, baseline_seeds=[0], seed=0, iwae_k=10, test_n=100,
-                  ais_n=4, ais_steps=10, ais_chains=2),
+    "full": dict(
+        epochs=100,
+        subset=0,
+        baseline_seeds=[0, 1],
+        seed=0,
+        iwae_k=5000,
+        test_n=0,
+        ais_n=100,
+        ais_steps=500,
+        ais_chains=16,
+    ),
+    "session": dict(
+        epochs=20,
+        subset=0,
+        baseline_seeds=[0, 1],
+        seed=0,
+        iwae_k=5000,
+        test_n=1000,
+        ais_n=10,
+        ais_steps=200,
+        ais_chains=8,
+    ),
+    "smoke": dict(
+        epochs=1, subset=1000, baseline_seeds=[0], seed=0, iwae_k=10, test_n=100, ais_n=4, ais_steps=10, ais_chains=2
+    ),
 }
 
 
@@ -77,15 +96,44 @@ def runs_to_train(budget: dict, variants: list[str]) -> list[tuple[str, list[str
 
 def train_and_score(budget: dict, variants: list[str], parent: MlflowRun, experiment: str) -> None:
     for name, sets, seed in runs_to_train(budget, variants):
-        cfg = config.load(HERE / "mnist.toml", [
-            *sets, f"train.epochs={budget['epochs']}", f"train.seed={seed}", f"data.subset={budget['subset']}",
-            f"train.checkpoint_every={budget['epochs']}", "mlflow.images_every=0",
-            f'mlflow.experiment="{experiment}"', f'mlflow.run_name="{name}"'])
+        cfg = config.load(
+            HERE / "mnist.toml",
+            [
+                *sets,
+                f"train.epochs={budget['epochs']}",
+                f"train.seed={seed}",
+                f"data.subset={budget['subset']}",
+                f"train.checkpoint_every={budget['epochs']}",
+                "mlflow.images_every=0",
+                f'mlflow.experiment="{experiment}"',
+                f'mlflow.run_name="{name}"',
+            ],
+        )
         run_id = train_config(cfg, progress=False, parent_run_id=parent.run_id).run_id
-        subprocess.run([sys.executable, "-m", "pyrovae", "evaluate", run_id, "--iwae-k", str(budget["iwae_k"]),
-                        "--subset", str(budget["test_n"]), "--ais", "--ais-start", AIS_START.get(name, "posterior"),
-                        "--ais-subset", str(budget["ais_n"]), "--ais-steps", str(budget["ais_steps"]),
-                        "--ais-chains", str(budget["ais_chains"]), "--no-progress"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pyrovae",
+                "evaluate",
+                run_id,
+                "--iwae-k",
+                str(budget["iwae_k"]),
+                "--subset",
+                str(budget["test_n"]),
+                "--ais",
+                "--ais-start",
+                AIS_START.get(name, "posterior"),
+                "--ais-subset",
+                str(budget["ais_n"]),
+                "--ais-steps",
+                str(budget["ais_steps"]),
+                "--ais-chains",
+                str(budget["ais_chains"]),
+                "--no-progress",
+            ],
+            check=True,
+        )
         print(f"{name}: run {run_id}", flush=True)
 
 
@@ -103,17 +151,43 @@ def rows(record: dict) -> list[dict]:
         e = max(evaluations, key=lambda e: int(e["params"]["eval.n"]))  # the one on the most points
         m, p = e["metrics"], e["params"]
         epochs = int(run["params"]["train.epochs"])
-        out.append({
-            "variant": variant_of(run), "run_id": run["run_id"], "evaluation_run_id": e["run_id"],
-            "parent_run_id": record["parent_run_id"],
-            "seed": int(run["params"]["train.seed"]), "epochs": epochs, "n": int(p["eval.n"]),
-            "iwae_k": int(p["eval.iwae_k"]), "ais_n": int(p.get("ais.subset", 0)),
-            "train_seconds_per_epoch": statistics.fmean(v for _, v in run["curves"]["train/seconds"]),
-            **{key: m.get(f"test/{key}") for key in (
-                "nll_elbo", "nll_elbo_se", "kl", "active_units", "nll_iwae", "nll_iwae_se", "nll_ais", "nll_ais_se",
-                "ais_subset/nll_iwae", "ais_subset/nll_elbo", "ais_subset/ais_minus_iwae",
-                "ais_subset/ais_minus_iwae_se", "elbo_seconds", "elbo_peak_mib", "iwae_seconds", "iwae_peak_mib",
-                "ais_seconds_per_point", "ais_peak_mib")}})
+        out.append(
+            {
+                "variant": variant_of(run),
+                "run_id": run["run_id"],
+                "evaluation_run_id": e["run_id"],
+                "parent_run_id": record["parent_run_id"],
+                "seed": int(run["params"]["train.seed"]),
+                "epochs": epochs,
+                "n": int(p["eval.n"]),
+                "iwae_k": int(p["eval.iwae_k"]),
+                "ais_n": int(p.get("ais.subset", 0)),
+                "train_seconds_per_epoch": statistics.fmean(v for _, v in run["curves"]["train/seconds"]),
+                **{
+                    key: m.get(f"test/{key}")
+                    for key in (
+                        "nll_elbo",
+                        "nll_elbo_se",
+                        "kl",
+                        "active_units",
+                        "nll_iwae",
+                        "nll_iwae_se",
+                        "nll_ais",
+                        "nll_ais_se",
+                        "ais_subset/nll_iwae",
+                        "ais_subset/nll_elbo",
+                        "ais_subset/ais_minus_iwae",
+                        "ais_subset/ais_minus_iwae_se",
+                        "elbo_seconds",
+                        "elbo_peak_mib",
+                        "iwae_seconds",
+                        "iwae_peak_mib",
+                        "ais_seconds_per_point",
+                        "ais_peak_mib",
+                    )
+                },
+            }
+        )
     return out
 
 
@@ -162,27 +236,40 @@ def _or_nan(value: float | None) -> float:
 
 
 def print_table(table: list[dict]) -> None:
-    print(f"{'variant':<22}{'seed':>5}{'ep':>5}{'-ELBO':>9}{'KL':>7}{'AU':>4}{'NLL IWAE':>16}{'vs baseline':>16}"
-          f"{'NLL AIS':>9}{'IWAE same':>10}{'s/epoch':>8}{'IWAE s':>8}{'MiB':>6}{'AIS s/pt':>9}{'MiB':>6}")
+    print(
+        f"{'variant':<22}{'seed':>5}{'ep':>5}{'-ELBO':>9}{'KL':>7}{'AU':>4}{'NLL IWAE':>16}{'vs baseline':>16}"
+        f"{'NLL AIS':>9}{'IWAE same':>10}{'s/epoch':>8}{'IWAE s':>8}{'MiB':>6}{'AIS s/pt':>9}{'MiB':>6}"
+    )
     for r in table:
-        print(f"{r['variant']:<22}{r['seed']:>5}{r['epochs']:>5}{r['nll_elbo']:>9.2f}{r['kl']:>7.2f}"
-              f"{r['active_units']:>4.0f}{r['nll_iwae']:>9.2f} +- {r['nll_iwae_se']:<4.2f}"
-              f"{_or_nan(r.get('nll_iwae_vs_baseline')):>9.2f} +- {_or_nan(r.get('nll_iwae_vs_baseline_se')):<4.2f}"
-              f"{r['nll_ais']:>9.2f}"
-              f"{r['ais_subset/nll_iwae']:>10.2f}{r['train_seconds_per_epoch']:>8.1f}{r['iwae_seconds']:>8.0f}"
-              f"{r['iwae_peak_mib']:>6.0f}{r['ais_seconds_per_point']:>9.2f}{r['ais_peak_mib']:>6.0f}")
+        print(
+            f"{r['variant']:<22}{r['seed']:>5}{r['epochs']:>5}{r['nll_elbo']:>9.2f}{r['kl']:>7.2f}"
+            f"{r['active_units']:>4.0f}{r['nll_iwae']:>9.2f} +- {r['nll_iwae_se']:<4.2f}"
+            f"{_or_nan(r.get('nll_iwae_vs_baseline')):>9.2f} +- {_or_nan(r.get('nll_iwae_vs_baseline_se')):<4.2f}"
+            f"{r['nll_ais']:>9.2f}"
+            f"{r['ais_subset/nll_iwae']:>10.2f}{r['train_seconds_per_epoch']:>8.1f}{r['iwae_seconds']:>8.0f}"
+            f"{r['iwae_peak_mib']:>6.0f}{r['ais_seconds_per_point']:>9.2f}{r['ais_peak_mib']:>6.0f}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=list(BUDGETS), default="full")
     parser.add_argument("--variants", nargs="+", default=["baseline", *ZOO], choices=["baseline", *ZOO])
-    parser.add_argument("--baseline-seeds", nargs="+", type=int, metavar="SEED",
-                        help="the baseline's seeds (default: the budget's), to split a budget over sessions")
+    parser.add_argument(
+        "--baseline-seeds",
+        nargs="+",
+        type=int,
+        metavar="SEED",
+        help="the baseline's seeds (default: the budget's), to split a budget over sessions",
+    )
     parser.add_argument("--parent", metavar="RUN_ID", help="add these runs to an existing parent run")
     parser.add_argument("--analyse", metavar="PARENT_RUN_ID", help="only export and tabulate a parent run")
-    parser.add_argument("--earlier", metavar="EXPORT", type=Path,
-                        help="carry over the rows of this earlier export of the table whose runs this store lacks")
+    parser.add_argument(
+        "--earlier",
+        metavar="EXPORT",
+        type=Path,
+        help="carry over the rows of this earlier export of the table whose runs this store lacks",
+    )
     parser.add_argument("--experiment", default="likelihood-table")
     args = parser.parse_args()
     budget = BUDGETS[args.budget]  # the parent's params: the whole budget, however many sessions run it
@@ -190,8 +277,9 @@ def main() -> None:
     if args.analyse:
         parent = MlflowRun.existing(args.analyse)
     else:
-        with study_parent(args.experiment, f"likelihood-table-{args.budget}", args.budget, budget,
-                          args.parent) as parent:
+        with study_parent(
+            args.experiment, f"likelihood-table-{args.budget}", args.budget, budget, args.parent
+        ) as parent:
             train_and_score(this_call, args.variants, parent, experiment_of(parent))
     name = parent.client.get_run(parent.run_id).data.tags.get("study.budget", args.budget)
     record = collect(parent.run_id)

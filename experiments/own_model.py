@@ -18,10 +18,10 @@ class TwoLevelCVAE(Model):
         super().__init__()
         self.data_shape, self.num_classes, self.z2 = tuple(data_shape), num_classes, z2
         pixels = math.prod(data_shape)
-        self.encoder = mlp([pixels + num_classes, hidden, 2 * z1])   # q(z1 | x, y)
-        self.upper = mlp([z1, hidden, 2 * z2])                       # q(z2 | z1)
-        self.prior_z1 = mlp([z2, hidden, 2 * z1])                    # p(z1 | z2)
-        self.decoder = mlp([z1 + num_classes, hidden, pixels])       # p(x | z1, y)
+        self.encoder = mlp([pixels + num_classes, hidden, 2 * z1])  # q(z1 | x, y)
+        self.upper = mlp([z1, hidden, 2 * z2])  # q(z2 | z1)
+        self.prior_z1 = mlp([z2, hidden, 2 * z1])  # p(z1 | z2)
+        self.decoder = mlp([z1 + num_classes, hidden, pixels])  # p(x | z1, y)
 
     @staticmethod
     def normal(out):

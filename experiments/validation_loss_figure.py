@@ -12,8 +12,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CURVES = {"train/loss": "train/loss (objective)", "val/loss": "val/loss = -ELBO", "val/recon": "val/recon only",
-          "val/nll_iwae": "val/nll_iwae", "test_curve/nll_iwae": "test NLL (IWAE): the outcome"}
+CURVES = {
+    "train/loss": "train/loss (objective)",
+    "val/loss": "val/loss = -ELBO",
+    "val/recon": "val/recon only",
+    "val/nll_iwae": "val/nll_iwae",
+    "test_curve/nll_iwae": "test NLL (IWAE): the outcome",
+}
 PICKED = ("recon", "-ELBO", "IWAE", "MSE")
 
 
@@ -33,12 +38,23 @@ def draw(record: dict, path: Path) -> Path:
     cells = sorted({tuple(r[k] for k in key) for r in record["runs"]})
     width = 0.8 / len(PICKED)
     for i, name in enumerate(PICKED):
-        rows = [next(t for t in record["table"] if tuple(t[k] for k in key) == cell and t["criterion"] == name)
-                for cell in cells]
-        costs.bar([c + i * width for c in range(len(cells))], [r["cost"][0] for r in rows], width,
-                  yerr=[standard_error(r["cost"]) for r in rows], label=name, capsize=2)
-    costs.set_xticks([c + 0.4 - width / 2 for c in range(len(cells))],
-                     [f"{d} n={n}\nbatch {b}, warm-up {w:g}" for d, n, b, w in cells], fontsize=7)
+        rows = [
+            next(t for t in record["table"] if tuple(t[k] for k in key) == cell and t["criterion"] == name)
+            for cell in cells
+        ]
+        costs.bar(
+            [c + i * width for c in range(len(cells))],
+            [r["cost"][0] for r in rows],
+            width,
+            yerr=[standard_error(r["cost"]) for r in rows],
+            label=name,
+            capsize=2,
+        )
+    costs.set_xticks(
+        [c + 0.4 - width / 2 for c in range(len(cells))],
+        [f"{d} n={n}\nbatch {b}, warm-up {w:g}" for d, n, b, w in cells],
+        fontsize=7,
+    )
     if max(row["cost"][0] for row in record["table"]) > 3:  # tenths of a nat beside tens: linear below 1
         costs.set_yscale("symlog", linthresh=1.0)
     costs.set(ylabel="test NLL at the picked epoch - best (nats)", title="(b) cost of each criterion")
@@ -49,6 +65,7 @@ def draw(record: dict, path: Path) -> Path:
 def example_run(record: dict) -> dict:
     """The run whose curves panel (a) shows: where picking by reconstruction costs most, the run
     that shows what the choice can cost (not the first run, where it may cost nothing)."""
+
     def recon_cost(run: dict) -> float:
         return run["picks"]["recon"]["test_nll"] - run["picks"]["oracle (test)"]["test_nll"]
 

@@ -48,12 +48,39 @@ HERE = Path(__file__).resolve().parent
 #: training set enough steps to overfit: at batch 128, 300 epochs of 1,000 images (2,400 steps)
 #: still improved every validation number.
 BUDGETS = {
-    "full": dict(datasets=["mnist", "fashion_mnist"], sizes=[1000, 5000], seeds=[0, 1, 2], warmups=[0, 50],
-                 epochs=400, batch=32, every=5, iwae_k=50, score_n=2000),
-    "session": dict(datasets=["mnist"], sizes=[1000], seeds=[0, 1, 2], warmups=[0, 50],
-                    epochs=400, batch=32, every=10, iwae_k=50, score_n=1000),
-    "smoke": dict(datasets=["mnist"], sizes=[300], seeds=[0, 1], warmups=[0, 2], epochs=4, batch=32, every=2,
-                  iwae_k=5, score_n=200),
+    "full": dict(
+        datasets=["mnist", "fashion_mnist"],
+        sizes=[1000, 5000],
+        seeds=[0, 1, 2],
+        warmups=[0, 50],
+        epochs=400,
+        batch=32,
+        every=5,
+        iwae_k=50,
+        score_n=2000,
+    ),
+    "session": dict(
+        datasets=["mnist"],
+        sizes=[1000],
+        seeds=[0, 1, 2],
+        warmups=[0, 50],
+        epochs=400,
+        batch=32,
+        every=10,
+        iwae_k=50,
+        score_n=1000,
+    ),
+    "smoke": dict(
+        datasets=["mnist"],
+        sizes=[300],
+        seeds=[0, 1],
+        warmups=[0, 2],
+        epochs=4,
+        batch=32,
+        every=2,
+        iwae_k=5,
+        score_n=200,
+    ),
 }
 CRITERIA = {"recon": "val/recon", "-ELBO": "val/loss", "IWAE": "val/nll_iwae", "MSE": "val/mse"}
 OUTCOME = "test_curve/nll_iwae"
@@ -93,15 +120,32 @@ def train_grid(budget: dict, parent: MlflowRun, experiment: str, model: str = "v
     sets = [] if model == "vae" else overrides(HERE / "zoo" / f"{model}.toml")
     for dataset, size, seed, warmup in grid(budget):
         name = run_name(dataset, size, warmup, seed, model)
-        cfg = config.load(None, [*sets,
-            f'data.name="{dataset}"', f"data.train_subset={size}", f"train.epochs={budget['epochs']}",
-            f"train.batch_size={budget['batch']}",
-            f"train.seed={seed}", f"train.warmup_epochs={warmup}", f"train.beta_start={0.01 if warmup else 1.0}",
-            f"train.checkpoint_every={budget['epochs']}", f"eval.iwae_every={budget['every']}",
-            f"eval.iwae_k={budget['iwae_k']}", f"eval.iwae_n={budget['score_n']}", "mlflow.images_every=0",
-            f'mlflow.experiment="{experiment}"', f'mlflow.run_name="{name}"'])
-        result = train_config(cfg, progress=False, parent_run_id=parent.run_id,
-                              callbacks=[TestCurve(budget["every"], budget["iwae_k"], budget["score_n"])])
+        cfg = config.load(
+            None,
+            [
+                *sets,
+                f'data.name="{dataset}"',
+                f"data.train_subset={size}",
+                f"train.epochs={budget['epochs']}",
+                f"train.batch_size={budget['batch']}",
+                f"train.seed={seed}",
+                f"train.warmup_epochs={warmup}",
+                f"train.beta_start={0.01 if warmup else 1.0}",
+                f"train.checkpoint_every={budget['epochs']}",
+                f"eval.iwae_every={budget['every']}",
+                f"eval.iwae_k={budget['iwae_k']}",
+                f"eval.iwae_n={budget['score_n']}",
+                "mlflow.images_every=0",
+                f'mlflow.experiment="{experiment}"',
+                f'mlflow.run_name="{name}"',
+            ],
+        )
+        result = train_config(
+            cfg,
+            progress=False,
+            parent_run_id=parent.run_id,
+            callbacks=[TestCurve(budget["every"], budget["iwae_k"], budget["score_n"])],
+        )
         print(f"{name}: run {result.run_id}", flush=True)
 
 
@@ -116,8 +160,11 @@ def picks(histories: dict[str, dict[int, float]]) -> dict[str, dict]:
 
 def analyse(parent: MlflowRun) -> dict:
     client = parent.client
-    children = client.search_runs([parent.info().experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}'",
-                                  order_by=["attributes.start_time ASC"])
+    children = client.search_runs(
+        [parent.info().experiment_id],
+        f"tags.mlflow.parentRunId = '{parent.run_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
     runs = []
     for run in children:
         if run.info.status != "FINISHED":
@@ -125,13 +172,23 @@ def analyse(parent: MlflowRun) -> dict:
         keys = [*CRITERIA.values(), OUTCOME, "train/loss"]
         histories = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)} for k in keys}
         p = run.data.params
-        runs.append({"run_id": run.info.run_id, "name": run.info.run_name, "dataset": p["data.name"],
-                     "model": p.get("model.name", "vae"),
-                     "train_size": int(p["data.train_subset"]), "batch_size": int(p["train.batch_size"]),
-                     "warmup_epochs": float(p["train.warmup_epochs"]),
-                     "seed": int(p["train.seed"]), "epochs": int(p["train.epochs"]), "iwae_k": int(p["eval.iwae_k"]),
-                     "score_n": int(p["eval.iwae_n"]), "picks": picks(histories),
-                     "curves": {k: sorted(v.items()) for k, v in histories.items()}})
+        runs.append(
+            {
+                "run_id": run.info.run_id,
+                "name": run.info.run_name,
+                "dataset": p["data.name"],
+                "model": p.get("model.name", "vae"),
+                "train_size": int(p["data.train_subset"]),
+                "batch_size": int(p["train.batch_size"]),
+                "warmup_epochs": float(p["train.warmup_epochs"]),
+                "seed": int(p["train.seed"]),
+                "epochs": int(p["train.epochs"]),
+                "iwae_k": int(p["eval.iwae_k"]),
+                "score_n": int(p["eval.iwae_n"]),
+                "picks": picks(histories),
+                "curves": {k: sorted(v.items()) for k, v in histories.items()},
+            }
+        )
     return {"parent_run_id": parent.run_id, "store": parent.uri, "runs": runs, "table": tabulate(runs)}
 
 
@@ -144,11 +201,20 @@ def tabulate(runs: list[dict]) -> list[dict]:
         oracle = [r["picks"]["oracle (test)"]["test_nll"] for r in members]
         for name in [*CRITERIA, "last epoch", "oracle (test)"]:
             nll = [r["picks"][name]["test_nll"] for r in members]
-            table.append({"model": cell[4], "dataset": cell[0], "train_size": cell[1], "batch_size": cell[2],
-                          "warmup_epochs": cell[3],
-                          "criterion": name,
-                          "seeds": len(members), "epoch": over_seeds([r["picks"][name]["epoch"] for r in members]),
-                          "test_nll": over_seeds(nll), "cost": over_seeds([a - b for a, b in zip(nll, oracle)])})
+            table.append(
+                {
+                    "model": cell[4],
+                    "dataset": cell[0],
+                    "train_size": cell[1],
+                    "batch_size": cell[2],
+                    "warmup_epochs": cell[3],
+                    "criterion": name,
+                    "seeds": len(members),
+                    "epoch": over_seeds([r["picks"][name]["epoch"] for r in members]),
+                    "test_nll": over_seeds(nll),
+                    "cost": over_seeds([a - b for a, b in zip(nll, oracle)]),
+                }
+            )
     return table
 
 
@@ -157,13 +223,18 @@ def cell_of(run: dict) -> tuple:
 
 
 def print_table(record: dict) -> None:
-    print(f"{'model':<6}{'data':<14}{'n':>6}{'batch':>6}{'warm-up':>8}  {'criterion':<14}{'epoch':>12}{'test NLL':>18}"
-          f"{'cost vs oracle':>18}")
+    print(
+        f"{'model':<6}{'data':<14}{'n':>6}{'batch':>6}{'warm-up':>8}  {'criterion':<14}{'epoch':>12}{'test NLL':>18}"
+        f"{'cost vs oracle':>18}"
+    )
     for row in record["table"]:
         epoch, nll, cost = row["epoch"], row["test_nll"], row["cost"]
-        print(f"{row.get('model', 'vae'):<6}{row['dataset']:<14}{row['train_size']:>6}{row['batch_size']:>6}{row['warmup_epochs']:>8g}  "
-              f"{row['criterion']:<14}"
-              f"{epoch[0]:>7.1f}+-{_se(epoch, 1)}{nll[0]:>11.2f} +- {_se(nll, 2)}{cost[0]:>11.2f} +- {_se(cost, 2)}")
+        print(
+            f"{row.get('model', 'vae'):<6}{row['dataset']:<14}{row['train_size']:>6}{row['batch_size']:>6}"
+            f"{row['warmup_epochs']:>8g}  "
+            f"{row['criterion']:<14}"
+            f"{epoch[0]:>7.1f}+-{_se(epoch, 1)}{nll[0]:>11.2f} +- {_se(nll, 2)}{cost[0]:>11.2f} +- {_se(cost, 2)}"
+        )
 
 
 def _se(value: list, digits: int) -> str:
@@ -179,8 +250,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", help="training-set sizes instead of the budget's")
     parser.add_argument("--seeds", type=int, nargs="+", help="instead of the budget's seeds")
     parser.add_argument("--warmups", type=int, nargs="+", help="instead of the budget's warm-up epochs")
-    parser.add_argument("--model", default="vae", help="vae (the default model) or a file of experiments/zoo/ "
-                                                       "naming another model, e.g. hvae")
+    parser.add_argument(
+        "--model",
+        default="vae",
+        help="vae (the default model) or a file of experiments/zoo/ naming another model, e.g. hvae",
+    )
     parser.add_argument("--experiment", default="validation-loss-study")
     parser.add_argument("--out", type=Path, help="the export (default: results/validation_loss_study_<budget>.json)")
     parser.add_argument("--figure", type=Path, help="default: figures/validation_loss_study_<budget>.png")
@@ -189,8 +263,9 @@ def main() -> None:
     if args.analyse:
         parent = MlflowRun.existing(args.analyse)
     else:
-        with study_parent(args.experiment, f"validation-loss-{args.budget}", args.budget, BUDGETS[args.budget],
-                          args.parent) as parent:
+        with study_parent(
+            args.experiment, f"validation-loss-{args.budget}", args.budget, BUDGETS[args.budget], args.parent
+        ) as parent:
             train_grid(budget, parent, experiment_of(parent), args.model)
     name = parent.client.get_run(parent.run_id).data.tags.get("study.budget", args.budget)
     out = args.out or HERE / "results" / f"validation_loss_study_{name}.json"

@@ -22,8 +22,15 @@ from pyrovae.cli.signals import run_script
 from pyrovae.run.study import train_study
 
 HERE = Path(__file__).parent
-DEFAULT_VARIANTS = ["standard_normal", "mixture_of_gaussians", "vamp_prior", "flow",
-                    "low_rank_normal", "iaf", "neural_spline"]
+DEFAULT_VARIANTS = [
+    "standard_normal",
+    "mixture_of_gaussians",
+    "vamp_prior",
+    "flow",
+    "low_rank_normal",
+    "iaf",
+    "neural_spline",
+]
 
 
 def overrides(path: Path) -> list[str]:
@@ -31,7 +38,7 @@ def overrides(path: Path) -> list[str]:
     ``model.guide.steps=2``."""
     out = []
     for kind, section in tomllib.loads(path.read_text())["model"].items():
-        for key, value in (section.items() if isinstance(section, dict) else [(None, section)]):
+        for key, value in section.items() if isinstance(section, dict) else [(None, section)]:
             name = f"model.{kind}" if key is None else f"model.{kind}.{key}"
             out.append(f"{name}={value!r}".replace("'", '"'))
     return out
@@ -45,14 +52,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="zoo-study", help="parent run name")
     args = parser.parse_args(argv)
     variants = {name: overrides(HERE / "zoo" / f"{name}.toml") for name in args.variants}
-    result = train_study(args.base, ["mlflow.experiment=mnist-zoo", *args.set], variants, args.name,
-                         progress=False)
+    result = train_study(args.base, ["mlflow.experiment=mnist-zoo", *args.set], variants, args.name, progress=False)
     print(f"parent run {result.parent_run_id}")
     print(f"{'variant':<22}{'val/loss':>10}{'val/recon':>11}{'val/kl':>9}{'s/epoch':>9}")
     for name, child in result.children.items():
         m = child.metrics
-        print(f"{name:<22}{m['val/loss']:>10.2f}{m['val/recon']:>11.2f}{m['val/kl']:>9.2f}"
-              f"{m['train/seconds']:>9.1f}")
+        print(f"{name:<22}{m['val/loss']:>10.2f}{m['val/recon']:>11.2f}{m['val/kl']:>9.2f}{m['train/seconds']:>9.1f}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ key or choice.
 from __future__ import annotations
 
 import difflib
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
@@ -77,7 +78,7 @@ class Settings(BaseModel):
         return f"config key '{name}' {problem(error)}"
 
     @classmethod
-    def parse(cls, values: "Settings | Mapping[str, Any] | None") -> "Settings":
+    def parse(cls, values: Settings | Mapping[str, Any] | None) -> Settings:
         """``values`` as this class: an instance as it is, a mapping (or None: defaults) validated."""
         return values if isinstance(values, cls) else cls(**dict(values or {}))
 

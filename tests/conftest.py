@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 import pyro
@@ -42,8 +42,13 @@ def store(tmp_path):
 
 
 TINY = [
-    "data.name=synthetic", "data.subset=200", "train.epochs=1", "train.batch_size=50",
-    "model.latent_dim=3", "model.guide.hidden=[16]", "model.likelihood.hidden=[16]",
+    "data.name=synthetic",
+    "data.subset=200",
+    "train.epochs=1",
+    "train.batch_size=50",
+    "model.latent_dim=3",
+    "model.guide.hidden=[16]",
+    "model.likelihood.hidden=[16]",
     "eval.batch_size=100",
 ]
 

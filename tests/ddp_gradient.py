@@ -36,8 +36,13 @@ class DataNoiseGuide(DiagonalNormal):
 
 def make_vae() -> VAE:
     pyro.set_rng_seed(0)
-    return VAE(prior="standard_normal", guide=DataNoiseGuide(SHAPE, 3, hidden=[8]),
-               likelihood={"name": "bernoulli", "hidden": [8]}, latent_dim=3, data_shape=SHAPE)
+    return VAE(
+        prior="standard_normal",
+        guide=DataNoiseGuide(SHAPE, 3, hidden=[8]),
+        likelihood={"name": "bernoulli", "hidden": [8]},
+        latent_dim=3,
+        data_shape=SHAPE,
+    )
 
 
 def main(out: Path) -> None:
@@ -48,8 +53,9 @@ def main(out: Path) -> None:
     mine = torch.tensor_split(x, world.size)[world.rank]
     (ddp(mine, torch.tensor(0.5)) * world.size).backward()
     ELBOLoss(single, make_elbo("trace"))(x, torch.tensor(0.5)).backward()
-    relative = max(float((p.grad - q.grad).abs().max() / q.grad.abs().max())
-                   for p, q in zip(vae.parameters(), single.parameters()))
+    relative = max(
+        float((p.grad - q.grad).abs().max() / q.grad.abs().max()) for p, q in zip(vae.parameters(), single.parameters())
+    )
     optimizer = make_optimizer(vae.parameters(), lr=1e-2)
     for step in range(3):
         optimizer.step()
@@ -57,9 +63,16 @@ def main(out: Path) -> None:
         (ddp(torch.tensor_split(x.roll(step, 0), world.size)[world.rank], torch.tensor(1.0)) * world.size).backward()
     flat = torch.cat([p.detach().flatten() for p in vae.parameters()])
     same = all(torch.equal(flat, other) for other in gather_objects(flat))
-    (out / f"rank{world.rank}.json").write_text(json.dumps(
-        {"world_size": world.size, "backend": world.backend, "gradient_relative_difference": relative,
-         "parameters_equal_across_ranks": same}))
+    (out / f"rank{world.rank}.json").write_text(
+        json.dumps(
+            {
+                "world_size": world.size,
+                "backend": world.backend,
+                "gradient_relative_difference": relative,
+                "parameters_equal_across_ranks": same,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,7 @@ def gaussian_posterior(prior_cov: torch.Tensor, weight: torch.Tensor, noise_var:
 class TwoLevelLinear(Model):
     """A two-level linear-Gaussian VAE (sites ``top``, ``middle``, ``pixels``) with its exact guide."""
 
-    def __init__(self, data_dim: int = 6, middle_dim: int = 3, top_dim: int = 2, seed: int = 0,
-                 perturb: float = 0.0):
+    def __init__(self, data_dim: int = 6, middle_dim: int = 3, top_dim: int = 2, seed: int = 0, perturb: float = 0.0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         randn = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
@@ -50,10 +49,10 @@ class TwoLevelLinear(Model):
         self.register_buffer("W", randn(data_dim, middle_dim))
         self.register_buffer("b", randn(data_dim))
         self.s1, self.sigma, self.perturb = 0.7, 0.5, perturb
-        cov1 = self.A @ self.A.T + self.s1 ** 2 * torch.eye(middle_dim, dtype=torch.float64)
+        cov1 = self.A @ self.A.T + self.s1**2 * torch.eye(middle_dim, dtype=torch.float64)
         self.register_buffer("cov1", cov1)
-        gain1, post1 = gaussian_posterior(cov1, self.W, self.sigma ** 2)
-        gain2, post2 = gaussian_posterior(torch.eye(top_dim, dtype=torch.float64), self.A, self.s1 ** 2)
+        gain1, post1 = gaussian_posterior(cov1, self.W, self.sigma**2)
+        gain2, post2 = gaussian_posterior(torch.eye(top_dim, dtype=torch.float64), self.A, self.s1**2)
         self.register_buffer("gain1", gain1)
         self.register_buffer("tril1", torch.linalg.cholesky(post1) * (1 + perturb))
         self.register_buffer("gain2", gain2)
@@ -65,8 +64,9 @@ class TwoLevelLinear(Model):
         with pyro.plate("data", x.shape[0]):
             top = pyro.sample("top", dist.Normal(torch.zeros_like(self.A[0]), 1.0).to_event(1))
             middle = pyro.sample("middle", dist.Normal(top @ self.A.T, self.s1).to_event(1))
-            pyro.sample("pixels", dist.Normal(middle @ self.W.T + self.b + 0 * self.dummy, self.sigma).to_event(1),
-                        obs=x)
+            pyro.sample(
+                "pixels", dist.Normal(middle @ self.W.T + self.b + 0 * self.dummy, self.sigma).to_event(1), obs=x
+            )
 
     def guide(self, x):
         pyro.module("two_level", self)
@@ -76,7 +76,7 @@ class TwoLevelLinear(Model):
             pyro.sample("top", dist.MultivariateNormal(middle @ self.gain2.T, scale_tril=self.tril2))
 
     def log_px(self, x: torch.Tensor) -> torch.Tensor:
-        cov = self.W @ self.cov1 @ self.W.T + self.sigma ** 2 * torch.eye(len(self.b), dtype=torch.float64)
+        cov = self.W @ self.cov1 @ self.W.T + self.sigma**2 * torch.eye(len(self.b), dtype=torch.float64)
         return MultivariateNormal(self.b, covariance_matrix=cov).log_prob(x)
 
     def sample(self, n: int, seed: int = 1) -> torch.Tensor:
@@ -89,8 +89,9 @@ class TwoLevelLinear(Model):
 class LabelledLinear(Model):
     """y (3 classes, summed out) and z -> x; the guide enumerates y (site ``digit``; ``code`` for z)."""
 
-    def __init__(self, data_dim: int = 5, latent_dim: int = 2, classes: int = 3, seed: int = 0,
-                 label_guess: float = 0.0):
+    def __init__(
+        self, data_dim: int = 5, latent_dim: int = 2, classes: int = 3, seed: int = 0, label_guess: float = 0.0
+    ):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         randn = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
@@ -98,17 +99,17 @@ class LabelledLinear(Model):
         self.register_buffer("B", 2 * randn(classes, data_dim))
         self.register_buffer("pi", torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)[:classes])
         self.sigma, self.label_guess = 0.6, label_guess
-        gain, post = gaussian_posterior(torch.eye(latent_dim, dtype=torch.float64), self.W, self.sigma ** 2)
+        gain, post = gaussian_posterior(torch.eye(latent_dim, dtype=torch.float64), self.W, self.sigma**2)
         self.register_buffer("gain", gain)
         self.register_buffer("tril", torch.linalg.cholesky(post))
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
     def marginal(self):
-        cov = self.W @ self.W.T + self.sigma ** 2 * torch.eye(self.W.shape[0], dtype=torch.float64)
+        cov = self.W @ self.W.T + self.sigma**2 * torch.eye(self.W.shape[0], dtype=torch.float64)
         return MultivariateNormal(self.B, covariance_matrix=cov)  # batch (classes,)
 
     def posterior_y(self, x):
-        joint = self.pi.log() + self.marginal().log_prob(x.unsqueeze(-2))          # (..., classes)
+        joint = self.pi.log() + self.marginal().log_prob(x.unsqueeze(-2))  # (..., classes)
         exact = (joint - joint.logsumexp(-1, keepdim=True)).exp()
         return (1 - self.label_guess) * exact + self.label_guess / len(self.pi)
 
@@ -117,8 +118,9 @@ class LabelledLinear(Model):
         with pyro.plate("data", x.shape[0]):
             digit = pyro.sample("digit", dist.Categorical(self.pi), obs=y)
             code = pyro.sample("code", dist.Normal(torch.zeros_like(self.W[0]), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(code @ self.W.T + self.B[digit] + 0 * self.dummy, self.sigma).to_event(1),
-                        obs=x)
+            pyro.sample(
+                "x", dist.Normal(code @ self.W.T + self.B[digit] + 0 * self.dummy, self.sigma).to_event(1), obs=x
+            )
 
     def guide(self, x, y=None):
         pyro.module("labelled", self)
@@ -145,8 +147,9 @@ class LabelledLinear(Model):
         g = torch.Generator().manual_seed(seed)
         y = torch.multinomial(self.pi, n, replacement=True, generator=g)
         z = torch.randn(n, self.W.shape[1], generator=g, dtype=torch.float64)
-        return z @ self.W.T + self.B[y] + self.sigma * torch.randn(n, self.W.shape[0], generator=g,
-                                                                  dtype=torch.float64), y
+        return z @ self.W.T + self.B[y] + self.sigma * torch.randn(
+            n, self.W.shape[0], generator=g, dtype=torch.float64
+        ), y
 
 
 class Tempered(VAE):

@@ -20,8 +20,14 @@ class NaNAfterSteps(Bernoulli):
     step on (on rank ``only_rank`` alone when it is >= 0); validation, sampling and the contract
     check are left alone."""
 
-    def __init__(self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,),
-                 nan_at_step: int = 0, only_rank: int = -1):
+    def __init__(
+        self,
+        latent_dim: int,
+        data_shape: tuple[int, ...],
+        hidden: list[int] = (400,),
+        nan_at_step: int = 0,
+        only_rank: int = -1,
+    ):
         super().__init__(latent_dim, data_shape, hidden)
         self.nan_at_step, self.only_rank = nan_at_step, only_rank
         self.training_calls = 0
@@ -38,8 +44,9 @@ class CrashOnFirstAttempt(Bernoulli):
     """Raises at the ``crash_at_step``-th training step of a torchrun job's first attempt
     (``TORCHELASTIC_RESTART_COUNT == 0``) on rank 1, as a worker that dies would."""
 
-    def __init__(self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,),
-                 crash_at_step: int = 0):
+    def __init__(
+        self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,), crash_at_step: int = 0
+    ):
         super().__init__(latent_dim, data_shape, hidden)
         self.crash_at_step = crash_at_step
         self.training_calls = 0

@@ -12,11 +12,11 @@ known in closed form (:func:`exact_elbo`).
 from __future__ import annotations
 
 import torch
-from torch.distributions import MultivariateNormal, Normal, kl_divergence
+from torch.distributions import MultivariateNormal, kl_divergence
 
-from pyrovae.run import config
 from pyrovae.data import PPCA
 from pyrovae.model.vae import build_vae
+from pyrovae.run import config
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
@@ -25,12 +25,19 @@ def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
 
 def linear_vae(truth: PPCA, scale_factor: float = 1.0):
     data_dim, latent_dim = truth.weight.shape
-    cfg = config.load(None, [f"model.latent_dim={latent_dim}", "model.guide.hidden=[]",
-                             "model.likelihood.name=gaussian", "model.likelihood.hidden=[]"])
+    cfg = config.load(
+        None,
+        [
+            f"model.latent_dim={latent_dim}",
+            "model.guide.hidden=[]",
+            "model.likelihood.name=gaussian",
+            "model.likelihood.hidden=[]",
+        ],
+    )
     vae = build_vae(cfg["model"], (data_dim,))
     W, b, s2 = truth.weight, truth.bias, truth.noise**2
     precision = torch.eye(latent_dim) + W.T @ W / s2
-    gain = torch.linalg.inv(precision) @ W.T / s2                    # (D, data_dim)
+    gain = torch.linalg.inv(precision) @ W.T / s2  # (D, data_dim)
     scale = scale_factor / precision.diagonal().sqrt()
     with torch.no_grad():
         decoder = vae.likelihood.decoder.net[0]

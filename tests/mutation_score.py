@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         equivalents = [n for n in outcomes if n in equivalent and outcomes[n] != "killed"]
         denominator = len(outcomes) - len(equivalents)
         score = 100.0 * counts["killed"] / denominator if denominator else 100.0
-        print(f"{module:<42}{len(outcomes):>10}{len(equivalents):>11}{counts['killed']:>8}{counts['survived']:>9}"
-              f"{counts['not checked']:>10}{score:>7.1f}%")
+        print(
+            f"{module:<42}{len(outcomes):>10}{len(equivalents):>11}{counts['killed']:>8}{counts['survived']:>9}"
+            f"{counts['not checked']:>10}{score:>7.1f}%"
+        )
         unexplained += [n for n, o in outcomes.items() if o not in ("killed", "not checked") and n not in equivalent]
         if score < args.min:
             failing.append(module)

@@ -5,18 +5,18 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
 import random
+import re
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY, tracking_store
-from pyrovae.run import config as config_mod
 from pyrovae.cli import main
 from pyrovae.cli.sweep import split_values, variants
 from pyrovae.errors import UserError
+from pyrovae.run import config as config_mod
 from pyrovae.run.tracking import unseeded_run_name
+from tests.conftest import TINY, tracking_store
 
 # two runs; the second axis is one list value whose comma must not split it
 GRID = ["--grid", "train.lr=1e-4,1e-2", "--grid", "model.guide.hidden=[16,8]"]
@@ -72,12 +72,16 @@ def test_sweep_trains_every_combination_as_children_with_the_full_param_set(swee
     parent, children = runs_of(uri)
     assert parent.info.run_name == "lr-sweep" and parent.info.status == "FINISHED"
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
-    assert {c.info.run_name for c in children} == {"train.lr=1e-4 model.guide.hidden=[16,8]",
-                                                   "train.lr=1e-2 model.guide.hidden=[16,8]"}
+    assert {c.info.run_name for c in children} == {
+        "train.lr=1e-4 model.guide.hidden=[16,8]",
+        "train.lr=1e-2 model.guide.hidden=[16,8]",
+    }
     full = set(config_mod.flatten(config_mod.load(None, [*BASE, "model.guide.hidden=[16,8]"])))
     assert all(set(c.data.params) == full for c in children)
     assert {(c.data.params["train.lr"], c.data.params["model.guide.hidden"]) for c in children} == {
-        ("0.0001", "[16, 8]"), ("0.01", "[16, 8]")}
+        ("0.0001", "[16, 8]"),
+        ("0.01", "[16, 8]"),
+    }
 
 
 def table_of(text: str) -> tuple[str, list[str], list[list[str]]]:
@@ -100,9 +104,11 @@ def test_sweep_prints_its_children_best_first(sweep):
     best, worst = sorted(children, key=lambda c: c.data.metrics["val/loss"])
     assert [row[0] for row in rows] == [best.info.run_id[:8], worst.info.run_id[:8]]
     assert [float(row[-2]) for row in rows] == pytest.approx(
-        [best.data.metrics["val/loss"], worst.data.metrics["val/loss"]], abs=1e-4)
+        [best.data.metrics["val/loss"], worst.data.metrics["val/loss"]], abs=1e-4
+    )
     assert [float(row[-1]) for row in rows] == pytest.approx(
-        [best.data.metrics["test/loss"], worst.data.metrics["test/loss"]], abs=1e-4)
+        [best.data.metrics["test/loss"], worst.data.metrics["test/loss"]], abs=1e-4
+    )
     assert rows[0][-3] == best.data.params["train.lr"]
 
 
@@ -141,12 +147,12 @@ def test_compare_unknown_metric_experiment_or_store_is_one_line(sweep, capsys, t
     assert "no MLflow store at" in capsys.readouterr().err and not (tmp_path / "mlruns").exists()
 
 
-def test_compare_shows_status_when_a_run_did_not_finish_and_puts_runs_without_the_metric_last(
-        sweep, capsys):
+def test_compare_shows_status_when_a_run_did_not_finish_and_puts_runs_without_the_metric_last(sweep, capsys):
     client = MlflowClient(sweep[0])
     experiment = client.create_experiment("manual")
-    for start, (name, status, loss, width) in enumerate([("cut-short", "KILLED", None, "8"),
-                                                        ("done", "FINISHED", 90.5, "16")]):
+    for start, (name, status, loss, width) in enumerate(
+        [("cut-short", "KILLED", None, "8"), ("done", "FINISHED", 90.5, "16")]
+    ):
         run = client.create_run(experiment, run_name=name, start_time=1000 * (start + 1))
         client.log_param(run.info.run_id, "model.guide.hidden", width)
         client.log_param(run.info.run_id, "train.epochs", "3")
@@ -185,7 +191,8 @@ def test_compare_defaults_to_the_newest_experiment_fits_120_columns_and_filters_
     assert main(["compare", "--experiment", "wide", "--param", "data.name", "--where", "data.name=synthetic"]) == 0
     _, header, rows = table_of(capsys.readouterr().out)
     assert header == ["run", "name", "data.name", "val/loss"] and [row[1:] for row in rows] == [
-        ["wide-1", "synthetic", "101.0000"]]
+        ["wide-1", "synthetic", "101.0000"]
+    ]
     assert main(["compare", "--all-experiments", "--where", "metrics.`val/loss` < 100.5"]) == 0
     names = [row[1] for row in table_of(capsys.readouterr().out)[2]]
     assert "wide-0" in names and "wide-1" not in names and len(names) >= 2  # the sweep's runs too

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyrovae.run import config
 from pyrovae.errors import UserError
+from pyrovae.run import config
 
 
 def test_defaults_resolve_with_component_defaults_filled_in():
@@ -19,7 +19,7 @@ def test_defaults_resolve_with_component_defaults_filled_in():
 
 def test_file_then_overrides(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('[train]\nepochs = 3\nlr = 1\n[model.guide]\nhidden = [32, 16]\n')
+    path.write_text("[train]\nepochs = 3\nlr = 1\n[model.guide]\nhidden = [32, 16]\n")
     cfg = config.load(path, ["train.epochs=5", "model.guide.activation=tanh"])
     assert cfg["train"]["epochs"] == 5 and cfg["train"]["lr"] == 1.0
     assert cfg["model"]["guide"]["hidden"] == [32, 16] and cfg["model"]["guide"]["activation"] == "tanh"
@@ -32,23 +32,26 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     assert config.load(path) == cfg
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["train.epocs=3"], "unknown config key 'train.epocs' (did you mean 'epochs'?)"),
-    (["trian.epochs=3"], "unknown config section [trian] (did you mean 'train'?)"),
-    (["train.epochs=0"], "config key 'train.epochs' must be at least 1, got 0"),
-    (["train.epochs=2.5"], "config key 'train.epochs' must be an integer, got 2.5"),
-    (["train.lr=0"], "config key 'train.lr' must be greater than 0.0, got 0"),
-    (["train.beta_start=0"], "config key 'train.beta_start' must be greater than 0.0, got 0"),
-    (["train.elbo=renyi"], "config key 'train.elbo' must be one of trace, meanfield"),
-    (["data.binarize=maybe"], "config key 'data.binarize' must be true or false, got 'maybe'"),
-    (["model.prior.name=gauss"], "unknown prior 'gauss'"),
-    (["model.guide.hiden=[3]"], "has no argument 'hiden' (did you mean 'hidden'?)"),
-    (["model.guide.hidden=big"], "argument 'hidden' must be a list, got 'big'"),
-    (["model.guide.latent_dim=3"], "'latent_dim' is set by pyrovae"),
-    (["model.prior.name=nowhere.module:Prior"], "cannot import module 'nowhere.module'"),
-    (["model.prior=standard_normal"], "'model.prior' is a section, not a value"),
-    (["train.epochs"], "--set needs section.key=value"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.epocs=3"], "unknown config key 'train.epocs' (did you mean 'epochs'?)"),
+        (["trian.epochs=3"], "unknown config section [trian] (did you mean 'train'?)"),
+        (["train.epochs=0"], "config key 'train.epochs' must be at least 1, got 0"),
+        (["train.epochs=2.5"], "config key 'train.epochs' must be an integer, got 2.5"),
+        (["train.lr=0"], "config key 'train.lr' must be greater than 0.0, got 0"),
+        (["train.beta_start=0"], "config key 'train.beta_start' must be greater than 0.0, got 0"),
+        (["train.elbo=renyi"], "config key 'train.elbo' must be one of trace, meanfield"),
+        (["data.binarize=maybe"], "config key 'data.binarize' must be true or false, got 'maybe'"),
+        (["model.prior.name=gauss"], "unknown prior 'gauss'"),
+        (["model.guide.hiden=[3]"], "has no argument 'hiden' (did you mean 'hidden'?)"),
+        (["model.guide.hidden=big"], "argument 'hidden' must be a list, got 'big'"),
+        (["model.guide.latent_dim=3"], "'latent_dim' is set by pyrovae"),
+        (["model.prior.name=nowhere.module:Prior"], "cannot import module 'nowhere.module'"),
+        (["model.prior=standard_normal"], "'model.prior' is a section, not a value"),
+        (["train.epochs"], "--set needs section.key=value"),
+    ],
+)
 def test_bad_values_get_one_clear_line(overrides, message):
     with pytest.raises(UserError) as err:
         config.load(None, overrides)
@@ -105,5 +108,6 @@ def test_the_committed_reference_pages_are_the_generated_ones(page):
     import reference_pages
 
     generated = getattr(reference_pages, f"{page}_page")()
-    assert (docs / "reference" / f"{page}.md").read_text() == generated, \
+    assert (docs / "reference" / f"{page}.md").read_text() == generated, (
         "stale reference page: build the docs (sphinx-build docs docs/_build/html) and commit docs/reference/"
+    )

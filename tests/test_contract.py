@@ -21,14 +21,14 @@ from scipy import special, stats
 from torch.distributions import constraints
 
 from pyrovae import cli
-from pyrovae.run import config
 from pyrovae.errors import UserError
 from pyrovae.infer.terms import evaluate
+from pyrovae.model.components import build, signature
 from pyrovae.model.guides import GUIDES
 from pyrovae.model.likelihoods import LIKELIHOODS
 from pyrovae.model.priors import PRIORS
-from pyrovae.model.components import build, signature
 from pyrovae.model.vae import VAE
+from pyrovae.run import config
 
 LATENT, SHAPE, BATCH, K = 3, (1, 4, 4), 6, 5
 #: keep networks tiny wherever a constructor offers these arguments (tests stay fast)
@@ -54,8 +54,9 @@ def spec(kind: str, name: str) -> dict:
 def make_vae(prior=BASE["prior"], guide=BASE["guide"], likelihood=BASE["likelihood"]) -> VAE:
     """The VAE with tiny networks, built through the same builder a config goes through."""
     pyro.set_rng_seed(0)  # the same initial weights whatever ran before
-    return VAE(spec("prior", prior), spec("guide", guide), spec("likelihood", likelihood),
-               latent_dim=LATENT, data_shape=SHAPE)
+    return VAE(
+        spec("prior", prior), spec("guide", guide), spec("likelihood", likelihood), latent_dim=LATENT, data_shape=SHAPE
+    )
 
 
 def binary_batch(n=BATCH, seed=0) -> torch.Tensor:
@@ -71,6 +72,7 @@ def patterns(n: int) -> torch.Tensor:
 
 
 # --- shapes, finite log-probs, sampling --------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(PRIORS))
 def test_prior_shapes_samples_and_log_probs(name):
@@ -149,10 +151,14 @@ class ViewDecoder(torch.nn.Module):
 
 
 def test_a_likelihood_that_handles_two_dimensional_z_only_is_refused_before_training():
-    vae = VAE(likelihood=ViewDecoder, guide={"name": "diagonal_normal", "hidden": [8]}, latent_dim=LATENT,
-              data_shape=SHAPE)
-    with pytest.raises(UserError, match=r"^likelihood ViewDecoder fails on z of shape \(2, 6, 3\) .* z.shape\[:-1\], "
-                                        r"not z.shape\[0\]$"):
+    vae = VAE(
+        likelihood=ViewDecoder, guide={"name": "diagonal_normal", "hidden": [8]}, latent_dim=LATENT, data_shape=SHAPE
+    )
+    with pytest.raises(
+        UserError,
+        match=r"^likelihood ViewDecoder fails on z of shape \(2, 6, 3\) .* z.shape\[:-1\], "
+        r"not z.shape\[0\]$",
+    ):
         vae.check_contract(binary_batch())
 
 
@@ -183,6 +189,7 @@ def test_moves_to_cuda_and_computes_there(kind, name):
 
 # --- every prior x guide pair trains, under TraceMeanField_ELBO -------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("guide", sorted(GUIDES))
 @pytest.mark.parametrize("prior", sorted(PRIORS))
@@ -200,6 +207,7 @@ def test_every_prior_guide_pair_lowers_the_loss(prior, guide):
 
 
 # --- likelihoods against independent formulas --------------------------------------------------
+
 
 def bernoulli_reference(out, x):
     return stats.bernoulli.logpmf(x, special.expit(out))
@@ -259,7 +267,7 @@ def test_discretized_logistic_is_a_normalized_mass_with_the_mean_it_claims():
 
 # --- a user's own class, by import path, from the CLI -------------------------------------------
 
-USER_PRIOR = '''
+USER_PRIOR = """
 import pyro.distributions as dist
 import torch
 from torch import nn
@@ -276,16 +284,21 @@ class ShiftedNormal(nn.Module):
     def forward(self):
         CALLED.append(1)
         return dist.Normal(self.loc, 1.0).to_event(1)
-'''
+"""
 
 
-def test_a_users_prior_from_a_file_outside_the_package_trains_from_the_cli(tmp_path, monkeypatch, store,
-                                                                          tiny_overrides):
+def test_a_users_prior_from_a_file_outside_the_package_trains_from_the_cli(
+    tmp_path, monkeypatch, store, tiny_overrides
+):
     (tmp_path / "user_zoo_prior.py").write_text(USER_PRIOR)
     monkeypatch.syspath_prepend(str(tmp_path))
     args = ["train", "--no-progress"]
-    for item in [*tiny_overrides, 'model.prior.name="user_zoo_prior:ShiftedNormal"', "model.prior.shift=2.5",
-                 "mlflow.experiment=zoo"]:
+    for item in [
+        *tiny_overrides,
+        'model.prior.name="user_zoo_prior:ShiftedNormal"',
+        "model.prior.shift=2.5",
+        "mlflow.experiment=zoo",
+    ]:
         args += ["--set", item]
     assert cli.main(args) == 0
     import user_zoo_prior
@@ -310,9 +323,15 @@ def test_discretized_logistic_runs_log_bits_per_dim(tmp_path, store, tiny_overri
     images = torch.randint(0, 256, (300, *SHAPE), generator=gen, dtype=torch.uint8)
     np.save(tmp_path / "eight_bit.npy", images.numpy())  # uint8 arrays are scaled by 255
     args = ["train", "--no-progress"]
-    for item in [*tiny_overrides, "data.name=arrays", f'data.file="{tmp_path}/eight_bit.npy"',
-                 "data.binarize=false", "model.likelihood.name=discretized_logistic",
-                 "model.likelihood.hidden=[8]", "mlflow.experiment=bpd"]:
+    for item in [
+        *tiny_overrides,
+        "data.name=arrays",
+        f'data.file="{tmp_path}/eight_bit.npy"',
+        "data.binarize=false",
+        "model.likelihood.name=discretized_logistic",
+        "model.likelihood.hidden=[8]",
+        "mlflow.experiment=bpd",
+    ]:
         args += ["--set", item]
     assert cli.main(args) == 0
     metrics = mlflow.search_runs(experiment_names=["bpd"], output_format="list")[0].data.metrics
@@ -328,8 +347,9 @@ def test_the_student_t_experiment_config_builds_and_scores(monkeypatch):
 
     experiments = Path(__file__).resolve().parents[1] / "experiments"
     monkeypatch.syspath_prepend(str(experiments))
-    cfg = config.load(experiments / "student_t.toml", ["model.latent_dim=3", "model.guide.hidden=[8]",
-                                                       "model.likelihood.hidden=[8]"])
+    cfg = config.load(
+        experiments / "student_t.toml", ["model.latent_dim=3", "model.guide.hidden=[8]", "model.likelihood.hidden=[8]"]
+    )
     vae = build_vae(cfg["model"], SHAPE)
     assert type(vae.prior).__name__ == "StudentT" and cfg["model"]["prior"]["df"] == 3.0
     assert vae.prior().event_shape == (3,)
@@ -351,15 +371,33 @@ class Reshaped(torch.nn.Module):
         return d.to_event(self.event_dims) if self.event_dims else d
 
 
-@pytest.mark.parametrize("kind, wrong, message", [
-    ("prior", dict(batch_shape=(2,)), "prior Reshaped returned batch_shape (2,), event_shape (3,); expected () and (3,)"),
-    ("posterior", dict(event_dims=1), "guide Reshaped returned batch_shape (), event_shape (4, 3); expected (4,) and (3,)"),
-    ("likelihood", dict(event_dims=1),
-     "likelihood Reshaped returned batch_shape (), event_shape (4, 1, 2, 2); expected (4,) and (1, 2, 2)"),
-])
+@pytest.mark.parametrize(
+    "kind, wrong, message",
+    [
+        (
+            "prior",
+            dict(batch_shape=(2,)),
+            "prior Reshaped returned batch_shape (2,), event_shape (3,); expected () and (3,)",
+        ),
+        (
+            "posterior",
+            dict(event_dims=1),
+            "guide Reshaped returned batch_shape (), event_shape (4, 3); expected (4,) and (3,)",
+        ),
+        (
+            "likelihood",
+            dict(event_dims=1),
+            "likelihood Reshaped returned batch_shape (), event_shape (4, 1, 2, 2); expected (4,) and (1, 2, 2)",
+        ),
+    ],
+)
 def test_a_component_that_breaks_the_shape_contract_is_named_with_what_it_returned(kind, wrong, message):
-    vae = VAE(guide={"name": "diagonal_normal", "hidden": [5]}, likelihood={"name": "bernoulli", "hidden": [5]},
-              latent_dim=3, data_shape=(1, 2, 2))
+    vae = VAE(
+        guide={"name": "diagonal_normal", "hidden": [5]},
+        likelihood={"name": "bernoulli", "hidden": [5]},
+        latent_dim=3,
+        data_shape=(1, 2, 2),
+    )
     x = torch.ones(4, 1, 2, 2)
     vae.check_contract(x)  # the shipped components keep it
     setattr(vae, kind, Reshaped(getattr(vae, kind), **wrong))

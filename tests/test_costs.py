@@ -12,7 +12,7 @@ from pyrovae.run.costs import measure, reset_peak_rss
 
 def test_a_block_that_holds_256_mib_for_a_moment_peaks_there_and_one_that_holds_nothing_does_not():
     with measure("cpu") as cost:
-        block = torch.ones(256 * 2 ** 20 // 4)  # 256 MiB of float32, written so it is resident
+        block = torch.ones(256 * 2**20 // 4)  # 256 MiB of float32, written so it is resident
         time.sleep(0.05)  # several samples see it
         del block
     assert cost.peak_mib > 200 and cost.seconds >= 0.05
@@ -29,7 +29,7 @@ def test_memory_freed_by_earlier_work_does_not_hide_the_blocks_own_allocations()
     def work():
         blocks = []
         for _ in range(4096):
-            blocks.append(torch.ones(2 ** 14))  # 64 KiB, under glibc's mmap threshold: from the heap
+            blocks.append(torch.ones(2**14))  # 64 KiB, under glibc's mmap threshold: from the heap
             pins.append(torch.ones(4))
         time.sleep(0.05)
         return len(blocks)
@@ -43,6 +43,6 @@ def test_memory_freed_by_earlier_work_does_not_hide_the_blocks_own_allocations()
 @pytest.mark.skipif(not reset_peak_rss(), reason="the kernel's peak RSS cannot be reset here (Linux >= 4.0 only)")
 def test_a_spike_shorter_than_the_sampling_interval_is_caught_by_the_kernels_peak():
     with measure("cpu", interval=60.0) as cost:  # a sampler would not look once in this block
-        block = torch.ones(256 * 2 ** 20 // 4)
+        block = torch.ones(256 * 2**20 // 4)
         del block
     assert cost.peak_mib > 200 and cost.seconds < 60

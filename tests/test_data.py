@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae.run import config
 from pyrovae.data import load_data
 from pyrovae.errors import UserError
+from pyrovae.run import config
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -102,8 +102,13 @@ def test_truncated_mnist_file_is_reported(mnist_root):
 def test_user_arrays_one_file_split_by_fraction_and_seed(tmp_path):
     x = np.random.default_rng(0).random((50, 3, 4)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    args = ["data.name=arrays", f'data.file="{tmp_path / "x.npy"}"', "data.binarize=false",
-            "data.val_fraction=0.2", "data.test_fraction=0.1"]
+    args = [
+        "data.name=arrays",
+        f'data.file="{tmp_path / "x.npy"}"',
+        "data.binarize=false",
+        "data.val_fraction=0.2",
+        "data.test_fraction=0.1",
+    ]
     splits = load_data(data_cfg(*args))
     assert (splits.train.shape[0], splits.val.shape[0], splits.test.shape[0]) == (35, 10, 5)
     together = torch.cat([splits.train, splits.val, splits.test])
@@ -114,8 +119,14 @@ def test_user_arrays_one_file_split_by_fraction_and_seed(tmp_path):
 def test_user_arrays_three_files_pt_and_uint8(tmp_path):
     for name, n in (("tr", 8), ("va", 3), ("te", 2)):
         torch.save(torch.randint(0, 256, (n, 5), dtype=torch.uint8), tmp_path / f"{name}.pt")
-    splits = load_data(data_cfg("data.name=arrays", f'data.train="{tmp_path / "tr.pt"}"',
-                                f'data.val="{tmp_path / "va.pt"}"', f'data.test="{tmp_path / "te.pt"}"'))
+    splits = load_data(
+        data_cfg(
+            "data.name=arrays",
+            f'data.train="{tmp_path / "tr.pt"}"',
+            f'data.val="{tmp_path / "va.pt"}"',
+            f'data.test="{tmp_path / "te.pt"}"',
+        )
+    )
     assert splits.data_shape == (5,) and splits.train.max() <= 1.0  # uint8 scaled to [0, 1]
 
 
@@ -139,26 +150,44 @@ def test_user_arrays_carry_labels_split_with_their_rows(tmp_path):
     x = np.arange(40, dtype=np.float32).repeat(3).reshape(40, 3) / 40
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", (np.arange(40) % 5).astype(np.int64))
-    splits = load_data(data_cfg("data.name=arrays", f'data.file="{tmp_path / "x.npy"}"',
-                                f'data.labels="{tmp_path / "y.npy"}"', "data.binarize=false"))
+    splits = load_data(
+        data_cfg(
+            "data.name=arrays",
+            f'data.file="{tmp_path / "x.npy"}"',
+            f'data.labels="{tmp_path / "y.npy"}"',
+            "data.binarize=false",
+        )
+    )
     for split in ("train", "val", "test"):
         rows, labels = getattr(splits, split), splits.labels(split)
         assert torch.equal(labels, (rows[:, 0] * 40).round().long() % 5)  # each label stayed with its row
     assert splits.num_classes == 5
 
 
-@pytest.mark.parametrize("labels, keys, message", [
-    (np.zeros(40, np.float32), {}, r"^data.labels must hold 40 integer labels, shape \(40,\)"),
-    (np.arange(39), {}, r"^data.labels must hold 40 integer labels"),
-    (np.arange(40) - 1, {}, r"^data.labels holds negative labels such as -1"),
-    (np.arange(40) % 7, {"data.num_classes": 5}, r"^the labels of arrays go up to 6, outside 0 .. 4 "
-                                                 r"\(data.num_classes = 5\)"),
-])
+@pytest.mark.parametrize(
+    "labels, keys, message",
+    [
+        (np.zeros(40, np.float32), {}, r"^data.labels must hold 40 integer labels, shape \(40,\)"),
+        (np.arange(39), {}, r"^data.labels must hold 40 integer labels"),
+        (np.arange(40) - 1, {}, r"^data.labels holds negative labels such as -1"),
+        (
+            np.arange(40) % 7,
+            {"data.num_classes": 5},
+            r"^the labels of arrays go up to 6, outside 0 .. 4 "
+            r"\(data.num_classes = 5\)",
+        ),
+    ],
+)
 def test_labels_that_cannot_be_classes_are_one_line(tmp_path, labels, keys, message):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((40, 3)).astype(np.float32))
     np.save(tmp_path / "y.npy", labels)
-    args = ["data.name=arrays", f'data.file="{tmp_path / "x.npy"}"', f'data.labels="{tmp_path / "y.npy"}"',
-            "data.binarize=false", *(f"{k}={v}" for k, v in keys.items())]
+    args = [
+        "data.name=arrays",
+        f'data.file="{tmp_path / "x.npy"}"',
+        f'data.labels="{tmp_path / "y.npy"}"',
+        "data.binarize=false",
+        *(f"{k}={v}" for k, v in keys.items()),
+    ]
     with pytest.raises(UserError, match=message):
         load_data(data_cfg(*args))
 
@@ -168,6 +197,11 @@ def test_labels_for_some_splits_only_are_refused(tmp_path):
         np.save(tmp_path / f"{name}.npy", np.zeros((4, 2), np.float32))
     np.save(tmp_path / "ytr.npy", np.zeros(4, np.int64))
     with pytest.raises(UserError, match=r"^labels for some splits only \(data.train_labels\)"):
-        load_data(data_cfg("data.name=arrays", *(f'data.{s}="{tmp_path / n}.npy"' for s, n in
-                                                  (("train", "tr"), ("val", "va"), ("test", "te"))),
-                           f'data.train_labels="{tmp_path / "ytr.npy"}"', "data.binarize=false"))
+        load_data(
+            data_cfg(
+                "data.name=arrays",
+                *(f'data.{s}="{tmp_path / n}.npy"' for s, n in (("train", "tr"), ("val", "va"), ("test", "te"))),
+                f'data.train_labels="{tmp_path / "ytr.npy"}"',
+                "data.binarize=false",
+            )
+        )

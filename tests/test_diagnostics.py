@@ -10,13 +10,18 @@ from __future__ import annotations
 import pyro.distributions as dist
 import pytest
 import torch
+from linear_gaussian import linear_vae
 from pyro.infer import TraceMeanField_ELBO
 from torch import nn
 
-from linear_gaussian import linear_vae
 from pyrovae.data import PPCA
-from pyrovae.infer.estimators.diagnostics import (KLPerDimensionUnavailable, active_units, activity,
-                                            has_kl_per_dimension, kl_per_dimension)
+from pyrovae.infer.estimators.diagnostics import (
+    KLPerDimensionUnavailable,
+    active_units,
+    activity,
+    has_kl_per_dimension,
+    kl_per_dimension,
+)
 from pyrovae.infer.terms import elbo_terms
 
 
@@ -31,8 +36,8 @@ def test_dead_dimensions_have_zero_kl_and_are_inactive(dead_two):
     vae, x = dead_two
     kl = kl_per_dimension(vae, x, batch_size=150)["z"]
     assert kl.shape == (4,)
-    assert (kl[2:].abs() < 1e-4).all()        # q(z_u|x) = p(z_u): exactly 0 up to float error
-    assert (kl[:2] > 0.5).all()                # live dimensions carry information
+    assert (kl[2:].abs() < 1e-4).all()  # q(z_u|x) = p(z_u): exactly 0 up to float error
+    assert (kl[:2] > 0.5).all()  # live dimensions carry information
     act = activity(vae, x)["z"]
     assert (act[2:] < 1e-8).all() and (act[:2] > 0.1).all()
     assert active_units(vae, x) == 2

@@ -22,9 +22,17 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.slow  # every test launches torchrun
 
 HERE = Path(__file__).parent
-SMALL = ["data.name=synthetic", "data.subset=300", "train.batch_size=40", "model.latent_dim=3",
-         "model.guide.hidden=[16]", "model.likelihood.hidden=[16]", "eval.batch_size=300",
-         "mlflow.experiment=ddp", "train.epochs=3"]  # 300 rows: 7 global batches of 40 and one of 20
+SMALL = [
+    "data.name=synthetic",
+    "data.subset=300",
+    "train.batch_size=40",
+    "model.latent_dim=3",
+    "model.guide.hidden=[16]",
+    "model.likelihood.hidden=[16]",
+    "eval.batch_size=300",
+    "mlflow.experiment=ddp",
+    "train.epochs=3",
+]  # 300 rows: 7 global batches of 40 and one of 20
 
 
 def overrides(*extra: str) -> list[str]:
@@ -32,21 +40,28 @@ def overrides(*extra: str) -> list[str]:
 
 
 def torchrun(*args: str, restarts: int = 0) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "--max-restarts", str(restarts), *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        str(restarts),
+        *args,
+    ]
 
 
 class Store:
     def __init__(self, folder: Path):
         self.folder = folder
         self.uri = f"sqlite:///{folder}/mlruns/mlflow.db"
-        self.env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "PYTHONPATH": str(HERE),
-                    "OMP_NUM_THREADS": "1"}
+        self.env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
         self.client = MlflowClient(self.uri)
 
     def run(self, command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(command, cwd=self.folder, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(command, cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def named(self, name: str):
         experiment = self.client.get_experiment_by_name("ddp")
@@ -54,8 +69,10 @@ class Store:
         return run
 
     def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        return [(m.step, m.value) for m in sorted(self.client.get_metric_history(run_id, key),
-                                                  key=lambda m: (m.step, m.timestamp))]
+        return [
+            (m.step, m.value)
+            for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +87,13 @@ def store(tmp_path_factory):
 
 
 def test_ddp_gradient_is_the_global_batch_gradient_and_ranks_stay_equal(tmp_path):
-    done = subprocess.run(torchrun(str(HERE / "ddp_gradient.py"), str(tmp_path)), capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        torchrun(str(HERE / "ddp_gradient.py"), str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for rank in (0, 1):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
@@ -83,8 +105,9 @@ def test_ddp_gradient_is_the_global_batch_gradient_and_ranks_stay_equal(tmp_path
 def test_two_ranks_make_one_run_like_a_single_process_run(store):
     two, one = store.named("two-ranks"), store.named("one-process")
     assert two.info.status == "FINISHED"
-    assert {k: v for k, v in two.data.params.items() if k != "mlflow.run_name"} == \
-        {k: v for k, v in one.data.params.items() if k != "mlflow.run_name"}
+    assert {k: v for k, v in two.data.params.items() if k != "mlflow.run_name"} == {
+        k: v for k, v in one.data.params.items() if k != "mlflow.run_name"
+    }
     ours = lambda run: {k for k in run.data.metrics if not k.startswith("system/")}  # noqa: E731
     assert ours(two) == ours(one)
     assert [step for step, _ in store.history(two.info.run_id, "val/loss")] == [1, 2, 3]  # rank 0 alone logs
@@ -93,15 +116,21 @@ def test_two_ranks_make_one_run_like_a_single_process_run(store):
     artifacts = lambda run: {a.path for a in store.client.list_artifacts(run.info.run_id)}  # noqa: E731
     assert artifacts(two) == artifacts(one)
     # the global mean over both ranks' rows: close to the single process's (other noise, same data)
-    for (_, a), (_, b) in zip(store.history(two.info.run_id, "train/loss"), store.history(one.info.run_id, "train/loss")):
+    for (_, a), (_, b) in zip(
+        store.history(two.info.run_id, "train/loss"), store.history(one.info.run_id, "train/loss")
+    ):
         assert abs(a - b) < 0.05 * b
 
 
 def test_sigterm_checkpoints_every_rank_and_a_two_rank_resume_continues_bit_for_bit(store):
-    launcher = subprocess.Popen(torchrun("-m", "pyrovae", "train", "--no-progress",
-                                         *overrides("mlflow.run_name=interrupted")),
-                                cwd=store.folder, env=store.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+    launcher = subprocess.Popen(
+        torchrun("-m", "pyrovae", "train", "--no-progress", *overrides("mlflow.run_name=interrupted")),
+        cwd=store.folder,
+        env=store.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     run_id = None
     while time.monotonic() < deadline and run_id is None:
@@ -134,7 +163,9 @@ def test_sigterm_checkpoints_every_rank_and_a_two_rank_resume_continues_bit_for_
 
 def test_a_nan_on_one_rank_stops_both_at_the_same_step(store):
     faulty = 'model.likelihood={name="faulty:NaNAfterSteps", hidden=[16], nan_at_step=10, only_rank=1}'
-    done = store.run(torchrun("-m", "pyrovae", "train", "--no-progress", *overrides("mlflow.run_name=nan-on-rank-1", faulty)))
+    done = store.run(
+        torchrun("-m", "pyrovae", "train", "--no-progress", *overrides("mlflow.run_name=nan-on-rank-1", faulty))
+    )
     assert done.returncode != 0
     line = "the loss became nan at epoch 2, batch 3"  # step 10, 8 steps an epoch
     assert done.stderr.count(line) == 2, done.stderr[-3000:]  # rank 0 reports it too: the sum is NaN
@@ -144,8 +175,16 @@ def test_a_nan_on_one_rank_stops_both_at_the_same_step(store):
 
 def test_a_dead_worker_is_restarted_into_the_same_run(store):
     crash = 'model.likelihood={name="faulty:CrashOnFirstAttempt", hidden=[16], crash_at_step=10}'
-    done = store.run(torchrun("-m", "pyrovae", "train", "--no-progress",
-                              *overrides("mlflow.run_name=restarted", "train.epochs=2", crash), restarts=2))
+    done = store.run(
+        torchrun(
+            "-m",
+            "pyrovae",
+            "train",
+            "--no-progress",
+            *overrides("mlflow.run_name=restarted", "train.epochs=2", crash),
+            restarts=2,
+        )
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "exitcode: 3" in done.stderr  # rank 1 died at step 10 (epoch 2) of the first attempt
     run = store.named("restarted")  # one run, not two
@@ -156,9 +195,16 @@ def test_a_dead_worker_is_restarted_into_the_same_run(store):
 def test_early_stopping_is_decided_alike_on_every_rank(store):
     """val/loss is computed identically on both ranks, so both stop after the same epoch (a rank
     that went on alone would wait in its next collective until the job timed out)."""
-    done = store.run(torchrun("-m", "pyrovae", "train", "--no-progress",
-                              *overrides("mlflow.run_name=patience", "train.epochs=6", "train.lr=1e-30",
-                                         "train.patience=1")), timeout=240)
+    done = store.run(
+        torchrun(
+            "-m",
+            "pyrovae",
+            "train",
+            "--no-progress",
+            *overrides("mlflow.run_name=patience", "train.epochs=6", "train.lr=1e-30", "train.patience=1"),
+        ),
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run = store.named("patience")
     assert run.info.status == "FINISHED"

@@ -8,14 +8,13 @@ import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
 from pyrovae.infer.elbo import ELBOLoss
-from pyrovae.run import config
 from pyrovae.infer.terms import datapoint_terms, elbo_terms, evaluate
 from pyrovae.model.vae import build_vae
+from pyrovae.run import config
 
 
 def tiny_vae(latent_dim=3, data_shape=(1, 6, 6)):
-    cfg = config.load(None, [f"model.latent_dim={latent_dim}", "model.guide.hidden=[8]",
-                             "model.likelihood.hidden=[8]"])
+    cfg = config.load(None, [f"model.latent_dim={latent_dim}", "model.guide.hidden=[8]", "model.likelihood.hidden=[8]"])
     return build_vae(cfg["model"], data_shape)
 
 
@@ -50,8 +49,10 @@ def test_particles_are_averaged_every_batch_is_scored_and_the_seed_reaches_the_d
     assert means["loss"] == pytest.approx(float(per_point["loss"].double().mean()), rel=1e-12)
     assert means != evaluate(vae, Trace_ELBO(), binary_batch, batch_size=7, seed=0)
     assert evaluate(vae, Trace_ELBO(), binary_batch, 7) == evaluate(vae, Trace_ELBO(), binary_batch, 7, seed=0)
-    assert torch.equal(datapoint_terms(vae, Trace_ELBO(), binary_batch, 7)["loss"],
-                       datapoint_terms(vae, Trace_ELBO(), binary_batch, 7, seed=0)["loss"])
+    assert torch.equal(
+        datapoint_terms(vae, Trace_ELBO(), binary_batch, 7)["loss"],
+        datapoint_terms(vae, Trace_ELBO(), binary_batch, 7, seed=0)["loss"],
+    )
 
 
 def test_meanfield_kl_is_the_closed_form(binary_batch):

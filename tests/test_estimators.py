@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from linear_gaussian import exact_elbo, linear_vae
 from pyro.infer import RenyiELBO
 
-from linear_gaussian import exact_elbo, linear_vae
-from pyrovae.run import config
 from pyrovae.data import load_data
 from pyrovae.infer.estimators.ais import AISSettings, ais, bdmc, schedule
 from pyrovae.infer.estimators.iwae import iwae, iwae_batch
+from pyrovae.run import config
 
 
 @pytest.fixture(autouse=True)
@@ -81,13 +81,13 @@ def test_elbo_below_iwae_below_exact_and_iwae_grows_with_k(ppca):
     assert abs(d.mean()) < 4 * se(d)
     for k in (10, 100):
         above_elbo, below_exact = bounds[k] - elbo, bounds[k] - exact
-        assert above_elbo.mean() > 3 * se(above_elbo) > 0       # strictly tighter than the ELBO
-        assert below_exact.mean() < 3 * se(below_exact)          # still a lower bound
+        assert above_elbo.mean() > 3 * se(above_elbo) > 0  # strictly tighter than the ELBO
+        assert below_exact.mean() < 3 * se(below_exact)  # still a lower bound
     gain = bounds[10] - bounds[1]
-    assert gain.mean() > 3 * se(gain)                            # ~0.48 nats, se ~0.06
+    assert gain.mean() > 3 * se(gain)  # ~0.48 nats, se ~0.06
     gain = bounds[100] - bounds[10]
-    assert gain.mean() > -3 * se(gain)                           # ~0.02 nats: no decrease
-    assert (exact - bounds[100]).mean() < 0.05                   # and close to the truth
+    assert gain.mean() > -3 * se(gain)  # ~0.02 nats: no decrease
+    assert (exact - bounds[100]).mean() < 0.05  # and close to the truth
 
 
 def test_ais_from_the_posterior_is_close_to_exact(ppca):

@@ -12,14 +12,23 @@ import mlflow
 import pytest
 import torch
 
-from pyrovae.run import config
 from pyrovae.cli import main
+from pyrovae.run import config
 from pyrovae.run.pipeline import train_config
 
-PPCA_RUN = ["data.name=ppca", "data.binarize=false", "data.subset=100", "train.epochs=2",
-            "train.batch_size=50", "model.latent_dim=2", "model.guide.hidden=[]",
-            "model.likelihood.name=gaussian", "model.likelihood.hidden=[]", "eval.iwae_every=1",
-            "eval.iwae_k=10"]
+PPCA_RUN = [
+    "data.name=ppca",
+    "data.binarize=false",
+    "data.subset=100",
+    "train.epochs=2",
+    "train.batch_size=50",
+    "model.latent_dim=2",
+    "model.guide.hidden=[]",
+    "model.likelihood.name=gaussian",
+    "model.likelihood.hidden=[]",
+    "eval.iwae_every=1",
+    "eval.iwae_k=10",
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,23 +56,54 @@ def test_training_logs_val_nll_iwae_every_epoch(trained_run):
 def evaluations_of(run_id: str):
     client = mlflow.MlflowClient()
     experiment = client.get_run(run_id).info.experiment_id
-    return client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
-                              order_by=["attributes.start_time ASC"])
+    return client.search_runs(
+        [experiment], filter_string=f"tags.mlflow.parentRunId = '{run_id}'", order_by=["attributes.start_time ASC"]
+    )
 
 
 def test_evaluate_keeps_iwae_ais_and_bdmc_in_an_evaluation_run_of_its_own(trained_run, capsys):
     run_id = trained_run.run_id
     before = mlflow.get_run(run_id)
-    code = main(["evaluate", run_id[:10], "--iwae-k", "50", "--subset", "40", "--batch-size", "20",
-                 "--ais", "--ais-start", "posterior", "--ais-steps", "20", "--ais-chains", "4",
-                 "--ais-leapfrog", "3", "--ais-subset", "20", "--bdmc", "--no-progress"])  # a prefix of the id
+    code = main(
+        [
+            "evaluate",
+            run_id[:10],
+            "--iwae-k",
+            "50",
+            "--subset",
+            "40",
+            "--batch-size",
+            "20",
+            "--ais",
+            "--ais-start",
+            "posterior",
+            "--ais-steps",
+            "20",
+            "--ais-chains",
+            "4",
+            "--ais-leapfrog",
+            "3",
+            "--ais-subset",
+            "20",
+            "--bdmc",
+            "--no-progress",
+        ]
+    )  # a prefix of the id
     assert code == 0
     (evaluation,) = [r for r in evaluations_of(run_id) if r.data.params["eval.n"] == "40"]
     metrics, params = evaluation.data.metrics, evaluation.data.params
     assert evaluation.info.status == "FINISHED" and evaluation.data.tags["pyrovae.kind"] == "evaluation"
-    for key in ("test/nll_iwae", "test/nll_iwae_se", "test/nll_ais", "test/ais_subset/nll_elbo",
-                "test/ais_subset/nll_iwae", "test/ais_subset/ais_minus_iwae_se", "bdmc/gap", "bdmc/log_px_lower",
-                "bdmc/log_px_upper"):
+    for key in (
+        "test/nll_iwae",
+        "test/nll_iwae_se",
+        "test/nll_ais",
+        "test/ais_subset/nll_elbo",
+        "test/ais_subset/nll_iwae",
+        "test/ais_subset/ais_minus_iwae_se",
+        "bdmc/gap",
+        "bdmc/log_px_lower",
+        "bdmc/log_px_upper",
+    ):
         assert math.isfinite(metrics[key]), key
     # same 20 points: the IWAE bound is above the ELBO (K = 50 on a 2-d latent: by several se)
     assert metrics["test/ais_subset/nll_iwae"] < metrics["test/ais_subset/nll_elbo"]
@@ -89,8 +129,12 @@ def test_three_evaluations_with_other_settings_are_all_kept(trained_run):
     run_id = trained_run.run_id
     for settings in (["--iwae-k", "20"], ["--iwae-k", "5", "--subset", "20"], ["--iwae-k", "5", "--best"]):
         assert main(["evaluate", run_id, "--no-progress", *settings]) == 0
-    kept = {(r.data.params["eval.iwae_k"], r.data.params["eval.n"], r.data.params["eval.weights"]):
-            r.data.metrics["test/nll_iwae"] for r in evaluations_of(run_id)}
+    kept = {
+        (r.data.params["eval.iwae_k"], r.data.params["eval.n"], r.data.params["eval.weights"]): r.data.metrics[
+            "test/nll_iwae"
+        ]
+        for r in evaluations_of(run_id)
+    }
     assert {("20", "100", "final"), ("5", "20", "final"), ("5", "100", "best")} <= set(kept)
     assert len(set(kept.values())) == len(kept)  # different numbers, none overwritten
 
@@ -100,9 +144,31 @@ def test_ais_that_has_not_converged_is_flagged(trained_run, capsys, steps, warne
     """One AIS step with one chain from the prior is plain importance sampling with one sample:
     it finds less likelihood than IWAE with K = 200 (here 0.6 nats, over 3 se); 200 steps from q find more."""
     start = "prior" if warned else "posterior"
-    assert main(["evaluate", trained_run.run_id, "--iwae-k", "200", "--subset", "100", "--ais", "--ais-subset", "100",
-                 "--ais-steps", str(steps), "--ais-chains", "1" if warned else "8", "--ais-start", start,
-                 "--ais-leapfrog", "3", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                trained_run.run_id,
+                "--iwae-k",
+                "200",
+                "--subset",
+                "100",
+                "--ais",
+                "--ais-subset",
+                "100",
+                "--ais-steps",
+                str(steps),
+                "--ais-chains",
+                "1" if warned else "8",
+                "--ais-start",
+                start,
+                "--ais-leapfrog",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert ("AIS's NLL is" in err and "raise --ais-steps" in err) == warned
 

@@ -63,13 +63,24 @@ def test_each_criterion_picks_the_scored_epoch_where_its_own_curve_is_lowest(val
     # reconstruction keeps falling (overfitting hides in the KL), the ELBO and IWAE turn up at
     # epoch 20, MSE at 30; the test NLL is lowest at 20. Only scored epochs (test NLL known) count.
     epochs = [10, 20, 30, 40]
-    curves = {"val/recon": [80, 75, 72, 70], "val/loss": [100, 95, 97, 99], "val/nll_iwae": [98, 93, 94, 96],
-              "val/mse": [0.05, 0.04, 0.03, 0.035], "test_curve/nll_iwae": [99, 94, 96, 98]}
+    curves = {
+        "val/recon": [80, 75, 72, 70],
+        "val/loss": [100, 95, 97, 99],
+        "val/nll_iwae": [98, 93, 94, 96],
+        "val/mse": [0.05, 0.04, 0.03, 0.035],
+        "test_curve/nll_iwae": [99, 94, 96, 98],
+    }
     histories = {key: dict(zip(epochs, values)) for key, values in curves.items()}
     histories["val/recon"][15] = 1.0  # an unscored epoch: never picked
     picks = validation_loss_study.picks(histories)
     assert {name: pick["epoch"] for name, pick in picks.items()} == {
-        "recon": 40, "-ELBO": 20, "IWAE": 20, "MSE": 30, "last epoch": 40, "oracle (test)": 20}
+        "recon": 40,
+        "-ELBO": 20,
+        "IWAE": 20,
+        "MSE": 30,
+        "last epoch": 40,
+        "oracle (test)": 20,
+    }
     assert picks["recon"]["test_nll"] == 98 and picks["MSE"]["test_nll"] == 96
 
 
@@ -84,15 +95,25 @@ def test_a_cut_of_the_full_grid_trains_only_its_cell_with_seeds_outside_warmups(
 
 def test_a_cell_with_one_seed_has_no_standard_error_and_its_export_stays_json(validation_loss_study):
     def run(seed, recon_nll, oracle_nll):
-        return {"dataset": "fashion_mnist", "train_size": 1000, "batch_size": 32, "warmup_epochs": 0.0, "seed": seed,
-                "picks": {name: {"epoch": 10 * (seed + 1), "test_nll": oracle_nll}
-                          for name in [*validation_loss_study.CRITERIA, "last epoch", "oracle (test)"]}
-                | {"recon": {"epoch": 40, "test_nll": recon_nll}}}
+        return {
+            "dataset": "fashion_mnist",
+            "train_size": 1000,
+            "batch_size": 32,
+            "warmup_epochs": 0.0,
+            "seed": seed,
+            "picks": {
+                name: {"epoch": 10 * (seed + 1), "test_nll": oracle_nll}
+                for name in [*validation_loss_study.CRITERIA, "last epoch", "oracle (test)"]
+            }
+            | {"recon": {"epoch": 40, "test_nll": recon_nll}},
+        }
 
     one = {row["criterion"]: row for row in validation_loss_study.tabulate([run(0, 245.0, 244.0)])}
     assert one["recon"]["cost"] == [1.0, None] and one["recon"]["seeds"] == 1
     json.dumps(one, allow_nan=False)  # NaN would make the export invalid JSON
-    two = {row["criterion"]: row for row in validation_loss_study.tabulate([run(0, 245.0, 244.0), run(1, 247.0, 244.0)])}
+    two = {
+        row["criterion"]: row for row in validation_loss_study.tabulate([run(0, 245.0, 244.0), run(1, 247.0, 244.0)])
+    }
     assert two["recon"]["cost"] == [2.0, 1.0] and two["recon"]["test_nll"] == [246.0, 1.0]
 
 
@@ -105,9 +126,11 @@ def test_the_study_figure_shows_the_run_where_picking_by_reconstruction_costs_mo
 
 
 def test_the_baseline_spread_is_the_mean_and_standard_error_over_its_seeds(likelihood_table):
-    table = [{"variant": "baseline", "nll_iwae": 91.0, "nll_elbo": 97.0},
-             {"variant": "vamp_prior", "nll_iwae": 88.0, "nll_elbo": 95.0},
-             {"variant": "baseline", "nll_iwae": 92.0, "nll_elbo": 98.0}]
+    table = [
+        {"variant": "baseline", "nll_iwae": 91.0, "nll_elbo": 97.0},
+        {"variant": "vamp_prior", "nll_iwae": 88.0, "nll_elbo": 95.0},
+        {"variant": "baseline", "nll_iwae": 92.0, "nll_elbo": 98.0},
+    ]
     spread = likelihood_table.baseline_spread(table)
     assert spread["seeds"] == 2
     assert spread["nll_iwae"] == pytest.approx((91.5, 0.5)) and spread["nll_elbo"] == pytest.approx((97.5, 0.5))
@@ -119,26 +142,53 @@ def test_one_baseline_seed_gives_no_standard_error_rather_than_nan_in_the_export
 
 
 def _row(variant, run_id, nll, **extra):
-    return {"variant": variant, "seed": 0, "run_id": run_id, "evaluation_run_id": f"e{run_id}",
-            "nll_iwae": nll, "nll_iwae_se": 0.2, **extra}
+    return {
+        "variant": variant,
+        "seed": 0,
+        "run_id": run_id,
+        "evaluation_run_id": f"e{run_id}",
+        "nll_iwae": nll,
+        "nll_iwae_se": 0.2,
+        **extra,
+    }
 
 
 def test_a_table_continued_in_a_new_store_keeps_the_earlier_rows_and_replaces_the_retrained_one(likelihood_table):
     from carried_rows import carry_over
 
-    earlier = {"parent_run_id": "P1", "store": "old", "runs": [{"run_id": "A"}, {"run_id": "V"}],
-               "table": [_row("baseline", "A", 91.0), _row("vamp_prior", "V", 87.0, nll_iwae_vs_baseline=-4.0,
-                                                          nll_iwae_vs_baseline_se=0.04)]}
-    record = {"parent_run_id": "P2", "runs": [{"run_id": "B"}, {"run_id": "L"}],
-              "table": [_row("baseline", "B", 91.5), _row("low_rank_normal", "L", 92.0)]}
+    earlier = {
+        "parent_run_id": "P1",
+        "store": "old",
+        "runs": [{"run_id": "A"}, {"run_id": "V"}],
+        "table": [
+            _row("baseline", "A", 91.0),
+            _row("vamp_prior", "V", 87.0, nll_iwae_vs_baseline=-4.0, nll_iwae_vs_baseline_se=0.04),
+        ],
+    }
+    record = {
+        "parent_run_id": "P2",
+        "runs": [{"run_id": "B"}, {"run_id": "L"}],
+        "table": [_row("baseline", "B", 91.5), _row("low_rank_normal", "L", 92.0)],
+    }
     carry_over(record, earlier)
     assert [row["run_id"] for row in record["table"]] == ["B", "V", "L"]  # B takes A's place
     assert record["table"][1]["paired_with"] == "eA"  # V's difference is from A, not from B
     assert record["table"][1]["parent_run_id"] == "P1"
-    assert record["reproduced"] == [{"variant": "baseline", "seed": 0, "earlier_run_id": "A",
-                                     "earlier_evaluation_run_id": "eA", "earlier_nll_iwae": 91.0,
-                                     "earlier_nll_iwae_se": 0.2, "run_id": "B", "evaluation_run_id": "eB",
-                                     "nll_iwae": 91.5, "nll_iwae_se": 0.2, "exact": False}]
+    assert record["reproduced"] == [
+        {
+            "variant": "baseline",
+            "seed": 0,
+            "earlier_run_id": "A",
+            "earlier_evaluation_run_id": "eA",
+            "earlier_nll_iwae": 91.0,
+            "earlier_nll_iwae_se": 0.2,
+            "run_id": "B",
+            "evaluation_run_id": "eB",
+            "nll_iwae": 91.5,
+            "nll_iwae_se": 0.2,
+            "exact": False,
+        }
+    ]
     assert [p["parent_run_id"] for p in record["earlier_parents"]] == ["P1"]
 
     again = {"parent_run_id": "P2", "runs": record["runs"], "table": [_row("baseline", "B", 91.5)]}
@@ -161,8 +211,12 @@ def test_rows_are_paired_image_by_image_with_the_first_baseline_that_has_per_ima
 
 def test_a_study_stopped_by_sigterm_ends_every_run_it_holds_killed(store, tiny_overrides):
     sets = [arg for value in (*tiny_overrides, "train.epochs=100000") for arg in ("--set", value)]
-    study = subprocess.Popen([sys.executable, str(EXPERIMENTS / "zoo_study.py"), "--variants", "standard_normal",
-                              *sets], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    study = subprocess.Popen(
+        [sys.executable, str(EXPERIMENTS / "zoo_study.py"), "--variants", "standard_normal", *sets],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def all_runs():
         return mlflow.search_runs(search_all_experiments=True, output_format="list")

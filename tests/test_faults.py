@@ -15,17 +15,25 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pyrovae.run import checkpoint, config
 from pyrovae.cli import main
-from pyrovae.infer.faults import Interrupted
-from pyrovae.run.pipeline import prepare
 from pyrovae.infer.callbacks import Callback
+from pyrovae.infer.faults import Interrupted
 from pyrovae.infer.trainer import Trainer
+from pyrovae.run import checkpoint, config
+from pyrovae.run.pipeline import prepare
 from pyrovae.run.tracking import MlflowRun
 
-SMALL = ["data.name=synthetic", "data.subset=300", "train.batch_size=20", "model.latent_dim=3",
-         "model.guide.hidden=[16]", "model.likelihood.hidden=[16]", "eval.batch_size=300",
-         "train.beta_start=0.3", "train.warmup_epochs=1.5"]
+SMALL = [
+    "data.name=synthetic",
+    "data.subset=300",
+    "train.batch_size=20",
+    "model.latent_dim=3",
+    "model.guide.hidden=[16]",
+    "model.likelihood.hidden=[16]",
+    "eval.batch_size=300",
+    "train.beta_start=0.3",
+    "train.warmup_epochs=1.5",
+]
 
 
 class KeepInterruptState(Callback):
@@ -86,8 +94,10 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(store, monkey
         args += ["--set", item]
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
-    assert err == ("pyrovae: error: the loss became nan at epoch 2, batch 6; training stopped and the last "
-                   "good checkpoint (epoch 1) is kept; try a lower train.lr or a longer KL warm-up")
+    assert err == (
+        "pyrovae: error: the loss became nan at epoch 2, batch 6; training stopped and the last "
+        "good checkpoint (epoch 1) is kept; try a lower train.lr or a longer KL warm-up"
+    )
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("pyrovae").experiment_id])
     assert run.info.status == "FAILED" and "epoch 2, batch 6" in run.data.tags["pyrovae.error"]
@@ -138,8 +148,9 @@ def test_sigterm_then_sigkill_then_resume_a_real_process(tmp_path, monkeypatch, 
     stopped_at = state["epoch"]
     assert stopped_at >= 1 and epochs_logged(run_id) == list(range(1, stopped_at + 1))
 
-    resume = subprocess.Popen([*base, "resume", run_id, "--no-progress"], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, text=True)
+    resume = subprocess.Popen(
+        [*base, "resume", run_id, "--no-progress"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+    )
     _wait_for(lambda: len(epochs_logged(run_id)) >= stopped_at + 2)
     resume.kill()  # SIGKILL: nothing gets to end the run
     out, _ = resume.communicate(timeout=60)

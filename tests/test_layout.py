@@ -57,6 +57,10 @@ def test_every_listed_public_name_is_importable_and_import_pyrovae_stays_light()
 
     for name in pyrovae.__all__:
         assert getattr(pyrovae, name) is not None, name
-    light = subprocess.run([sys.executable, "-c", "import sys, pyrovae; print('mlflow' in sys.modules)"],
-                           capture_output=True, text=True, check=True)
+    light = subprocess.run(
+        [sys.executable, "-c", "import sys, pyrovae; print('mlflow' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert light.stdout.strip() == "False"

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import mlflow
 import mlflow.pytorch
@@ -18,11 +17,11 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pyrovae.run import config as config_mod
-from pyrovae.infer.estimators.diagnostics import posterior_means
-from pyrovae.run import figures
 from pyrovae.cli import main
+from pyrovae.infer.estimators.diagnostics import posterior_means
 from pyrovae.model.vae import build_vae
+from pyrovae.run import config as config_mod
+from pyrovae.run import figures
 from tests.conftest import TINY, tracking_store
 
 
@@ -58,13 +57,13 @@ FRESH_PROCESS = textwrap.dedent("""
 def test_logged_model_loads_in_a_fresh_process_and_encodes_decodes_samples(run):
     uri, run_id = run
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, run_id], env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, run_id], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     mlflow.set_tracking_uri(uri)
-    final = torch.load(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/weights/final.pt"),
-                       weights_only=True)
+    final = torch.load(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/weights/final.pt"), weights_only=True)
     data_shape = final["data_shape"]
     for name in ("model", "best_model"):
         got = loaded[name]
@@ -89,8 +88,9 @@ def test_pyrovae_sample_writes_a_png_grid_of_the_right_size_without_unpickling(r
     assert main(["sample", run_id[:12], "--n", "10", "--out", str(out), "--best"]) == 0
     assert str(out) in capsys.readouterr().out
     mlflow.set_tracking_uri(uri)
-    _, height, width = torch.load(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/weights/final.pt"),
-                                  weights_only=True)["data_shape"]
+    _, height, width = torch.load(
+        mlflow.artifacts.download_artifacts(f"runs:/{run_id}/weights/final.pt"), weights_only=True
+    )["data_shape"]
     mlflow.set_tracking_uri(None)
     cols, rows = 4, 3  # ceil(sqrt(10)) per row, 2-pixel padding around every image
     image = Image.open(out)
@@ -110,8 +110,11 @@ def test_run_has_pictures_per_epoch_checkpoints_and_dataset_inputs(run):
     client = MlflowClient(uri)
     images = [a.path for a in client.list_artifacts(run_id, "images")]
     for key in ("reconstructions", "prior_samples", "latent", "kl_per_dimension", "loss_curves"):
-        steps = sorted(int(p.split("+step+")[1].split("+")[0]) for p in images
-                       if p.startswith(f"images/{key}+step+") and p.endswith(".png"))
+        steps = sorted(
+            int(p.split("+step+")[1].split("+")[0])
+            for p in images
+            if p.startswith(f"images/{key}+step+") and p.endswith(".png")
+        )
         assert steps == [1, 2], key
     mlflow.set_tracking_uri(uri)
     for name in ("last", "best"):

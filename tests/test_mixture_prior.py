@@ -37,7 +37,9 @@ def test_mixture_log_prob_and_gradients_match_pyros_mixture(family):
 
 def test_the_gaussian_mixture_priors_take_the_matrix_product_path():
     mog = MixtureOfGaussians(latent_dim=4, components=3)()
-    vamp = VampPrior(latent_dim=4, data_shape=(6,), guide=DiagonalNormal(latent_dim=4, data_shape=(6,), hidden=[8]), pseudo_inputs=5)()
+    vamp = VampPrior(
+        latent_dim=4, data_shape=(6,), guide=DiagonalNormal(latent_dim=4, data_shape=(6,), hidden=[8]), pseudo_inputs=5
+    )()
     for prior, components in ((mog, 3), (vamp, 5)):
         assert isinstance(prior, Mixture)
         loc, scale = diagonal_gaussian_parameters(prior.component_distribution)

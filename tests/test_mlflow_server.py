@@ -49,8 +49,12 @@ def rest(ui: UI, endpoint: str, payload: dict | None = None, **query) -> dict:
     """``/api/2.0/mlflow/<endpoint>``: GET with ``query``, or POST ``payload`` as JSON; the reply's JSON."""
     if payload is None:
         return json.loads(get(ui, f"api/2.0/mlflow/{endpoint}", **query))
-    request = urllib.request.Request(f"{ui.url}/api/2.0/mlflow/{endpoint}", data=json.dumps(payload).encode(),
-                                     method="POST", headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{ui.url}/api/2.0/mlflow/{endpoint}",
+        data=json.dumps(payload).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as reply:
         return json.loads(reply.read())
 
@@ -72,9 +76,15 @@ def ui(tmp_path_factory):
     with tracking_store(project) as uri:
         experiment_id(uri, "pyrovae")  # the store exists now, so `pyrovae ui` accepts it
         # a shell's background job (`nohup ... &`) inherits SIGINT ignored; Ctrl-C in a terminal is not
-        process = subprocess.Popen([sys.executable, "-m", "pyrovae", "ui", "--port", str(port)],
-                                   cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pyrovae", "ui", "--port", str(port)],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         train("mlflow.run_name=local-run", "train.epochs=1")  # while the server starts
         (local,) = mlflow.search_runs(experiment_names=["pyrovae"], output_format="list")
     assert uri == f"sqlite:///{project}/mlruns/mlflow.db"  # the default store of a run from `project`
@@ -124,8 +134,10 @@ def test_run_logged_over_http_reads_back_through_rest(ui, http_run):
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert params["model.latent_dim"] == "2" and params["train.epochs"] == "2"
     assert params["data.name"] == "synthetic" and params["model.guide.hidden"] == "[16]"
-    history = {key: rest(ui, "metrics/get-history", run_id=run_id, metric_key=key)["metrics"]
-               for key in ("val/loss", "val/recon", "val/kl", "train/loss")}
+    history = {
+        key: rest(ui, "metrics/get-history", run_id=run_id, metric_key=key)["metrics"]
+        for key in ("val/loss", "val/recon", "val/kl", "train/loss")
+    }
     for key, points in history.items():
         assert [m["step"] for m in points] == [1, 2], key  # one value per epoch
     for loss, recon, kl in zip(history["val/loss"], history["val/recon"], history["val/kl"]):
@@ -176,19 +188,39 @@ def test_browser_shows_the_runs(ui, http_run, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if not browser:
         assert os.environ.get("PYROVAE_REQUIRE_BROWSER") != "1", (
-            "PYROVAE_REQUIRE_BROWSER=1 but chromium is not installed (Debian package 'chromium')")
-        pytest.skip("no chromium on this machine: the rendered MLflow page is not checked "
-                    "(.ci/run installs it and sets PYROVAE_REQUIRE_BROWSER=1)")
+            "PYROVAE_REQUIRE_BROWSER=1 but chromium is not installed (Debian package 'chromium')"
+        )
+        pytest.skip(
+            "no chromium on this machine: the rendered MLflow page is not checked "
+            "(.ci/run installs it and sets PYROVAE_REQUIRE_BROWSER=1)"
+        )
     ARTIFACTS_OUT.mkdir(exist_ok=True)
     shot = ARTIFACTS_OUT / "mlflow-experiment-page.png"
     shot.unlink(missing_ok=True)
     url = f"{ui.url}/#/experiments/{experiment_id}/runs"
     # one launch renders the page, prints its DOM and saves the screenshot
     result = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,900", "--virtual-time-budget=15000",
-         f"--screenshot={shot}", "--dump-dom", url], capture_output=True, text=True, timeout=120)
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1400,900",
+            "--virtual-time-budget=15000",
+            f"--screenshot={shot}",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and shot.exists(), f"chromium failed: {result.stderr[-2000:]}"
     assert "over-http" in result.stdout, "the run's name is not on the rendered experiment page"
     from PIL import Image

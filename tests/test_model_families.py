@@ -19,8 +19,11 @@ from pyrovae.infer.terms import datapoint_terms
 from pyrovae.infer.trainer import Trainer
 from pyrovae.model.models import MODELS, build_model, resolve_model
 
-TINY = {"latent_dim": 3, "guide": {"name": "diagonal_normal", "hidden": [16]},
-        "likelihood": {"name": "bernoulli", "hidden": [16]}}
+TINY = {
+    "latent_dim": 3,
+    "guide": {"name": "diagonal_normal", "hidden": [16]},
+    "likelihood": {"name": "bernoulli", "hidden": [16]},
+}
 EXTRA = {"m2": {"classifier_hidden": [16]}, "hvae": {"top_dim": 2, "hidden": [16]}}
 LATENT = {"vae": {"z"}, "cvae": {"z"}, "m2": {"y", "z"}, "hvae": {"z1", "z2"}}
 
@@ -115,8 +118,13 @@ def test_m2_trains_semi_supervised_with_balanced_labels_and_logs_accuracy():
     assert 0 <= metrics["test/accuracy"] <= 1 and "val/accuracy" in trainer.history[0]
 
 
-@pytest.mark.parametrize("n, message", [(3, r"^data.labelled = 3 keeps fewer labels than the 4 classes"),
-                                        (10_000, r"^data.labelled = 10000 asks for 2500 labels of class 0")])
+@pytest.mark.parametrize(
+    "n, message",
+    [
+        (3, r"^data.labelled = 3 keeps fewer labels than the 4 classes"),
+        (10_000, r"^data.labelled = 10000 asks for 2500 labels of class 0"),
+    ],
+)
 def test_labels_that_cannot_be_kept_balanced_are_one_line(n, message):
     with pytest.raises(UserError, match=message):
         keep_labels(torch.arange(40) % 4, n, 4, 0)
@@ -133,6 +141,7 @@ def test_the_hierarchical_vae_has_both_levels_in_every_estimate(data):
     x = data.evaluation_data("val")[:10]
     settings = AISSettings(steps=10, chains=2, leapfrog_steps=2)
     from pyrovae.infer.estimators.potential import Potential
+
     potential = Potential(model, x, None, 2, 1)
     assert potential.sites == ["z2", "z1"] and sum(potential.sizes) == 2 + 3  # AIS moves both levels
     assert torch.isfinite(ais(model, x, settings)).all()

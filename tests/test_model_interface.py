@@ -12,10 +12,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from exact_models import LabelledLinear, TwoLevelLinear
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from torch import nn
 
-from exact_models import LabelledLinear, TwoLevelLinear
 from pyrovae import VAE, Model, UserError
 from pyrovae.data import Splits
 from pyrovae.infer.elbo import ELBOLoss, make_elbo
@@ -40,6 +40,7 @@ def one_thread():
 
 
 # -- exactness ---------------------------------------------------------------------------------
+
 
 def test_with_the_exact_posterior_validation_and_iwae_of_a_two_level_model_are_log_px():
     model = TwoLevelLinear()
@@ -93,7 +94,8 @@ def test_a_label_enumerated_in_the_guide_is_summed_out_exactly():
     # what TraceEnum_ELBO itself computes for the batch, and IWAE: every draw is p(x), q(y|x) cancels
     pyro.clear_param_store()
     assert TraceEnum_ELBO(max_plate_nesting=1).loss(model.model, model.guide, x[:50]) == pytest.approx(
-        float(terms["loss"][:50].sum()), rel=1e-6)
+        float(terms["loss"][:50].sum()), rel=1e-6
+    )
     assert torch.allclose(iwae(model, x, 3, batch_size=50), model.log_px(x), atol=1e-6)
 
 
@@ -128,8 +130,12 @@ def test_renaming_every_site_of_the_default_vae_changes_no_number():
     models = {}
     for cls in (VAE, Renamed):
         torch.manual_seed(0)
-        models[cls] = cls(guide={"name": "diagonal_normal", "hidden": [8]},
-                          likelihood={"name": "bernoulli", "hidden": [8]}, latent_dim=3, data_shape=shape)
+        models[cls] = cls(
+            guide={"name": "diagonal_normal", "hidden": [8]},
+            likelihood={"name": "bernoulli", "hidden": [8]},
+            latent_dim=3,
+            data_shape=shape,
+        )
     numbers = {}
     for cls, model in models.items():
         terms = datapoint_terms(model, Trace_ELBO(), x, 16, seed=3)
@@ -138,15 +144,21 @@ def test_renaming_every_site_of_the_default_vae_changes_no_number():
         step = ELBOLoss(model, make_elbo()).forward(x, torch.tensor(0.5))
         step.backward()
         settings = AISSettings(steps=5, chains=2, leapfrog_steps=2)
-        numbers[cls] = {**terms, "iwae": iwae(model, x, 7, seed=1), "ais": ais(model, x[:4], settings, seed=2),
-                        "kl_dims": next(iter(kl_per_dimension(model, x).values())),
-                        "units": torch.tensor(list(active_units_per_site(model, x).values())),
-                        "step": step.detach(), "grad": next(model.parameters()).grad}
+        numbers[cls] = {
+            **terms,
+            "iwae": iwae(model, x, 7, seed=1),
+            "ais": ais(model, x[:4], settings, seed=2),
+            "kl_dims": next(iter(kl_per_dimension(model, x).values())),
+            "units": torch.tensor(list(active_units_per_site(model, x).values())),
+            "step": step.detach(),
+            "grad": next(model.parameters()).grad,
+        }
     for key, value in numbers[VAE].items():
         assert torch.equal(value, numbers[Renamed][key]), key
 
 
 # -- the interface, checked up front ------------------------------------------------------------
+
 
 class Base(Model):
     def __init__(self, dim: int = 4):
@@ -242,16 +254,23 @@ class Unregistered(Base):
             pyro.sample("z", self.q(x))
 
 
-@pytest.mark.parametrize("cls, options, message", [
-    (GlobalLatent, {}, r"^site 'shift' of the model of GlobalLatent is outside pyro.plate\('data', B\)"),
-    (HyperPrior, {}, r"^site 'tau' is sampled by the model of HyperPrior but not by its guide"),
-    (GuideOnly, {}, r"^site 'extra' is sampled by the guide of GuideOnly but not by its model$"),
-    (ObservesNothing, {}, r"^the model of ObservesNothing observes nothing"),
-    (ViewDecoder, {}, r"^model ViewDecoder fails with 2 latent draws per datapoint .* z.shape\[:-1\], not z.shape\[0\]"),
-    (ModelEnumerated, {"enumerate_guide": True}, r"^site 'c' of ModelEnumerated is enumerated in the model"),
-    (Conditional, {}, r"^model Conditional needs labels \(its model takes y\), but the data have none"),
-    (Unregistered, {"jit": True}, r"^train.jit needs every parameter of Unregistered registered with pyro.module"),
-])
+@pytest.mark.parametrize(
+    "cls, options, message",
+    [
+        (GlobalLatent, {}, r"^site 'shift' of the model of GlobalLatent is outside pyro.plate\('data', B\)"),
+        (HyperPrior, {}, r"^site 'tau' is sampled by the model of HyperPrior but not by its guide"),
+        (GuideOnly, {}, r"^site 'extra' is sampled by the guide of GuideOnly but not by its model$"),
+        (ObservesNothing, {}, r"^the model of ObservesNothing observes nothing"),
+        (
+            ViewDecoder,
+            {},
+            r"^model ViewDecoder fails with 2 latent draws per datapoint .* z.shape\[:-1\], not z.shape\[0\]",
+        ),
+        (ModelEnumerated, {"enumerate_guide": True}, r"^site 'c' of ModelEnumerated is enumerated in the model"),
+        (Conditional, {}, r"^model Conditional needs labels \(its model takes y\), but the data have none"),
+        (Unregistered, {"jit": True}, r"^train.jit needs every parameter of Unregistered registered with pyro.module"),
+    ],
+)
 def test_each_broken_rule_is_one_line_before_training(cls, options, message):
     x = torch.randn(6, 4)
     with pytest.raises(UserError, match=message) as err:
@@ -275,8 +294,9 @@ def test_a_model_needing_labels_trains_with_each_batch_s_own_labels():
 
     x = torch.arange(12.0).repeat_interleave(4).reshape(12, 4)  # row i is all i
     labels = torch.arange(12)
-    splits = Splits("toy", x[:8], x[8:10], x[10:], train_labels=labels[:8], val_labels=labels[8:10],
-                    test_labels=labels[10:])
+    splits = Splits(
+        "toy", x[:8], x[8:10], x[10:], train_labels=labels[:8], val_labels=labels[8:10], test_labels=labels[10:]
+    )
     trainer = Trainer(Labelled(), splits, epochs=1, batch_size=3, progress=False)
     seen.clear()
     trainer.fit()
@@ -306,7 +326,7 @@ def test_jit_compiles_once_whatever_beta_and_batch_and_anneals_every_latent_site
             losses = []
             for loss in (plain, jitted):
                 torch.manual_seed(start)
-                losses.append(float(loss(x[start:start + 20], torch.tensor(beta))))
+                losses.append(float(loss(x[start : start + 20], torch.tensor(beta))))
             assert losses[1] == pytest.approx(losses[0], rel=1e-5)  # beta reaches the traced graph
     assert len(compiles) == 1
     torch.manual_seed(0)

@@ -25,8 +25,12 @@ SHAPE = (1, 4, 4)
 
 def tiny_vae() -> VAE:
     pyro.set_rng_seed(0)
-    return VAE(guide={"name": "diagonal_normal", "hidden": [8]}, likelihood={"name": "bernoulli", "hidden": [8]},
-               latent_dim=3, data_shape=SHAPE)
+    return VAE(
+        guide={"name": "diagonal_normal", "hidden": [8]},
+        likelihood={"name": "bernoulli", "hidden": [8]},
+        latent_dim=3,
+        data_shape=SHAPE,
+    )
 
 
 def batch() -> torch.Tensor:
@@ -80,8 +84,12 @@ def test_dynamic_binarization_is_redrawn_every_epoch_whatever_the_order():
 
 def test_every_random_generator_is_restored():
     state = get_rng_state()
-    draws = lambda: (torch.rand(3), np.random.rand(3), random.random(),  # noqa: E731
-                     torch.cuda.FloatTensor(3).uniform_() if torch.cuda.is_available() else None)
+    draws = lambda: (
+        torch.rand(3),
+        np.random.rand(3),
+        random.random(),  # noqa: E731
+        torch.cuda.FloatTensor(3).uniform_() if torch.cuda.is_available() else None,
+    )
     before = draws()
     set_rng_state(state)
     after = draws()
@@ -93,29 +101,50 @@ def test_every_random_generator_is_restored():
 #: the nearest refused value of every numeric key, with its message, written out here: reading
 #: the bounds from the fields would let a removed bound remove its own check
 OUTSIDE = {
-    "data.seed": (-1, "must be at least 0"), "data.subset": (-1, "must be at least 0"),
-    "data.train_subset": (-1, "must be at least 0"), "data.num_classes": (-1, "must be at least 0"),
-    "data.labelled": (-1, "must be at least 0"), "train.labelled_every": (-1, "must be at least 0"),
-    "data.val_fraction": (0.91, "must be at most 0.9"), "data.test_fraction": (-0.01, "must be at least 0.0"),
+    "data.seed": (-1, "must be at least 0"),
+    "data.subset": (-1, "must be at least 0"),
+    "data.train_subset": (-1, "must be at least 0"),
+    "data.num_classes": (-1, "must be at least 0"),
+    "data.labelled": (-1, "must be at least 0"),
+    "train.labelled_every": (-1, "must be at least 0"),
+    "data.val_fraction": (0.91, "must be at most 0.9"),
+    "data.test_fraction": (-0.01, "must be at least 0.0"),
     "model.latent_dim": (0, "must be at least 1"),
-    "train.epochs": (0, "must be at least 1"), "train.batch_size": (0, "must be at least 1"),
-    "train.lr": (0, "must be greater than 0.0"), "train.seed": (-1, "must be at least 0"),
-    "train.num_particles": (0, "must be at least 1"), "train.beta_start": (0, "must be greater than 0.0"),
-    "train.warmup_epochs": (-0.5, "must be at least 0.0"), "train.weight_decay": (-0.1, "must be at least 0.0"),
-    "train.lr_min": (-1e-6, "must be at least 0.0"), "train.lr_decay": (1.01, "must be at most 1.0"),
-    "train.lr_decay_epochs": (0, "must be at least 1"), "train.checkpoint_every": (0, "must be at least 1"),
+    "train.epochs": (0, "must be at least 1"),
+    "train.batch_size": (0, "must be at least 1"),
+    "train.lr": (0, "must be greater than 0.0"),
+    "train.seed": (-1, "must be at least 0"),
+    "train.num_particles": (0, "must be at least 1"),
+    "train.beta_start": (0, "must be greater than 0.0"),
+    "train.warmup_epochs": (-0.5, "must be at least 0.0"),
+    "train.weight_decay": (-0.1, "must be at least 0.0"),
+    "train.lr_min": (-1e-6, "must be at least 0.0"),
+    "train.lr_decay": (1.01, "must be at most 1.0"),
+    "train.lr_decay_epochs": (0, "must be at least 1"),
+    "train.checkpoint_every": (0, "must be at least 1"),
     "train.patience": (-1, "must be at least 0"),
-    "eval.batch_size": (0, "must be at least 1"), "eval.seed": (-1, "must be at least 0"),
-    "eval.iwae_every": (-1, "must be at least 0"), "eval.iwae_k": (0, "must be at least 1"),
-    "eval.iwae_n": (-1, "must be at least 0"), "mlflow.images_every": (-1, "must be at least 0"),
+    "eval.batch_size": (0, "must be at least 1"),
+    "eval.seed": (-1, "must be at least 0"),
+    "eval.iwae_every": (-1, "must be at least 0"),
+    "eval.iwae_k": (0, "must be at least 1"),
+    "eval.iwae_n": (-1, "must be at least 0"),
+    "mlflow.images_every": (-1, "must be at least 0"),
 }
-ALSO_ABOVE = {"train.beta_start": (1.01, "must be at most 1.0"), "train.lr_decay": (0, "must be greater than 0.0"),
-              "data.val_fraction": (-0.01, "must be at least 0.0"), "data.test_fraction": (0.91, "must be at most 0.9")}
+ALSO_ABOVE = {
+    "train.beta_start": (1.01, "must be at most 1.0"),
+    "train.lr_decay": (0, "must be greater than 0.0"),
+    "data.val_fraction": (-0.01, "must be at least 0.0"),
+    "data.test_fraction": (0.91, "must be at most 0.9"),
+}
 
 
 def test_the_table_covers_every_numeric_config_key():
-    numeric = {f"{section}.{name}" for section, cls in {**SECTIONS, "model": VAE.__init__}.items()
-               for name, hint in typing.get_type_hints(cls).items() if hint in (int, float)}
+    numeric = {
+        f"{section}.{name}"
+        for section, cls in {**SECTIONS, "model": VAE.__init__}.items()
+        for name, hint in typing.get_type_hints(cls).items()
+        if hint in (int, float)
+    }
     assert numeric == set(OUTSIDE)
 
 
@@ -150,12 +179,14 @@ def test_the_per_epoch_iwae_scores_the_first_iwae_n_validation_points():
 
     x = batch()
     data = Splits("tiny", train=x, val=x, test=x, binarize=False)
-    trainer = Trainer(tiny_vae(), data, epochs=1, progress=False,
-                      evaluation={"iwae_every": 1, "iwae_k": 5, "iwae_n": 4, "seed": 3})
+    trainer = Trainer(
+        tiny_vae(), data, epochs=1, progress=False, evaluation={"iwae_every": 1, "iwae_k": 5, "iwae_n": 4, "seed": 3}
+    )
     scored = trainer.validate("val")["val/nll_iwae"]
     for n, expected in ((4, True), (6, False)):  # the first four points, not all six
-        assert (scored == pytest.approx(-float(iwae(trainer.vae, x[:n], 5, batch_size=1000, seed=3).mean()),
-                                        abs=1e-6)) is expected
+        assert (
+            scored == pytest.approx(-float(iwae(trainer.vae, x[:n], 5, batch_size=1000, seed=3).mean()), abs=1e-6)
+        ) is expected
 
 
 def test_an_epoch_takes_every_training_row_once_and_each_split_has_its_own_fixed_draw():
@@ -199,7 +230,7 @@ def test_apply_schedule_sets_the_rates_the_scheduler_reports():
     scheduler = make_scheduler(optimizer, settings, steps_per_epoch=10)
     scheduler.last_epoch = 25  # as load_state_dict leaves it: step 25 is in epoch 3
     apply_schedule(scheduler)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 0.1 ** 2)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 0.1**2)
     assert scheduler.get_last_lr() == [optimizer.param_groups[0]["lr"]]
 
 
@@ -232,7 +263,10 @@ def test_model_and_guide_put_z_in_the_same_data_plate_and_the_vae_defaults_are_t
         assert (frame.name, frame.size, frame.dim) == ("data", x.shape[0], -1)
     default = VAE(latent_dim=2, data_shape=SHAPE).config
     assert [default[k]["name"] for k in ("prior", "guide", "likelihood")] == [
-        "standard_normal", "diagonal_normal", "bernoulli"]
+        "standard_normal",
+        "diagonal_normal",
+        "bernoulli",
+    ]
 
 
 class Unbuildable(torch.nn.Module):
@@ -244,8 +278,11 @@ def test_component_errors_name_their_kind_and_a_vae_of_modules_has_no_config():
     from pyrovae.errors import UserError
     from pyrovae.model.guides.diagonal_normal import DiagonalNormal
 
-    with pytest.raises(UserError, match=r"^guide 'diagonal_normal' .* 'latent_dim' is set by pyrovae .*"
-                                        r"remove it from \[model\.guide\]$"):
+    with pytest.raises(
+        UserError,
+        match=r"^guide 'diagonal_normal' .* 'latent_dim' is set by pyrovae .*"
+        r"remove it from \[model\.guide\]$",
+    ):
         VAE(guide={"name": "diagonal_normal", "latent_dim": 3}, latent_dim=2, data_shape=SHAPE)
     with pytest.raises(UserError, match=r"^likelihood 'Unbuildable' could not be built: boom$"):
         VAE(likelihood=Unbuildable, latent_dim=2, data_shape=SHAPE)

@@ -1,7 +1,8 @@
 """The Python API as the README and the docs show it, and runs logged by older pyrovae versions.
 
 The README's example, and the two Python blocks of ``docs/getting-started.md`` (a user's prior
-module, then the script), are written to a folder and run there as a user would; the run they log must be the run ``pyrovae train`` logs for the
+module, then the script), are written to a folder and run there as a user would; the run they log
+must be the run ``pyrovae train`` logs for the
 same settings, and every command must work on it. A run made by pyrovae 0.1 (checkpoint format 1,
 ``tests/fixtures/legacy_run_format1``) must still evaluate, sample and resume with the numbers
 that version would have logged.
@@ -26,10 +27,20 @@ from pyrovae.run.tracking import experiment_id
 ROOT = Path(__file__).parent.parent
 LEGACY = Path(__file__).parent / "fixtures" / "legacy_run_format1"
 RUN_0_2 = Path(__file__).parent / "fixtures" / "run_0_2"
-TINY_0_2 = ["data.name=synthetic", "data.subset=200", "train.batch_size=50", "model.latent_dim=3",
-            "model.guide.hidden=[16]", "model.likelihood.hidden=[16]", "eval.batch_size=100"]
-VARIANTS_0_2 = {"default": [], "meanfield_warmup": ["train.elbo=meanfield", "train.beta_start=0.2", "train.warmup_epochs=2"],
-                "jit_warmup": ["train.jit=true", "train.beta_start=0.2", "train.warmup_epochs=2"]}
+TINY_0_2 = [
+    "data.name=synthetic",
+    "data.subset=200",
+    "train.batch_size=50",
+    "model.latent_dim=3",
+    "model.guide.hidden=[16]",
+    "model.likelihood.hidden=[16]",
+    "eval.batch_size=100",
+]
+VARIANTS_0_2 = {
+    "default": [],
+    "meanfield_warmup": ["train.elbo=meanfield", "train.beta_start=0.2", "train.warmup_epochs=2"],
+    "jit_warmup": ["train.jit=true", "train.beta_start=0.2", "train.warmup_epochs=2"],
+}
 
 
 def log_fixture(client, store: str, folder: Path, experiment: str) -> str:
@@ -55,8 +66,9 @@ def test_the_readme_example_runs_and_reloads(tmp_path):
     (script,) = python_blocks("README.md", "## From Python")
     (tmp_path / "demo.py").write_text(script)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default ./mlruns
-    done = subprocess.run([sys.executable, "demo.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "demo.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     assert "'val/loss'" in lines[0] and "'val/kl'" in lines[0] and "'val/mse'" in lines[0]
@@ -72,8 +84,9 @@ def test_the_getting_started_example_runs_and_its_run_is_a_normal_pyrovae_run(tm
     (tmp_path / "demo.py").write_text(script)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default ./mlruns
     env["PYTHONPATH"] = str(tmp_path)
-    done = subprocess.run([sys.executable, "demo.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "demo.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "'val/loss'" in done.stdout and "'val/kl'" in done.stdout and "'val/mse'" in done.stdout
     assert "torch.Size([8, 1, 12, 12]) torch.Size([4, 1, 12, 12])" in done.stdout
@@ -85,9 +98,17 @@ def test_the_getting_started_example_runs_and_its_run_is_a_normal_pyrovae_run(tm
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    same_from_the_cli = config.load(None, [
-        "data.name=synthetic", "model.latent_dim=8", 'model.prior={name="my_prior:ShiftedNormal", shift=0.5}',
-        "model.likelihood.hidden=[200]", "train.epochs=1", "mlflow.experiment=python-api"])
+    same_from_the_cli = config.load(
+        None,
+        [
+            "data.name=synthetic",
+            "model.latent_dim=8",
+            'model.prior={name="my_prior:ShiftedNormal", shift=0.5}',
+            "model.likelihood.hidden=[200]",
+            "train.epochs=1",
+            "mlflow.experiment=python-api",
+        ],
+    )
     expected = {k: str(v) for k, v in config.flatten(same_from_the_cli).items() if k != "mlflow.run_name"}
     assert {k: v for k, v in run.data.params.items() if k != "mlflow.run_name"} == expected
 
@@ -201,24 +222,41 @@ def test_every_callback_given_to_train_sees_every_step(store):
             self.epochs += 1
 
     data = load_data("synthetic", subset=120)
-    vae = VAE(guide={"name": "diagonal_normal", "hidden": [8]}, likelihood={"name": "bernoulli", "hidden": [8]},
-              latent_dim=2, data_shape=data.data_shape)
+    vae = VAE(
+        guide={"name": "diagonal_normal", "hidden": [8]},
+        likelihood={"name": "bernoulli", "hidden": [8]},
+        latent_dim=2,
+        data_shape=data.data_shape,
+    )
     count = Count()
-    train(vae, data, epochs=2, batch_size=50, callbacks=[count], progress=False,
-          tracking={"images_every": 0}, evaluation={"batch_size": 200})
+    train(
+        vae,
+        data,
+        epochs=2,
+        batch_size=50,
+        callbacks=[count],
+        progress=False,
+        tracking={"images_every": 0},
+        evaluation={"batch_size": 200},
+    )
     assert (count.steps, count.epochs) == (2 * 3, 2)  # 120 rows in batches of 50: 3 steps an epoch
 
 
 @pytest.mark.slow
 def test_a_vae_subclass_with_a_parameter_of_its_own_is_logged_and_rebuilt_as_itself(store):
     import torch
-
     from exact_models import Tempered
+
     from pyrovae import evaluate_run, load_data, load_vae, train
 
     data = load_data("synthetic", subset=200)
-    model = Tempered(temperature=1.5, latent_dim=2, data_shape=data.data_shape,
-                     guide={"name": "diagonal_normal", "hidden": [8]}, likelihood={"name": "bernoulli", "hidden": [8]})
+    model = Tempered(
+        temperature=1.5,
+        latent_dim=2,
+        data_shape=data.data_shape,
+        guide={"name": "diagonal_normal", "hidden": [8]},
+        likelihood={"name": "bernoulli", "hidden": [8]},
+    )
     result = train(model, data, epochs=1, batch_size=50, progress=False)
     client = MlflowClient(store)
     params = client.get_run(result.run_id).data.params
@@ -231,13 +269,25 @@ def test_a_vae_subclass_with_a_parameter_of_its_own_is_logged_and_rebuilt_as_its
 
 
 @pytest.mark.slow
-def test_the_docs_own_model_trains_scores_samples_and_reloads_from_the_cli_and_python(store, tmp_path,
-                                                                                          monkeypatch, capsys):
+def test_the_docs_own_model_trains_scores_samples_and_reloads_from_the_cli_and_python(
+    store, tmp_path, monkeypatch, capsys
+):
     module, script = python_blocks("docs/models.md", "## Your own model: any Pyro model/guide pair")
     assert module == (ROOT / "experiments" / "own_model.py").read_text()  # the page shows the file itself
     monkeypatch.syspath_prepend(str(ROOT / "experiments"))
-    tiny = ["--set", "data.name=synthetic", "--set", "data.subset=300", "--set", "train.epochs=1",
-            "--set", "model.z1=4", "--set", "model.hidden=32", "--no-progress"]
+    tiny = [
+        "--set",
+        "data.name=synthetic",
+        "--set",
+        "data.subset=300",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "model.z1=4",
+        "--set",
+        "model.hidden=32",
+        "--no-progress",
+    ]
     assert main(["train", str(ROOT / "experiments" / "own_model.toml"), *tiny]) == 0
     assert "val/kl/z1" in capsys.readouterr().out
     client = MlflowClient(store)
@@ -245,10 +295,30 @@ def test_the_docs_own_model_trains_scores_samples_and_reloads_from_the_cli_and_p
     run_id = trained.info.run_id
     assert trained.data.params["model.name"] == "own_model:TwoLevelCVAE"
     assert {"val/kl/z1", "val/kl/z2", "test/kl/z1"} <= set(trained.data.metrics)
-    assert main(["evaluate", run_id, "--iwae-k", "20", "--subset", "30", "--ais", "--ais-steps", "20",
-                 "--ais-subset", "5", "--no-progress"]) == 0
-    scores = {line.split()[0]: float(line.split()[1]) for line in capsys.readouterr().out.splitlines()
-              if line.startswith("  ")}
+    assert (
+        main(
+            [
+                "evaluate",
+                run_id,
+                "--iwae-k",
+                "20",
+                "--subset",
+                "30",
+                "--ais",
+                "--ais-steps",
+                "20",
+                "--ais-subset",
+                "5",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    scores = {
+        line.split()[0]: float(line.split()[1])
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("  ")
+    }
     assert scores["test/nll_elbo"] > 0 and scores["test/nll_ais"] > 0 and "test/active_units/z2" in scores
     assert main(["sample", run_id, "--n", "8", "--out", str(tmp_path / "s.png")]) == 2
     error = capsys.readouterr().err.strip()
@@ -259,8 +329,9 @@ def test_the_docs_own_model_trains_scores_samples_and_reloads_from_the_cli_and_p
     (tmp_path / "demo.py").write_text(script)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = str(ROOT / "experiments")
-    done = subprocess.run([sys.executable, "demo.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "demo.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "'val/kl/z1'" in done.stdout and "test -log p(x|y), IWAE K=100:" in done.stdout
     assert done.stdout.strip().endswith("TwoLevelCVAE")

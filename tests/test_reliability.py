@@ -57,8 +57,7 @@ BAD_INPUTS = [
     (["data.binarize=false"], "likelihood Bernoulli needs data in"),  # grey levels under a Bernoulli
     (["data.name=arrays"], "data.name = 'arrays' needs data.file"),
     (['data.name="arrays"', 'data.file="/no/such/file.npy"'], "data file '/no/such/file.npy' does not exist"),
-    (["train.device=cuda:7"] if not __import__("torch").cuda.is_available() else ["train.device=tpu"],
-     "train.device"),
+    (["train.device=cuda:7"] if not __import__("torch").cuda.is_available() else ["train.device=tpu"], "train.device"),
 ]
 
 
@@ -74,13 +73,20 @@ def test_nan_in_data_file(tmp_path, store, tiny_overrides, capsys):
     x = np.random.default_rng(0).random((30, 4)).astype(np.float32)
     x[2, 2] = np.inf
     np.save(tmp_path / "x.npy", x)
-    code, err = run_cli(cli_args([*tiny_overrides, "data.name=arrays", f'data.file="{tmp_path}/x.npy"',
-                                  "model.likelihood.name=gaussian"]), capsys)
+    code, err = run_cli(
+        cli_args(
+            [*tiny_overrides, "data.name=arrays", f'data.file="{tmp_path}/x.npy"', "model.likelihood.name=gaussian"]
+        ),
+        capsys,
+    )
     assert code == 2 and "NaN or infinite values" in err
 
 
 def test_likelihood_that_does_not_fit_the_data_shape(tmp_path, monkeypatch, store, tiny_overrides, capsys):
-    module = user_module(tmp_path, monkeypatch, """
+    module = user_module(
+        tmp_path,
+        monkeypatch,
+        """
         import pyro.distributions as dist, torch
         from torch import nn
         class WrongShape(nn.Module):
@@ -89,7 +95,8 @@ def test_likelihood_that_does_not_fit_the_data_shape(tmp_path, monkeypatch, stor
                 self.net = nn.Linear(latent_dim, 10)
             def forward(self, z):
                 return dist.Bernoulli(logits=self.net(z)).to_event(1)
-    """)
+    """,
+    )
     overrides = [o for o in tiny_overrides if not o.startswith("model.likelihood.")]
     code, err = run_cli(cli_args([*overrides, f'model.likelihood.name="{module}:WrongShape"']), capsys)
     assert code == 2
@@ -127,8 +134,9 @@ def test_four_concurrent_trainings_into_one_fresh_store(tmp_path, tiny_overrides
         args = [sys.executable, "-m", "pyrovae", "train", "--no-progress"]
         for item in [*tiny_overrides, f"train.seed={i}", f'mlflow.run_name="concurrent-{i}"']:
             args += ["--set", item]
-        procs.append(subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
     runs = runs_in(uri)
@@ -141,8 +149,11 @@ def test_four_concurrent_trainings_into_one_fresh_store(tmp_path, tiny_overrides
     assert Path(tmp_path / "mlruns" / "mlflow.db").exists()
 
 
-@pytest.mark.parametrize("source, name, message", [
-    ("""
+@pytest.mark.parametrize(
+    "source, name, message",
+    [
+        (
+            """
         import pyro.distributions as dist
         from torch import nn
         class PlainBernoulli(nn.Module):  # no data check of its own: pyrovae reads its data site's support
@@ -153,8 +164,12 @@ def test_four_concurrent_trainings_into_one_fresh_store(tmp_path, tiny_overrides
             def forward(self, z):
                 logits = self.net(z).reshape(*z.shape[:-1], *self.data_shape)
                 return dist.Bernoulli(logits=logits).to_event(3)
-    """, "model.likelihood.name=\"userparts:PlainBernoulli\"", "likelihood PlainBernoulli needs data in Boolean()"),
-    ("""
+    """,
+            'model.likelihood.name="userparts:PlainBernoulli"',
+            "likelihood PlainBernoulli needs data in Boolean()",
+        ),
+        (
+            """
         import pyro, pyro.distributions as dist, torch
         from torch import nn
         class ScaleMixture(nn.Module):  # a prior with a latent of its own: a site the guide never samples
@@ -164,8 +179,12 @@ def test_four_concurrent_trainings_into_one_fresh_store(tmp_path, tiny_overrides
             def forward(self):
                 tau = pyro.sample("tau", dist.LogNormal(0.0, 1.0))
                 return dist.Normal(torch.zeros(self.latent_dim), tau.unsqueeze(-1)).to_event(1)
-    """, "model.prior.name=\"userparts:ScaleMixture\"", "site 'tau' is sampled by the model of VAE but not by its guide"),
-    ("""
+    """,
+            'model.prior.name="userparts:ScaleMixture"',
+            "site 'tau' is sampled by the model of VAE but not by its guide",
+        ),
+        (
+            """
         import pyro, pyro.distributions as dist, torch
         from pyrovae import Model
         class Global(Model):  # a latent variable shared by the whole data set
@@ -178,11 +197,15 @@ def test_four_concurrent_trainings_into_one_fresh_store(tmp_path, tiny_overrides
                     pyro.sample("x", dist.Normal(s + self.shift, 1.0).expand(x.shape[1:]).to_event(3), obs=x)
             def guide(self, x):
                 pyro.sample("s", dist.Normal(self.shift, 1.0))
-    """, "model=\"userparts:Global\"", "site 's' of the model of Global is outside pyro.plate('data', B)"),
-])
-def test_a_user_model_or_component_that_cannot_be_scored_is_one_line_and_no_run(source, name, message, tmp_path,
-                                                                                monkeypatch, store, tiny_overrides,
-                                                                                capsys):
+    """,
+            'model="userparts:Global"',
+            "site 's' of the model of Global is outside pyro.plate('data', B)",
+        ),
+    ],
+)
+def test_a_user_model_or_component_that_cannot_be_scored_is_one_line_and_no_run(
+    source, name, message, tmp_path, monkeypatch, store, tiny_overrides, capsys
+):
     user_module(tmp_path, monkeypatch, source)
     key = name.split("=")[0].removesuffix(".name")  # the table the user's class takes over
     overrides = [o for o in tiny_overrides if not o.startswith(key + ".")]

@@ -11,10 +11,10 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pyrovae.run import config as config_mod
 from pyrovae.cli import main
-from pyrovae.run.pipeline import train_config
 from pyrovae.infer.trainer import Callback
+from pyrovae.run import config as config_mod
+from pyrovae.run.pipeline import train_config
 from tests.conftest import TINY, tracking_store
 
 pytestmark = pytest.mark.slow  # starts servers / trains several runs
@@ -48,15 +48,18 @@ def run_config(*overrides):
 def histories(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]]:
     """Every metric's (step, value) history, except timings and system metrics."""
     client = MlflowClient(uri)
-    keys = [k for k in client.get_run(run_id).data.metrics
-            if not k.endswith("seconds") and not k.startswith("system/")]
-    return {k: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, k),
-                                                   key=lambda m: (m.step, m.timestamp))] for k in keys}
+    keys = [k for k in client.get_run(run_id).data.metrics if not k.endswith("seconds") and not k.startswith("system/")]
+    return {
+        k: [
+            (m.step, m.value) for m in sorted(client.get_metric_history(run_id, k), key=lambda m: (m.step, m.timestamp))
+        ]
+        for k in keys
+    }
 
 
 def error_line(capsys) -> str:
     """The CLI's error line (MLflow's own INFO logging may precede it on stderr)."""
-    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("pyrovae: error:")]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pyrovae: error:")]
     assert len(lines) == 1, lines
     return lines[0]
 
@@ -84,8 +87,9 @@ def test_resume_after_an_interrupt_equals_the_uninterrupted_run(store, uninterru
     with pytest.raises(KeyboardInterrupt):
         train_config(run_config("train.epochs=3"), progress=False, callbacks=(InterruptAfter(1),))
     client = MlflowClient(store)
-    (killed,) = client.search_runs([client.get_experiment_by_name("resume").experiment_id],
-                                   "attributes.status = 'KILLED'")
+    (killed,) = client.search_runs(
+        [client.get_experiment_by_name("resume").experiment_id], "attributes.status = 'KILLED'"
+    )
     run_id = killed.info.run_id
     assert [s for s, _ in histories(store, run_id)["val/loss"]] == [1]
 
@@ -101,8 +105,10 @@ def test_resume_after_an_interrupt_equals_the_uninterrupted_run(store, uninterru
 def test_extending_a_finished_run_continues_it_and_a_finished_run_says_so(store, uninterrupted, capsys):
     run_id = train_config(run_config("train.epochs=2"), progress=False).run_id
     assert resume(run_id) == 2
-    assert error_line(capsys) == (f"pyrovae: error: run '{run_id}' already finished its 2 epochs; to train longer: "
-                   f"pyrovae resume {run_id} --set train.epochs=N (N > 2)")
+    assert error_line(capsys) == (
+        f"pyrovae: error: run '{run_id}' already finished its 2 epochs; to train longer: "
+        f"pyrovae resume {run_id} --set train.epochs=N (N > 2)"
+    )
 
     assert resume(run_id, "train.epochs=3") == 0
     extended = histories(store, run_id)
@@ -136,7 +142,8 @@ def test_corrupt_checkpoint_is_one_line_and_bad_overrides_are_refused(store, uni
 
     assert resume(run_id, "train.epochs=4") == 2
     assert error_line(capsys).startswith(
-        f"pyrovae: error: checkpoints/last.pt of run '{run_id}' is corrupt or truncated")
+        f"pyrovae: error: checkpoints/last.pt of run '{run_id}' is corrupt or truncated"
+    )
     assert MlflowClient(store).get_run(run_id).info.status == "FINISHED"  # untouched
 
     assert resume(run_id, "model.latent_dim=5") == 2

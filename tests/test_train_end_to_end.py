@@ -14,8 +14,13 @@ from pyrovae.cli import main
 
 def test_train_logs_params_metrics_images_config_and_weights(store, tiny_overrides, capsys):
     args = ["train", "--no-progress"]
-    for item in [*tiny_overrides, "train.epochs=2", "train.beta_start=0.2", "train.warmup_epochs=1",
-                 "mlflow.experiment=e2e"]:
+    for item in [
+        *tiny_overrides,
+        "train.epochs=2",
+        "train.beta_start=0.2",
+        "train.warmup_epochs=1",
+        "mlflow.experiment=e2e",
+    ]:
         args += ["--set", item]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -29,8 +34,10 @@ def test_train_logs_params_metrics_images_config_and_weights(store, tiny_overrid
     assert params["model.guide.name"] == "diagonal_normal" and params["model.guide.activation"] == "relu"
     assert params["train.lr"] == "0.001" and params["eval.seed"] == "0"
 
-    history = {k: [m.value for m in client.get_metric_history(run.info.run_id, k)]
-               for k in ("train/loss", "train/beta", "val/loss", "val/recon", "val/kl", "val/mse")}
+    history = {
+        k: [m.value for m in client.get_metric_history(run.info.run_id, k)]
+        for k in ("train/loss", "train/beta", "val/loss", "val/recon", "val/kl", "val/mse")
+    }
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")]
     assert steps == [1, 2]
     for loss, recon, kl in zip(history["val/loss"], history["val/recon"], history["val/kl"]):
@@ -40,7 +47,8 @@ def test_train_logs_params_metrics_images_config_and_weights(store, tiny_overrid
     for key in ("test/loss", "test/recon", "test/kl", "test/mse"):
         assert key in run.data.metrics
     assert run.data.metrics["test/loss"] == pytest.approx(
-        run.data.metrics["test/recon"] + run.data.metrics["test/kl"], rel=1e-6)
+        run.data.metrics["test/recon"] + run.data.metrics["test/kl"], rel=1e-6
+    )
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.toml", "images", "weights"} <= artifacts

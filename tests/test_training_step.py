@@ -44,22 +44,28 @@ def tiny(tiny_overrides, *extra):
 
 def with_annealing(fn):
     """``fn(x)`` with pyrovae's annealing handler, as SVI's model or guide taking ``(x, beta)``."""
+
     def with_beta(x, beta):
         with ScaleLatents(beta):
             fn(x)
+
     return with_beta
 
 
 def batches(x, steps):
-    return [x[i % 4 * 50:(i % 4 + 1) * 50] for i in range(steps)]
+    return [x[i % 4 * 50 : (i % 4 + 1) * 50] for i in range(steps)]
 
 
 @pytest.mark.parametrize("kind,jit", ELBOS)
 def test_twenty_steps_of_the_elbo_module_equal_svi_step_bit_for_bit(tiny_overrides, kind, jit):
     _, vae, splits = tiny(tiny_overrides)
     xs, beta = batches(splits.evaluation_data("train"), 20), torch.tensor(0.5)
-    svi = SVI(with_annealing(vae.model), with_annealing(vae.guide), OneTorchAdam(vae.parameters(), 1e-2),
-              make_elbo(kind, jit=jit))
+    svi = SVI(
+        with_annealing(vae.model),
+        with_annealing(vae.guide),
+        OneTorchAdam(vae.parameters(), 1e-2),
+        make_elbo(kind, jit=jit),
+    )
     torch.manual_seed(1)
     ref_losses = [svi.step(x, beta) for x in xs]
     reference = {k: v.detach().clone() for k, v in vae.named_parameters()}
@@ -108,7 +114,12 @@ def test_one_epoch_of_the_trainer_equals_the_svi_loop(tiny_overrides):
 
     pyro.clear_param_store()
     _, vae, _ = tiny(tiny_overrides, *annealed)
-    svi = SVI(with_annealing(vae.model), with_annealing(vae.guide), OneTorchAdam(vae.parameters(), cfg["train"]["lr"]), make_elbo())
+    svi = SVI(
+        with_annealing(vae.model),
+        with_annealing(vae.guide),
+        OneTorchAdam(vae.parameters(), cfg["train"]["lr"]),
+        make_elbo(),
+    )
     torch.manual_seed(3)
     losses, n = [], 0
     for step, x in enumerate(splits.train_batches(cfg["train"]["batch_size"])):
@@ -120,11 +131,14 @@ def test_one_epoch_of_the_trainer_equals_the_svi_loop(tiny_overrides):
     assert metrics["train/beta"] == pytest.approx(0.3 + 0.7 * 1.5 / 8)  # mean of steps 0..3 of 8
 
 
-@pytest.mark.parametrize("schedule,expected", [
-    ("constant", [1.0] * 5),
-    ("cosine", [1.0, 0.8535534, 0.5, 0.1464466, 0.0]),       # (1 + cos(pi t / 4)) / 2, t = 0..4
-    ("step", [1.0, 1.0, 0.5, 0.5, 0.25]),                      # x 0.5 every 1 epoch of 2 steps
-])
+@pytest.mark.parametrize(
+    "schedule,expected",
+    [
+        ("constant", [1.0] * 5),
+        ("cosine", [1.0, 0.8535534, 0.5, 0.1464466, 0.0]),  # (1 + cos(pi t / 4)) / 2, t = 0..4
+        ("step", [1.0, 1.0, 0.5, 0.5, 0.25]),  # x 0.5 every 1 epoch of 2 steps
+    ],
+)
 def test_learning_rate_schedules(schedule, expected):
     got = [lr_factor(schedule, t, 4, 2, lr=1.0, lr_min=0.0, lr_decay=0.5, lr_decay_epochs=1) for t in range(5)]
     assert got == pytest.approx(expected, abs=1e-6)
@@ -148,8 +162,14 @@ def test_make_optimizer_defaults_are_the_train_section_defaults():
 
 
 def test_the_schedule_steps_the_optimizer_and_is_logged_as_train_lr(tiny_overrides):
-    cfg, vae, splits = tiny(tiny_overrides, "train.lr_schedule=\"cosine\"", "train.lr_min=1e-4",
-                            "train.epochs=2", "train.optimizer=\"adamw\"", "train.weight_decay=0.05")
+    cfg, vae, splits = tiny(
+        tiny_overrides,
+        'train.lr_schedule="cosine"',
+        "train.lr_min=1e-4",
+        "train.epochs=2",
+        'train.optimizer="adamw"',
+        "train.weight_decay=0.05",
+    )
     trainer = Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
     assert isinstance(trainer.optimizer, torch.optim.AdamW) and trainer.optimizer.defaults["fused"]
     assert trainer.optimizer.defaults["weight_decay"] == 0.05  # not AdamW's own default, 0.01
@@ -164,7 +184,7 @@ def test_the_schedule_steps_the_optimizer_and_is_logged_as_train_lr(tiny_overrid
 
 def test_a_longer_resumed_run_continues_the_stretched_schedule(tiny_overrides):
     """Defined behaviour: the schedule is a function of (step, epochs now configured)."""
-    cfg, vae, splits = tiny(tiny_overrides, "train.lr_schedule=\"cosine\"", "train.epochs=1")
+    cfg, vae, splits = tiny(tiny_overrides, 'train.lr_schedule="cosine"', "train.epochs=1")
     trainer = Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
     trainer.train_epoch()
     trainer.epoch += 1
@@ -173,9 +193,9 @@ def test_a_longer_resumed_run_continues_the_stretched_schedule(tiny_overrides):
     longer.load_state_dict(state)
     steps = longer.steps_per_epoch
     assert longer.scheduler.last_epoch == steps
-    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * lr_factor("cosine", steps, 2 * steps, steps, lr=1e-3,
-                                                                                     lr_min=0.0, lr_decay=0.1,
-                                                                                     lr_decay_epochs=30))
+    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(
+        1e-3 * lr_factor("cosine", steps, 2 * steps, steps, lr=1e-3, lr_min=0.0, lr_decay=0.1, lr_decay_epochs=30)
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN")

@@ -36,11 +36,16 @@ def _type(annotation) -> str:
 def settings_rows(section: str, cls) -> list[str]:
     rows = []
     for name, field in cls.model_fields.items():
-        limits = [f"{FIELD_LIMITS[type(m).__name__.lower()]} {getattr(m, type(m).__name__.lower())}"
-                  for m in field.metadata if type(m).__name__.lower() in FIELD_LIMITS]
+        limits = [
+            f"{FIELD_LIMITS[type(m).__name__.lower()]} {getattr(m, type(m).__name__.lower())}"
+            for m in field.metadata
+            if type(m).__name__.lower() in FIELD_LIMITS
+        ]
         kind = _type(field.annotation) + (f" ({', '.join(limits)})" if limits else "")
-        rows.append(f"| `{section}.{name}` | {kind} | {_value(field.get_default(call_default_factory=True))} | "
-                    f"{field.description or ''} |")
+        rows.append(
+            f"| `{section}.{name}` | {kind} | {_value(field.get_default(call_default_factory=True))} | "
+            f"{field.description or ''} |"
+        )
     return rows
 
 
@@ -50,29 +55,64 @@ def config_page() -> str:
     from pyrovae.model.models import MODELS
     from pyrovae.run.config import DEFAULT_MODEL, SECTIONS
 
-    out = ["# Config keys", "",
-           "Generated from the settings classes and the model constructors at every build of these pages. "
-           "A TOML file (`pyrovae train CONFIG.toml`), `--set section.key=value` and the keyword arguments of "
-           "`train(...)`, `Trainer(...)` and `load_data(...)` are checked by the same classes: a value refused in "
-           "one is refused in the others, with one line.", ""]
+    out = [
+        "# Config keys",
+        "",
+        "Generated from the settings classes and the model constructors at every build of these pages. "
+        "A TOML file (`pyrovae train CONFIG.toml`), `--set section.key=value` and the keyword arguments of "
+        "`train(...)`, `Trainer(...)` and `load_data(...)` are checked by the same classes: a value refused in "
+        "one is refused in the others, with one line.",
+        "",
+    ]
     for section, cls in SECTIONS.items():
-        out += [f"## `[{section}]`", "", inspect.getdoc(cls).splitlines()[0], "",
-                "| key | type | default | meaning |", "|---|---|---|---|", *settings_rows(section, cls), ""]
-    out += ["## `[model]`", "",
-            f"`name` picks the model class (default `{DEFAULT_MODEL['name']}`): an entry of the table below or "
-            "`\"package.module:Class\"` ([your own model](../models.md)). Its other keys are that constructor's "
-            "keyword arguments; `data_shape` and `num_classes` come from the data. `prior`, `guide` and "
-            "`likelihood` are component tables (`[model.guide]`: `name` plus that component's arguments, "
-            "[the model zoo](../zoo.md)). The default `[model]` is the MNIST baseline:", "",
-            "```toml", "[model]", *(f"{k} = {_toml(v)}" for k, v in DEFAULT_MODEL.items() if not isinstance(v, dict)),
-            *sum(([f"[model.{k}]", *(f"{a} = {_toml(b)}" for a, b in v.items())] for k, v in DEFAULT_MODEL.items()
-                  if isinstance(v, dict)), []), "```", ""]
+        out += [
+            f"## `[{section}]`",
+            "",
+            inspect.getdoc(cls).splitlines()[0],
+            "",
+            "| key | type | default | meaning |",
+            "|---|---|---|---|",
+            *settings_rows(section, cls),
+            "",
+        ]
+    out += [
+        "## `[model]`",
+        "",
+        f"`name` picks the model class (default `{DEFAULT_MODEL['name']}`): an entry of the table below or "
+        '`"package.module:Class"` ([your own model](../models.md)). Its other keys are that constructor\'s '
+        "keyword arguments; `data_shape` and `num_classes` come from the data. `prior`, `guide` and "
+        "`likelihood` are component tables (`[model.guide]`: `name` plus that component's arguments, "
+        "[the model zoo](../zoo.md)). The default `[model]` is the MNIST baseline:",
+        "",
+        "```toml",
+        "[model]",
+        *(f"{k} = {_toml(v)}" for k, v in DEFAULT_MODEL.items() if not isinstance(v, dict)),
+        *sum(
+            (
+                [f"[model.{k}]", *(f"{a} = {_toml(b)}" for a, b in v.items())]
+                for k, v in DEFAULT_MODEL.items()
+                if isinstance(v, dict)
+            ),
+            [],
+        ),
+        "```",
+        "",
+    ]
     for name, cls in MODELS.items():
         params = [(p, param) for p, param in signature(cls).items() if p not in CONTEXT]
-        out += [f"### `name = \"{name}\"`: {cls.__name__}", "", inspect.getdoc(cls).splitlines()[0], "",
-                "| key | default |", "|---|---|",
-                *(f"| `model.{p}` | {'(required)' if param.default is param.empty else _value(param.default)} |"
-                  for p, param in params), ""]
+        out += [
+            f'### `name = "{name}"`: {cls.__name__}',
+            "",
+            inspect.getdoc(cls).splitlines()[0],
+            "",
+            "| key | default |",
+            "|---|---|",
+            *(
+                f"| `model.{p}` | {'(required)' if param.default is param.empty else _value(param.default)} |"
+                for p, param in params
+            ),
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -84,20 +124,39 @@ def cli_page() -> str:
     from pyrovae.cli.main import build_parser
 
     parser = build_parser()
-    out = ["# Command line", "", "Generated from the parser `pyrovae` builds, at every build of these pages. "
-           "`pyrovae COMMAND --help` prints the same.", "",
-           "Every command prints a problem you can fix as one line, `pyrovae: error: ...`, exits with status 2 and "
-           "leaves no MLflow run RUNNING; `pyrovae --debug COMMAND ...` shows the traceback.", ""]
+    out = [
+        "# Command line",
+        "",
+        "Generated from the parser `pyrovae` builds, at every build of these pages. "
+        "`pyrovae COMMAND --help` prints the same.",
+        "",
+        "Every command prints a problem you can fix as one line, `pyrovae: error: ...`, exits with status 2 and "
+        "leaves no MLflow run RUNNING; `pyrovae --debug COMMAND ...` shows the traceback.",
+        "",
+    ]
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, command in sub.choices.items():
-        out += [f"## `pyrovae {name}`", "", "```text", command.format_usage().strip(), "```", "",
-                _plain(command.description or ""), "", "| option | default | meaning |", "|---|---|---|"]
+        out += [
+            f"## `pyrovae {name}`",
+            "",
+            "```text",
+            command.format_usage().strip(),
+            "```",
+            "",
+            _plain(command.description or ""),
+            "",
+            "| option | default | meaning |",
+            "|---|---|---|",
+        ]
         for action in command._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
             flag = ", ".join(action.option_strings) or action.metavar or action.dest
-            default = "" if action.default in (None, argparse.SUPPRESS) or action.option_strings == [] else \
-                _value(action.default)
+            default = (
+                ""
+                if action.default in (None, argparse.SUPPRESS) or action.option_strings == []
+                else _value(action.default)
+            )
             out.append(f"| `{flag}` | {default} | {(action.help or '').replace('|', '/')} |")
         out.append("")
     return "\n".join(out)

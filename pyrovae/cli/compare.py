@@ -18,22 +18,44 @@ DEFAULT_METRICS = ["val/loss", "test/loss"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", help="the experiment to list (default: the one with the newest run)")
     parser.add_argument("--all-experiments", action="store_true", help="list every experiment's runs")
-    parser.add_argument("--param", action="append", dest="params", metavar="KEY",
-                        help="param column (repeatable; default: the params that differ, as many as fit)")
-    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                        help="keep runs whose param KEY is VALUE, or an MLflow filter clause such as "
-                             "\"metrics.`val/loss` < 100\" (repeatable: all must hold)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        dest="params",
+        metavar="KEY",
+        help="param column (repeatable; default: the params that differ, as many as fit)",
+    )
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep runs whose param KEY is VALUE, or an MLflow filter clause such as "
+        '"metrics.`val/loss` < 100" (repeatable: all must hold)',
+    )
     parser.add_argument("--format", default="text", choices=("text", "csv", "json"), help="output format")
-    parser.add_argument("--metric", action="append", dest="metrics", metavar="KEY",
-                        help="metric column (repeatable; the first sorts, lower is better); "
-                             f"default: {' '.join(DEFAULT_METRICS)}")
+    parser.add_argument(
+        "--metric",
+        action="append",
+        dest="metrics",
+        metavar="KEY",
+        help=f"metric column (repeatable; the first sorts, lower is better); default: {' '.join(DEFAULT_METRICS)}",
+    )
     parser.add_argument("--parent", metavar="RUN_ID", help="only the children of this sweep/study run")
     parser.add_argument("--max-runs", type=int, default=1000, metavar="N", help="read at most N runs (newest first)")
 
 
-def print_table(metrics: list[str] | None = None, experiment=None, parent=None, max_runs: int = 1000,
-                uri: str = "", params: list[str] | None = None, where: list[str] = (), all_experiments: bool = False,
-                fmt: str = "text") -> None:
+def print_table(
+    metrics: list[str] | None = None,
+    experiment=None,
+    parent=None,
+    max_runs: int = 1000,
+    uri: str = "",
+    params: list[str] | None = None,
+    where: list[str] = (),
+    all_experiments: bool = False,
+    fmt: str = "text",
+) -> None:
     """Print the runs of the store ``uri`` (default: :func:`pyrovae.run.tracking.tracking_uri`).
 
     ``metrics=None`` shows :data:`DEFAULT_METRICS`, leaving out those no run has logged.
@@ -44,8 +66,17 @@ def print_table(metrics: list[str] | None = None, experiment=None, parent=None, 
     uri = tracking_uri(uri)
     if parent:  # a prefix, as every command takes, names the full id the tag holds
         parent = MlflowRun.existing(parent, uri).run_id
-    table = compare_runs(existing_store(uri), metrics or DEFAULT_METRICS, experiment, parent, max_runs,
-                         optional=metrics is None, params=params, where=where, all_experiments=all_experiments)
+    table = compare_runs(
+        existing_store(uri),
+        metrics or DEFAULT_METRICS,
+        experiment,
+        parent,
+        max_runs,
+        optional=metrics is None,
+        params=params,
+        where=where,
+        all_experiments=all_experiments,
+    )
     if fmt != "text":
         print(table.render(fmt))
         return
@@ -63,6 +94,14 @@ def run(args: argparse.Namespace) -> int:
         from pyrovae.errors import UserError
 
         raise UserError(f"--max-runs must be at least 1, got {args.max_runs}")
-    print_table(args.metrics, args.experiment, args.parent, args.max_runs, params=args.params, where=args.where,
-                all_experiments=args.all_experiments, fmt=args.format)
+    print_table(
+        args.metrics,
+        args.experiment,
+        args.parent,
+        args.max_runs,
+        params=args.params,
+        where=args.where,
+        all_experiments=args.all_experiments,
+        fmt=args.format,
+    )
     return 0

@@ -13,8 +13,9 @@ HELP = "estimate log p(x) of a trained run (IWAE, AIS, BDMC) and log it into tha
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_id", help="the MLflow run id (or 8+ first characters) of a `pyrovae train` run")
-    parser.add_argument("--best", action="store_true", help="score the best epoch's weights (checkpoints/best.pt), "
-                                                            "not the final ones")
+    parser.add_argument(
+        "--best", action="store_true", help="score the best epoch's weights (checkpoints/best.pt), not the final ones"
+    )
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--iwae-k", type=int, default=5000, help="importance samples K (0 = skip IWAE)")
     parser.add_argument("--subset", type=int, default=0, help="only the first N datapoints of the split (0 = all)")
@@ -23,8 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ais-steps", type=int, default=500, help="intermediate distributions T")
     parser.add_argument("--ais-chains", type=int, default=16, help="chains per datapoint C")
     parser.add_argument("--ais-leapfrog", type=int, default=10, help="leapfrog steps per HMC move")
-    parser.add_argument("--ais-start", default="prior", choices=("prior", "posterior"),
-                        help="anneal from p(z) (Wu et al. 2017) or from q(z|x)")
+    parser.add_argument(
+        "--ais-start",
+        default="prior",
+        choices=("prior", "posterior"),
+        help="anneal from p(z) (Wu et al. 2017) or from q(z|x)",
+    )
     parser.add_argument("--ais-subset", type=int, default=100, help="AIS on the first N datapoints")
     parser.add_argument("--bdmc", action="store_true", help="BDMC bounds on --ais-subset simulated datapoints")
     parser.add_argument("--seed", type=int, default=0, help="seed of every estimator's random numbers")
@@ -38,11 +43,24 @@ def run(args: argparse.Namespace) -> int:
     from pyrovae.infer.estimators.ais import AISSettings
     from pyrovae.run.evaluation import evaluate_run
 
-    settings = AISSettings(steps=args.ais_steps, chains=args.ais_chains, leapfrog_steps=args.ais_leapfrog,
-                           start=args.ais_start)
-    result = evaluate_run(args.run_id, args.split, args.iwae_k, args.subset, args.batch_size, args.ais,
-                          settings, args.ais_subset, args.bdmc, args.seed, args.device,
-                          progress=not args.no_progress, weights="best" if args.best else "final")
+    settings = AISSettings(
+        steps=args.ais_steps, chains=args.ais_chains, leapfrog_steps=args.ais_leapfrog, start=args.ais_start
+    )
+    result = evaluate_run(
+        args.run_id,
+        args.split,
+        args.iwae_k,
+        args.subset,
+        args.batch_size,
+        args.ais,
+        settings,
+        args.ais_subset,
+        args.bdmc,
+        args.seed,
+        args.device,
+        progress=not args.no_progress,
+        weights="best" if args.best else "final",
+    )
     print(f"run {result.of}: {args.split} split, {result.n} datapoints; kept as evaluation run {result.run_id}")
     for key in sorted(result.metrics):
         print(f"  {key:<32} {result.metrics[key]:.4f}")

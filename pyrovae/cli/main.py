@@ -20,12 +20,14 @@ from pyrovae.errors import UserError
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pyrovae", description="Variational autoencoders with Pyro, tracked in MLflow.")
+        prog="pyrovae", description="Variational autoencoders with Pyro, tracked in MLflow."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in COMMANDS.items():
-        command = sub.add_parser(name, help=module.HELP, description=module.__doc__,
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        command = sub.add_parser(
+            name, help=module.HELP, description=module.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
         module.add_arguments(command)
         command.set_defaults(func=module.run)
     return parser
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:  # MLflow's INFO lines (schema creation, system metrics) would bury ours
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
-        logging.getLogger("mlflow").setLevel(logging.WARNING)     # in case it already was
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # in case it already was
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download
     try:
         with sigterm_as_interrupt():

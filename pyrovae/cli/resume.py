@@ -16,9 +16,14 @@ HELP = "continue a run from its last checkpoint, in the same MLflow run"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_id", metavar="RUN_ID")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="change train.epochs, train.patience, train.checkpoint_every, train.device "
-                             "or mlflow.tracking_uri (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="change train.epochs, train.patience, train.checkpoint_every, train.device "
+        "or mlflow.tracking_uri (repeatable)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

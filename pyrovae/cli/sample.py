@@ -21,8 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="PNG file (default samples-<RUN_ID>.png)")
     parser.add_argument("--best", action="store_true", help="use the best epoch's model (best_model)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default 0)")
-    parser.add_argument("--labels", default="", help="a conditional model's labels, comma-separated, cycled over "
-                                                     "the samples (e.g. 0,1,2)")
+    parser.add_argument(
+        "--labels",
+        default="",
+        help="a conditional model's labels, comma-separated, cycled over the samples (e.g. 0,1,2)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         raise UserError(f"cannot write '{out}' ({err.strerror or err}); choose another --out") from None
     given = f" with labels {args.labels}" if labels is not None else ""
-    print(f"wrote {args.n} samples{given} from the {'best' if args.best else 'final'} weights of run {args.run_id} to {out}")
+    print(
+        f"wrote {args.n} samples{given} from the {'best' if args.best else 'final'} weights of run "
+        f"{args.run_id} to {out}"
+    )
     return 0
 
 
@@ -66,8 +72,10 @@ def sample_labels(model, text: str, n: int):
         return None
     classes = getattr(model, "num_classes", None)
     if not text:
-        raise UserError(f"{type(model).__name__} is conditional: give the labels to sample, e.g. --labels 0,1,2"
-                        + (f" (classes 0 .. {classes - 1})" if classes else ""))
+        raise UserError(
+            f"{type(model).__name__} is conditional: give the labels to sample, e.g. --labels 0,1,2"
+            + (f" (classes 0 .. {classes - 1})" if classes else "")
+        )
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:

@@ -60,15 +60,21 @@ def variants(grid: list[str]) -> dict[str, list[str]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--grid", action="append", default=[], required=True, metavar="SECTION.KEY=V1,V2",
-                        help="values to sweep (repeatable: the product of all grids is trained)")
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        required=True,
+        metavar="SECTION.KEY=V1,V2",
+        help="values to sweep (repeatable: the product of all grids is trained)",
+    )
     parser.add_argument("--name", default="sweep", help="the parent run's name")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyrovae.run import config as config_mod
     from pyrovae.cli.compare import print_table
+    from pyrovae.run import config as config_mod
     from pyrovae.run.study import train_study
 
     grid = variants(args.grid)

@@ -10,8 +10,13 @@ HELP = "train a VAE and log the run to MLflow"
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The config file and ``--set`` overrides, shared by every command that builds a config."""
     parser.add_argument("config", nargs="?", help="TOML config (default: the MNIST baseline)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value (repeatable), e.g. --set train.epochs=2")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (repeatable), e.g. --set train.epochs=2",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,11 +19,15 @@ HELP = "start the MLflow UI on the project's store (127.0.0.1, a free port) and 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="interface to bind (default 127.0.0.1: only this machine can connect)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: only this machine can connect)"
+    )
     parser.add_argument("--port", type=int, default=0, help="port (0: a free one)")
-    parser.add_argument("--allow-remote", action="store_true",
-                        help="needed with a --host other machines reach: the server has no authentication")
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="needed with a --host other machines reach: the server has no authentication",
+    )
     parser.add_argument("--experiment", default="pyrovae", help="the experiment whose runs table the URL opens")
 
 
@@ -36,9 +40,11 @@ def run(args: argparse.Namespace) -> int:
     from pyrovae.run.tracking import DEFAULT_STORE, tracking_uri
 
     if args.host not in LOOPBACK and not args.allow_remote:
-        raise UserError(f"--host {args.host} lets other machines read and change every run: the MLflow server "
-                        f"has no authentication; add --allow-remote if that is what you want, or serve it "
-                        f"with MLflow's own authentication (mlflow server --app-name basic-auth)")
+        raise UserError(
+            f"--host {args.host} lets other machines read and change every run: the MLflow server "
+            f"has no authentication; add --allow-remote if that is what you want, or serve it "
+            f"with MLflow's own authentication (mlflow server --app-name basic-auth)"
+        )
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         raise UserError(f"MLFLOW_TRACKING_URI points at a server already: open {uri} in a browser")
@@ -48,12 +54,15 @@ def run(args: argparse.Namespace) -> int:
     server = MlflowServer(uri, artifacts, host=args.host, port=args.port or None)
     try:
         with server:  # SIGTERM too stops it: pyrovae.cli.main
-            print(f"MLflow UI for {uri}: {runs_table_url(server.url, uri, args.experiment)}  (Ctrl-C stops it)",
-                  flush=True)
+            print(
+                f"MLflow UI for {uri}: {runs_table_url(server.url, uri, args.experiment)}  (Ctrl-C stops it)",
+                flush=True,
+            )
             while server.process.poll() is None:
                 time.sleep(0.5)
-            raise UserError(f"the MLflow server stopped by itself (status {server.process.returncode}): "
-                            f"{server.last_log_line()}")
+            raise UserError(
+                f"the MLflow server stopped by itself (status {server.process.returncode}): {server.last_log_line()}"
+            )
     except KeyboardInterrupt:
         print("MLflow UI stopped", flush=True)
     return 0

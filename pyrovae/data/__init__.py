@@ -6,7 +6,8 @@ of a config: the same settings class checks both.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -17,8 +18,13 @@ from pyrovae.data.splits import Splits
 from pyrovae.data.synthetic import PPCA, load_ppca, load_synthetic
 from pyrovae.errors import UserError
 
-LOADERS = {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist, "synthetic": load_synthetic, "ppca": load_ppca,
-           "arrays": load_arrays}
+LOADERS = {
+    "mnist": load_mnist,
+    "fashion_mnist": load_fashion_mnist,
+    "synthetic": load_synthetic,
+    "ppca": load_ppca,
+    "arrays": load_arrays,
+}
 
 __all__ = ["LOADERS", "PPCA", "DataSettings", "Splits", "keep_labels", "load_data"]
 
@@ -33,22 +39,27 @@ def keep_labels(labels: torch.Tensor | None, n: int, classes: int | None, seed: 
     if labels is None:
         raise UserError("data.labelled needs labels, but this data set has none")
     if n < classes:
-        raise UserError(f"data.labelled = {n} keeps fewer labels than the {classes} classes: keep at least one per class")
+        raise UserError(
+            f"data.labelled = {n} keeps fewer labels than the {classes} classes: keep at least one per class"
+        )
     generator = torch.Generator().manual_seed(seed)
     kept = torch.full_like(labels, -1)
     for c in range(classes):
         rows = (labels == c).nonzero().flatten()
         want = n // classes + (1 if c < n % classes else 0)
         if rows.numel() < want:
-            raise UserError(f"data.labelled = {n} asks for {want} labels of class {c}, but the training split has "
-                            f"{rows.numel()}: lower data.labelled")
+            raise UserError(
+                f"data.labelled = {n} asks for {want} labels of class {c}, but the training split has "
+                f"{rows.numel()}: lower data.labelled"
+            )
         chosen = rows[torch.randperm(rows.numel(), generator=generator)[:want]]
         kept[chosen] = c
     return kept
 
 
-def load_data(name: str | DataSettings | Mapping[str, Any] = "mnist", device: torch.device | str = "cpu",
-              **keys: Any) -> Splits:
+def load_data(
+    name: str | DataSettings | Mapping[str, Any] = "mnist", device: torch.device | str = "cpu", **keys: Any
+) -> Splits:
     """Load a data set, keep at most ``subset`` examples per split (``train_subset``: training
     examples, after ``subset``), move it to ``device``.
 
@@ -77,12 +88,16 @@ def load_data(name: str | DataSettings | Mapping[str, Any] = "mnist", device: to
         splits.train_labels = keep_labels(splits.train_labels, settings.labelled, classes, settings.seed)
     if settings.num_classes and classes is not None:
         if classes > settings.num_classes:
-            raise UserError(f"the labels of {settings.name} go up to {classes - 1}, outside 0 .. "
-                            f"{settings.num_classes - 1} (data.num_classes = {settings.num_classes}): "
-                            f"raise data.num_classes or fix the labels")
+            raise UserError(
+                f"the labels of {settings.name} go up to {classes - 1}, outside 0 .. "
+                f"{settings.num_classes - 1} (data.num_classes = {settings.num_classes}): "
+                f"raise data.num_classes or fix the labels"
+            )
         splits.classes = settings.num_classes
     if splits.binarize and not ((splits.train >= 0) & (splits.train <= 1)).all():
-        raise UserError("data.binarize = true needs values in [0, 1] (pixel intensities); "
-                        "set data.binarize = false for real-valued data")
+        raise UserError(
+            "data.binarize = true needs values in [0, 1] (pixel intensities); "
+            "set data.binarize = false for real-valued data"
+        )
     splits.settings = settings
     return splits.to(device)

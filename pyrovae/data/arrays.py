@@ -49,13 +49,24 @@ def read_labels(path: str, n: int, key: str) -> torch.Tensor:
     if not p.is_file():
         raise UserError(f"data.{key} file '{p}' does not exist")
     try:
-        y = torch.from_numpy(np.load(p, allow_pickle=False)) if p.suffix == ".npy" else \
-            torch.load(p, weights_only=True, map_location="cpu")
+        y = (
+            torch.from_numpy(np.load(p, allow_pickle=False))
+            if p.suffix == ".npy"
+            else torch.load(p, weights_only=True, map_location="cpu")
+        )
     except Exception as err:
         raise UserError(f"cannot read data.{key} file '{p}': {err}") from None
-    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != n or y.is_floating_point() or y.dtype == torch.bool:
-        raise UserError(f"data.{key} must hold {n} integer labels, shape ({n},), one per example; "
-                        f"got {getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}")
+    if (
+        not isinstance(y, torch.Tensor)
+        or y.dim() != 1
+        or y.shape[0] != n
+        or y.is_floating_point()
+        or y.dtype == torch.bool
+    ):
+        raise UserError(
+            f"data.{key} must hold {n} integer labels, shape ({n},), one per example; "
+            f"got {getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}"
+        )
     if (y < 0).any():
         raise UserError(f"data.{key} holds negative labels such as {int(y[y < 0][0])}; classes are 0, 1, 2, ...")
     return y.long()
@@ -67,31 +78,52 @@ def load_arrays(cfg: dict) -> Splits:
         n = x.shape[0]
         n_val, n_test = int(n * cfg["val_fraction"]), int(n * cfg["test_fraction"])
         if n - n_val - n_test < 1 or n_val < 1 or n_test < 1:
-            raise UserError(f"data.file has {n} examples: too few to split by val_fraction "
-                            f"{cfg['val_fraction']} and test_fraction {cfg['test_fraction']}")
+            raise UserError(
+                f"data.file has {n} examples: too few to split by val_fraction "
+                f"{cfg['val_fraction']} and test_fraction {cfg['test_fraction']}"
+            )
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg["seed"]))
         x = x[order]
-        train, val, test = x[n_val + n_test:], x[:n_val], x[n_val:n_val + n_test]
+        train, val, test = x[n_val + n_test :], x[:n_val], x[n_val : n_val + n_test]
         labels = {}
         if cfg["labels"]:
             y = read_labels(cfg["labels"], n, "labels")[order]
-            labels = {"train": y[n_val + n_test:], "val": y[:n_val], "test": y[n_val:n_val + n_test]}
+            labels = {"train": y[n_val + n_test :], "val": y[:n_val], "test": y[n_val : n_val + n_test]}
         source = cfg["file"]
     elif cfg["train"] and cfg["val"] and cfg["test"]:
         train, val, test = (read_array(cfg[k]) for k in ("train", "val", "test"))
         if not train.shape[1:] == val.shape[1:] == test.shape[1:]:
-            raise UserError(f"data.train, data.val and data.test have different shapes per example: "
-                            f"{tuple(train.shape[1:])}, {tuple(val.shape[1:])}, {tuple(test.shape[1:])}")
+            raise UserError(
+                f"data.train, data.val and data.test have different shapes per example: "
+                f"{tuple(train.shape[1:])}, {tuple(val.shape[1:])}, {tuple(test.shape[1:])}"
+            )
         source = f"{cfg['train']}, {cfg['val']}, {cfg['test']}"
         keys = [f"{s}_labels" for s in ("train", "val", "test")]
         given = [k for k in keys if cfg[k]]
         if given and len(given) < 3:
-            raise UserError(f"labels for some splits only ({', '.join('data.' + k for k in given)}): "
-                            f"give data.train_labels, data.val_labels and data.test_labels, or none")
-        labels = {s: read_labels(cfg[f"{s}_labels"], x.shape[0], f"{s}_labels")
-                  for s, x in (("train", train), ("val", val), ("test", test))} if given else {}
+            raise UserError(
+                f"labels for some splits only ({', '.join('data.' + k for k in given)}): "
+                f"give data.train_labels, data.val_labels and data.test_labels, or none"
+            )
+        labels = (
+            {
+                s: read_labels(cfg[f"{s}_labels"], x.shape[0], f"{s}_labels")
+                for s, x in (("train", train), ("val", val), ("test", test))
+            }
+            if given
+            else {}
+        )
     else:
         raise UserError("data.name = 'arrays' needs data.file, or all of data.train, data.val and data.test")
-    return Splits(name="arrays", train=train, val=val, test=test, binarize=cfg["binarize"],
-                  seed=cfg["seed"], info={"source": source}, train_labels=labels.get("train"),
-                  val_labels=labels.get("val"), test_labels=labels.get("test"))
+    return Splits(
+        name="arrays",
+        train=train,
+        val=val,
+        test=test,
+        binarize=cfg["binarize"],
+        seed=cfg["seed"],
+        info={"source": source},
+        train_labels=labels.get("train"),
+        val_labels=labels.get("val"),
+        test_labels=labels.get("test"),
+    )

@@ -19,8 +19,7 @@ import torch
 from pyrovae.data.splits import Splits
 from pyrovae.errors import UserError
 
-RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 NUM_TRAIN = 50_000
 
 
@@ -65,8 +64,10 @@ def _load(dataset: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Te
             f"{err}); replace them with the original IDX files"
         ) from None
     if images.dim() != 3 or images.shape[0] != labels.shape[0]:
-        raise UserError(f"{dataset} files in {root / dataset / 'raw'} hold {tuple(images.shape)} images and "
-                        f"{tuple(labels.shape)} labels; replace them with the original IDX files")
+        raise UserError(
+            f"{dataset} files in {root / dataset / 'raw'} hold {tuple(images.shape)} images and "
+            f"{tuple(labels.shape)} labels; replace them with the original IDX files"
+        )
     return images, labels
 
 
@@ -80,10 +81,15 @@ def load_idx_images(cfg: dict, dataset: str = "MNIST", name: str = "mnist") -> S
     n_train = min(NUM_TRAIN, train_images.shape[0] * 5 // 6)  # tiny test files keep a val split
     return Splits(
         name=name,
-        train=grey(train_images[:n_train]), train_labels=train_labels[:n_train],
-        val=grey(train_images[n_train:]), val_labels=train_labels[n_train:],
-        test=grey(test_images), test_labels=test_labels,
-        binarize=cfg["binarize"], seed=cfg["seed"], classes=10,
+        train=grey(train_images[:n_train]),
+        train_labels=train_labels[:n_train],
+        val=grey(train_images[n_train:]),
+        val_labels=train_labels[n_train:],
+        test=grey(test_images),
+        test_labels=test_labels,
+        binarize=cfg["binarize"],
+        seed=cfg["seed"],
+        classes=10,
         info={"source": str(root / dataset / "raw"), "split": f"train[:{n_train}] / train[{n_train}:] / test"},
     )
 

@@ -15,14 +15,20 @@ class DataSettings(Settings):
     section = "data"
 
     name: Literal["mnist", "fashion_mnist", "synthetic", "ppca", "arrays"] = Field(
-        "mnist", description="MNIST, Fashion-MNIST, a synthetic image set, linear-Gaussian data (exact log p(x)), "
-                             "or your arrays")
+        "mnist",
+        description="MNIST, Fashion-MNIST, a synthetic image set, linear-Gaussian data (exact log p(x)), "
+        "or your arrays",
+    )
     root: str = Field("", description="folder holding MNIST/raw; '' = $PYROVAE_DATA_DIR, else ~/.cache/pyrovae")
     binarize: bool = Field(True, description="binary pixels: dynamic for training, fixed-seed for val/test")
     seed: int = Field(0, ge=0, description="seed of the fixed val/test binarization, the split and synthetic data")
     subset: int = Field(0, ge=0, description="keep at most this many examples per split (0 = all)")
-    train_subset: int = Field(0, ge=0, description="keep at most this many training examples; validation and "
-                                                   "test stay whole (0 = all): a small training set that overfits")
+    train_subset: int = Field(
+        0,
+        ge=0,
+        description="keep at most this many training examples; validation and "
+        "test stay whole (0 = all): a small training set that overfits",
+    )
     train: str = Field("", description="arrays: training file (.npy or .pt)")
     val: str = Field("", description="arrays: validation file")
     test: str = Field("", description="arrays: test file")
@@ -31,10 +37,20 @@ class DataSettings(Settings):
     val_labels: str = Field("", description="arrays: labels of data.val")
     test_labels: str = Field("", description="arrays: labels of data.test")
     labels: str = Field("", description="arrays: labels of data.file, split with it")
-    labelled: int = Field(0, ge=0, description="semi-supervised: keep N training labels, balanced over the classes "
-                                               "(seeded by data.seed), and treat the other training rows as "
-                                               "unlabelled (0 = keep every label)")
-    num_classes: int = Field(0, ge=0, description="how many classes the labels have (0 = the largest label + 1); "
-                                                  "a label outside 0 .. num_classes - 1 is refused")
-    val_fraction: float = Field(0.1, ge=0.0, le=0.9, description="arrays with data.file: the share of rows that validate")
+    labelled: int = Field(
+        0,
+        ge=0,
+        description="semi-supervised: keep N training labels, balanced over the classes "
+        "(seeded by data.seed), and treat the other training rows as "
+        "unlabelled (0 = keep every label)",
+    )
+    num_classes: int = Field(
+        0,
+        ge=0,
+        description="how many classes the labels have (0 = the largest label + 1); "
+        "a label outside 0 .. num_classes - 1 is refused",
+    )
+    val_fraction: float = Field(
+        0.1, ge=0.0, le=0.9, description="arrays with data.file: the share of rows that validate"
+    )
     test_fraction: float = Field(0.1, ge=0.0, le=0.9, description="arrays with data.file: the share of rows that test")

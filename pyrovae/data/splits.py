@@ -11,8 +11,8 @@ Binarization follows the literature's convention (Burda et al. 2016; Tomczak & W
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -52,9 +52,10 @@ class Splits:
         """(C, H, W) data with 1 or 3 channels: image grids make sense for it."""
         return len(self.data_shape) == 3 and self.data_shape[0] in (1, 3)
 
-    def to(self, device: torch.device) -> "Splits":
-        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()
-                 if k != "_fixed"}
+    def to(self, device: torch.device) -> Splits:
+        moved = {
+            k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items() if k != "_fixed"
+        }
         return Splits(**moved)
 
     def evaluation_data(self, name: str) -> torch.Tensor:
@@ -96,7 +97,7 @@ class Splits:
             x = torch.rand(x.shape, dtype=x.dtype, device=x.device) < x
         labels = self.train_labels if labelled else None
         for start in range(0, x.shape[0], batch_size):
-            rows = order[start:start + batch_size]
+            rows = order[start : start + batch_size]
             batch = x[rows].to(self.train.dtype)
             yield (batch, None if labels is None else labels[rows]) if labelled else batch
 
@@ -109,7 +110,9 @@ class Splits:
         y = self.train_labels
         return y is not None and bool((y < 0).any()) and bool((y >= 0).any())
 
-    def semi_supervised_batches(self, batch_size: int, every: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def semi_supervised_batches(
+        self, batch_size: int, every: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """One epoch of a partly labelled training set: every unlabelled row once, in shuffled
         batches ``(x, None)``, with labelled batches ``(x, y)`` among them.
 
@@ -123,10 +126,14 @@ class Splits:
         labelled = self.train_labels >= 0
         free = labelled.logical_not().nonzero().flatten()
         free = free[torch.randperm(free.numel(), device=free.device)]
-        unlabelled = [free[i:i + batch_size] for i in range(0, free.numel(), batch_size)]
+        unlabelled = [free[i : i + batch_size] for i in range(0, free.numel(), batch_size)]
         known = labelled.nonzero().flatten()
         if every:
-            size, order, pool = min(batch_size, known.numel()), [], torch.empty(0, dtype=known.dtype, device=known.device)
+            size, order, pool = (
+                min(batch_size, known.numel()),
+                [],
+                torch.empty(0, dtype=known.dtype, device=known.device),
+            )
             for i, rows in enumerate(unlabelled):
                 order.append((rows, False))
                 if (i + 1) % every == 0:
@@ -136,10 +143,12 @@ class Splits:
                     pool = pool[size:]
         else:
             known = known[torch.randperm(known.numel(), device=known.device)]
-            labelled_batches = [known[i:i + batch_size] for i in range(0, known.numel(), batch_size)]
-            spread = sorted([(i / len(unlabelled), 0, b) for i, b in enumerate(unlabelled)] +
-                            [((i + 0.5) / len(labelled_batches), 1, b) for i, b in enumerate(labelled_batches)],
-                            key=lambda t: (t[0], t[1]))
+            labelled_batches = [known[i : i + batch_size] for i in range(0, known.numel(), batch_size)]
+            spread = sorted(
+                [(i / len(unlabelled), 0, b) for i, b in enumerate(unlabelled)]
+                + [((i + 0.5) / len(labelled_batches), 1, b) for i, b in enumerate(labelled_batches)],
+                key=lambda t: (t[0], t[1]),
+            )
             order = [(rows, bool(has_labels)) for _, has_labels, rows in spread]
         for rows, has_labels in order:
             x = self.train[rows]
@@ -152,8 +161,9 @@ class Splits:
         unlabelled = -(-(self.train.shape[0] - labelled) // batch_size)
         return unlabelled + (unlabelled // every if every else -(-labelled // batch_size))
 
-    def shard_batches(self, batch_size: int, rank: int, world_size: int, seed: int, epoch: int,
-                      start: int = 0, labelled: bool = False) -> Iterator:
+    def shard_batches(
+        self, batch_size: int, rank: int, world_size: int, seed: int, epoch: int, start: int = 0, labelled: bool = False
+    ) -> Iterator:
         """This rank's share of each global batch of one epoch (distributed training).
 
         The epoch's permutation comes from a generator seeded by ``(seed, epoch)``, the same on
@@ -170,7 +180,7 @@ class Splits:
         for b in range(self.num_shard_batches(batch_size, world_size)):
             if b < start:
                 continue
-            index = torch.tensor_split(order[b * batch_size:(b + 1) * batch_size], world_size)[rank]
+            index = torch.tensor_split(order[b * batch_size : (b + 1) * batch_size], world_size)[rank]
             rows = x[index]
             if self.binarize:
                 rows = (torch.rand(rows.shape, dtype=rows.dtype, device=rows.device) < rows).to(rows.dtype)

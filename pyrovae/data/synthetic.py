@@ -32,7 +32,7 @@ def _bars(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     r0, c0, w = pos[:, 0].view(-1, 1, 1), pos[:, 1].view(-1, 1, 1), width.view(-1, 1, 1)
     horizontal = ((rows >= r0) & (rows < r0 + w)).expand(n, size, size)
     vertical = ((cols >= c0) & (cols < c0 + w)).expand(n, size, size)
-    block = ((rows >= r0) & (rows < r0 + 2 * w) & (cols >= c0) & (cols < c0 + 2 * w))
+    block = (rows >= r0) & (rows < r0 + 2 * w) & (cols >= c0) & (cols < c0 + 2 * w)
     shapes = torch.stack([horizontal, vertical, horizontal | vertical, block], 1)
     img = shapes[torch.arange(n), labels].float()
     intensity = 0.75 + 0.2 * torch.rand(n, 1, 1, generator=gen)
@@ -42,10 +42,19 @@ def _bars(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
 def load_synthetic(cfg: dict) -> Splits:
     gen = torch.Generator().manual_seed(cfg["seed"])
     parts = [_bars(n, gen) for n in SIZES]
-    return Splits(name="synthetic", train=parts[0][0], train_labels=parts[0][1],
-                  val=parts[1][0], val_labels=parts[1][1], test=parts[2][0], test_labels=parts[2][1],
-                  binarize=cfg["binarize"], seed=cfg["seed"], classes=4,
-                  info={"source": f"synthetic bars, seed {cfg['seed']}", "split": "3000 / 500 / 500"})
+    return Splits(
+        name="synthetic",
+        train=parts[0][0],
+        train_labels=parts[0][1],
+        val=parts[1][0],
+        val_labels=parts[1][1],
+        test=parts[2][0],
+        test_labels=parts[2][1],
+        binarize=cfg["binarize"],
+        seed=cfg["seed"],
+        classes=4,
+        info={"source": f"synthetic bars, seed {cfg['seed']}", "split": "3000 / 500 / 500"},
+    )
 
 
 class PPCA:
@@ -75,6 +84,16 @@ class PPCA:
 def load_ppca(cfg: dict) -> Splits:
     truth = PPCA(seed=cfg["seed"])
     train, val, test = (truth.sample(n) for n in SIZES)
-    return Splits(name="ppca", train=train, val=val, test=test, binarize=False, seed=cfg["seed"],
-                  info={"source": f"probabilistic PCA 10-d data, 2-d latent, noise 0.5, seed {cfg['seed']}",
-                        "split": "3000 / 500 / 500"}, truth=truth)
+    return Splits(
+        name="ppca",
+        train=train,
+        val=val,
+        test=test,
+        binarize=False,
+        seed=cfg["seed"],
+        info={
+            "source": f"probabilistic PCA 10-d data, 2-d latent, noise 0.5, seed {cfg['seed']}",
+            "split": "3000 / 500 / 500",
+        },
+        truth=truth,
+    )

@@ -23,21 +23,21 @@ if TYPE_CHECKING:
 class Callback:
     """Hooks the trainer calls; override any of them."""
 
-    def on_train_begin(self, trainer: "Trainer") -> None: ...
+    def on_train_begin(self, trainer: Trainer) -> None: ...
 
-    def on_epoch_begin(self, trainer: "Trainer") -> None: ...
+    def on_epoch_begin(self, trainer: Trainer) -> None: ...
 
-    def on_step_end(self, trainer: "Trainer", loss: float) -> None:
+    def on_step_end(self, trainer: Trainer, loss: float) -> None:
         """After every optimizer step (only for callbacks that override it: the loop stays lean)."""
 
-    def add_metrics(self, trainer: "Trainer", split: str, metrics: dict[str, float]) -> None:
+    def add_metrics(self, trainer: Trainer, split: str, metrics: dict[str, float]) -> None:
         """``split`` ("val" each epoch, "test" at the end) was just validated into ``metrics``."""
 
-    def on_epoch_end(self, trainer: "Trainer", epoch: int, metrics: dict[str, float]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None: ...
 
-    def on_train_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
+    def on_train_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
 
-    def on_interrupt(self, trainer: "Trainer") -> None:
+    def on_interrupt(self, trainer: Trainer) -> None:
         """A stop was requested; training halts between two steps (``trainer.state_dict()`` is that point)."""
 
 
@@ -53,8 +53,13 @@ class ProgressBar(Callback):
         self.bar = None
 
     def on_epoch_begin(self, trainer):
-        self.bar = tqdm(total=trainer.steps_per_epoch, initial=trainer.batches_done, leave=False, mininterval=0.5,
-                        desc=f"epoch {trainer.epoch + 1}/{trainer.settings.epochs}")
+        self.bar = tqdm(
+            total=trainer.steps_per_epoch,
+            initial=trainer.batches_done,
+            leave=False,
+            mininterval=0.5,
+            desc=f"epoch {trainer.epoch + 1}/{trainer.settings.epochs}",
+        )
 
     def on_step_end(self, trainer, loss):
         self.bar.update()
@@ -94,8 +99,9 @@ class IWAEEvery(Callback):
         started = time.perf_counter()
         x, y = trainer.data.evaluation_data(split), trainer.data.labels(split)
         n = self.n or x.shape[0]
-        log_px = iwae(trainer.vae, x[:n], self.k, batch_size=self.batch_size, seed=self.seed,
-                      y=None if y is None else y[:n])
+        log_px = iwae(
+            trainer.vae, x[:n], self.k, batch_size=self.batch_size, seed=self.seed, y=None if y is None else y[:n]
+        )
         metrics[f"{split}/nll_iwae"] = -float(log_px.mean())
         metrics[f"{split}/iwae_seconds"] = time.perf_counter() - started
 
@@ -111,8 +117,9 @@ class Accuracy(Callback):
         for name in ("val", "test") if split == "val" else (split,):
             labels = trainer.data.labels(name)
             if labels is not None:
-                metrics[f"{name}/accuracy"] = accuracy(trainer.vae, trainer.data.evaluation_data(name), labels,
-                                                       trainer.evaluation.batch_size)
+                metrics[f"{name}/accuracy"] = accuracy(
+                    trainer.vae, trainer.data.evaluation_data(name), labels, trainer.evaluation.batch_size
+                )
 
 
 def accuracy(model, x, labels, batch_size: int = 1000) -> float:
@@ -122,5 +129,5 @@ def accuracy(model, x, labels, batch_size: int = 1000) -> float:
     right = 0
     with evaluation_mode(model, None, x.device):
         for start in range(0, x.shape[0], batch_size):
-            right += int((model.classify(x[start:start + batch_size]) == labels[start:start + batch_size]).sum())
+            right += int((model.classify(x[start : start + batch_size]) == labels[start : start + batch_size]).sum())
     return right / max(1, x.shape[0])

@@ -49,7 +49,7 @@ class World:
         return self.size > 1
 
     @classmethod
-    def current(cls) -> "World":
+    def current(cls) -> World:
         """The process group this process is in (one process of one when there is none)."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             return cls(dist.get_rank(), dist.get_world_size(), str(dist.get_backend()))
@@ -70,8 +70,13 @@ def init_from_env(device_name: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=_attempt_store(rank, size, timeout_s),
-                                rank=rank, world_size=size, timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            store=_attempt_store(rank, size, timeout_s),
+            rank=rank,
+            world_size=size,
+            timeout=timedelta(seconds=timeout_s),
+        )
         # PyTorch asks for destroy_process_group before exit: left to the interpreter's teardown,
         # a gloo group aborted a rank that had finished its work ("terminate called without an
         # active exception", 2 of 27 runs of tests/ddp_gradient.py here) and torchrun reported
@@ -92,8 +97,13 @@ def _attempt_store(rank: int, size: int, timeout_s: float) -> dist.Store:
     worker can read the network address a dead worker published and fail to connect to it.
     """
     agent_hosts_it = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
-                          is_master=not agent_hosts_it and rank == 0, timeout=timedelta(seconds=timeout_s))
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        size,
+        is_master=not agent_hosts_it and rank == 0,
+        timeout=timedelta(seconds=timeout_s),
+    )
     return dist.PrefixStore(f"pyrovae/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 

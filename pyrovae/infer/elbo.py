@@ -35,11 +35,18 @@ References: Ranganath et al. 2014, "Black Box Variational Inference"; Bingham et
 
 from __future__ import annotations
 
-import torch
 import warnings
 
-from pyro.infer import (ELBO, JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceEnum_ELBO,
-                        TraceMeanField_ELBO)
+import torch
+from pyro.infer import (
+    ELBO,
+    JitTrace_ELBO,
+    JitTraceEnum_ELBO,
+    JitTraceMeanField_ELBO,
+    Trace_ELBO,
+    TraceEnum_ELBO,
+    TraceMeanField_ELBO,
+)
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
@@ -94,9 +101,12 @@ class ELBOLoss(nn.Module):
         self._legacy_beta = "beta" in parameters_of(vae.model)
         self._labelled = takes_labels(vae.model), takes_labels(vae.guide)
         if self._legacy_beta:
-            warnings.warn(f"{type(vae).__name__}.model takes 'beta': pyrovae now anneals every latent site by an "
-                          f"effect handler, so model code need not take it (support for it will go)",
-                          DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                f"{type(vae).__name__}.model takes 'beta': pyrovae now anneals every latent site by an "
+                f"effect handler, so model code need not take it (support for it will go)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
 
     def _call(self, fn, labelled: bool, beta, x, labels) -> None:
         args = (x, *labels) if labelled else (x,)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import pyro
 from pyro.infer.util import is_validation_enabled
@@ -28,8 +28,10 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int, epoch: int, batch: int):
         self.signum, self.epoch, self.batch = signum, epoch, batch
         self.exit_code = 128 + signum
-        super().__init__(f"stopped by {signal.Signals(signum).name} after batch {batch} of epoch {epoch}; "
-                         f"a checkpoint of this point was written: 'pyrovae resume RUN_ID' continues")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after batch {batch} of epoch {epoch}; "
+            f"a checkpoint of this point was written: 'pyrovae resume RUN_ID' continues"
+        )
 
 
 class NonFiniteLoss(UserError):
@@ -50,8 +52,10 @@ class NonFiniteLoss(UserError):
             kept = f"the last good checkpoint (epoch {self.last_good_epoch}) is kept"
         else:
             kept = "no epoch finished, so there is no checkpoint"
-        return (f"the loss became {self.value} at epoch {self.epoch}, batch {self.batch}; training stopped and "
-                f"{kept}; try a lower train.lr or a longer KL warm-up")
+        return (
+            f"the loss became {self.value} at epoch {self.epoch}, batch {self.batch}; training stopped and "
+            f"{kept}; try a lower train.lr or a longer KL warm-up"
+        )
 
 
 class StopOnSignals:
@@ -70,7 +74,7 @@ class StopOnSignals:
         self.signum = signum
         self.request_stop(signum)
 
-    def __enter__(self) -> "StopOnSignals":
+    def __enter__(self) -> StopOnSignals:
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self

@@ -21,8 +21,18 @@ from torch import nn
 from torch.distributions import constraints
 
 from pyrovae.errors import UserError, first_line
-from pyrovae.infer.traces import (DATA_PLATE, arguments, data_frame, data_site, needs_labels, observed_sites,
-                                  plate_nesting, run_traces, sample_sites, scores)
+from pyrovae.infer.traces import (
+    DATA_PLATE,
+    arguments,
+    data_frame,
+    data_site,
+    needs_labels,
+    observed_sites,
+    plate_nesting,
+    run_traces,
+    sample_sites,
+    scores,
+)
 
 ROWS = 4  # datapoints the check traces
 
@@ -36,15 +46,21 @@ def name_of(model) -> str:
     return type(model).__name__
 
 
-def check_model(model, x: torch.Tensor, y: torch.Tensor | None = None, *, jit: bool = False,
-                enumerate_guide: bool = False) -> None:
+def check_model(
+    model, x: torch.Tensor, y: torch.Tensor | None = None, *, jit: bool = False, enumerate_guide: bool = False
+) -> None:
     """Raise one :class:`UserError` line for the first rule ``model`` breaks on ``x[:4]`` (and ``y``)."""
-    if not isinstance(model, nn.Module) or not callable(getattr(model, "model", None)) \
-            or not callable(getattr(model, "guide", None)):
+    if (
+        not isinstance(model, nn.Module)
+        or not callable(getattr(model, "model", None))
+        or not callable(getattr(model, "guide", None))
+    ):
         raise UserError(f"pyrovae trains an nn.Module with model(x) and guide(x) methods, got {type(model).__name__}")
     if needs_labels(model) and y is None:
-        raise UserError(f"model {name_of(model)} needs labels (its model takes y), but the data have none: "
-                        f"use a data set with labels (mnist, fashion_mnist, or arrays with label files)")
+        raise UserError(
+            f"model {name_of(model)} needs labels (its model takes y), but the data have none: "
+            f"use a data set with labels (mnist, fashion_mnist, or arrays with label files)"
+        )
     x = x[:ROWS]
     y = None if y is None else y[:ROWS]
     was_training = model.training
@@ -66,8 +82,10 @@ def _traced(model, x, y, enumerate_guide: bool):
     except UserError:
         raise
     except Exception as err:
-        raise UserError(f"model {name_of(model)} failed on a batch of {x.shape[0]} datapoints: "
-                        f"{type(err).__name__}: {first_line(err, 300)}") from err
+        raise UserError(
+            f"model {name_of(model)} failed on a batch of {x.shape[0]} datapoints: "
+            f"{type(err).__name__}: {first_line(err, 300)}"
+        ) from err
 
 
 def _check_sites(model, model_trace, guide_trace, batch: int) -> None:
@@ -76,12 +94,16 @@ def _check_sites(model, model_trace, guide_trace, batch: int) -> None:
         for name, site in sample_sites(trace).items():
             frame = data_frame(site)
             if frame is None or frame.size != batch:
-                raise UserError(f"site '{name}' of the {role} of {label} is outside pyro.plate('{DATA_PLATE}', B) over "
-                                f"the batch: pyrovae scores every datapoint, so every sample site must be inside "
-                                f"it (a global latent variable has no per-datapoint ELBO)")
+                raise UserError(
+                    f"site '{name}' of the {role} of {label} is outside pyro.plate('{DATA_PLATE}', B) over "
+                    f"the batch: pyrovae scores every datapoint, so every sample site must be inside "
+                    f"it (a global latent variable has no per-datapoint ELBO)"
+                )
             if site["infer"].get("enumerate") == "sequential":
-                raise UserError(f"site '{name}' of {label} is enumerated sequentially: pyrovae enumerates guide sites "
-                                f"in parallel only (infer={{'enumerate': 'parallel'}})")
+                raise UserError(
+                    f"site '{name}' of {label} is enumerated sequentially: pyrovae enumerates guide sites "
+                    f"in parallel only (infer={{'enumerate': 'parallel'}})"
+                )
     if not observed_sites(model_trace):
         raise UserError(f"the model of {label} observes nothing: it needs a site pyro.sample(name, p(x|z), obs=x)")
     guide_sites, model_sites = sample_sites(guide_trace), sample_sites(model_trace)
@@ -89,10 +111,14 @@ def _check_sites(model, model_trace, guide_trace, batch: int) -> None:
         if site["is_observed"] or name in guide_sites:
             continue
         if site["infer"].get("enumerate"):
-            raise UserError(f"site '{name}' of {label} is enumerated in the model: pyrovae scores discrete latent "
-                            f"sites enumerated in the guide (infer={{'enumerate': 'parallel'}} on the guide's site)")
-        raise UserError(f"site '{name}' is sampled by the model of {label} but not by its guide, so no ELBO covers it "
-                        f"(a component that calls pyro.sample itself does this): sample it in the guide too")
+            raise UserError(
+                f"site '{name}' of {label} is enumerated in the model: pyrovae scores discrete latent "
+                f"sites enumerated in the guide (infer={{'enumerate': 'parallel'}} on the guide's site)"
+            )
+        raise UserError(
+            f"site '{name}' is sampled by the model of {label} but not by its guide, so no ELBO covers it "
+            f"(a component that calls pyro.sample itself does this): sample it in the guide too"
+        )
     for name, site in guide_sites.items():
         if name not in model_sites and not site["infer"].get("is_auxiliary"):
             raise UserError(f"site '{name}' is sampled by the guide of {label} but not by its model")
@@ -101,16 +127,19 @@ def _check_sites(model, model_trace, guide_trace, batch: int) -> None:
 def _check_particles(model, x, y, enumerate_guide: bool) -> None:
     try:
         nesting = plate_nesting(model, x, y)
-        model_trace, guide_trace = run_traces(model, x, y, particles=2, nesting=nesting,
-                                              enumerate_guide=enumerate_guide)
+        model_trace, guide_trace = run_traces(
+            model, x, y, particles=2, nesting=nesting, enumerate_guide=enumerate_guide
+        )
         scored = scores(model_trace, guide_trace, nesting, enumerated=enumerate_guide)
         for name, value in {**scored.observed, **scored.prior, **scored.posterior}.items():
             if name not in scored.enumerated and tuple(value.shape[-2:]) != (2, x.shape[0]):
                 raise ValueError(f"site '{name}' has log_prob of shape {tuple(value.shape)}")
     except Exception as err:
-        raise UserError(f"model {name_of(model)} fails with 2 latent draws per datapoint ({type(err).__name__}: "
-                        f"{first_line(err, 200)}); IWAE and AIS draw latent values of shape (K, B, ...): its networks "
-                        f"must accept leading dimensions (reshape with z.shape[:-1], not z.shape[0])") from err
+        raise UserError(
+            f"model {name_of(model)} fails with 2 latent draws per datapoint ({type(err).__name__}: "
+            f"{first_line(err, 200)}); IWAE and AIS draw latent values of shape (K, B, ...): its networks "
+            f"must accept leading dimensions (reshape with z.shape[:-1], not z.shape[0])"
+        ) from err
 
 
 def _check_registered(model, x, y) -> None:
@@ -122,10 +151,12 @@ def _check_registered(model, x, y) -> None:
     registered = {id(v) for v in values} | {id(v.unconstrained()) for v in values if hasattr(v, "unconstrained")}
     missing = [name for name, p in model.named_parameters() if id(p) not in registered]
     if missing:
-        raise UserError(f"train.jit needs every parameter of {name_of(model)} registered with pyro.module(name, self) "
-                        f"in model and guide ({len(missing)} are not, e.g. '{missing[0]}', or another module holds "
-                        f"that name in Pyro's param store: pyro.clear_param_store()); register them, or "
-                        f"set train.jit = false")
+        raise UserError(
+            f"train.jit needs every parameter of {name_of(model)} registered with pyro.module(name, self) "
+            f"in model and guide ({len(missing)} are not, e.g. '{missing[0]}', or another module holds "
+            f"that name in Pyro's param store: pyro.clear_param_store()); register them, or "
+            f"set train.jit = false"
+        )
 
 
 def check_data_support(model, splits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor | None]) -> None:
@@ -140,12 +171,17 @@ def check_data_support(model, splits: dict[str, torch.Tensor], labels: dict[str,
     support = site["fn"].support
     while isinstance(support, constraints.independent):
         support = support.base_constraint
-    who = (f"likelihood {type(model.likelihood).__name__}" if isinstance(getattr(model, "likelihood", None), nn.Module)
-           else f"the data site '{site['name']}' ({type(site['fn']).__name__}) of {name_of(model)}")
+    who = (
+        f"likelihood {type(model.likelihood).__name__}"
+        if isinstance(getattr(model, "likelihood", None), nn.Module)
+        else f"the data site '{site['name']}' ({type(site['fn']).__name__}) of {name_of(model)}"
+    )
     hint = getattr(model, "data_hint", "")
     for split, data in splits.items():
         ok = support.check(data)
         if not bool(ok.all()):
             bad = data[~ok].flatten()[:3].tolist()
-            raise UserError(f"{who} needs data in {support}, but the {split} split has values such as {bad}"
-                            f"{'; ' + hint if hint else ''}")
+            raise UserError(
+                f"{who} needs data in {support}, but the {split} split has values such as {bad}"
+                f"{'; ' + hint if hint else ''}"
+            )

@@ -27,7 +27,7 @@ schedule has at ``t``); a step schedule is unchanged.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -35,8 +35,13 @@ from torch.optim.lr_scheduler import LambdaLR
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
-def make_optimizer(params: Iterable[torch.Tensor], name: str = "adam", lr: float = 1e-3,
-                   weight_decay: float = 0.0, kernel: str = "auto") -> torch.optim.Optimizer:
+def make_optimizer(
+    params: Iterable[torch.Tensor],
+    name: str = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    kernel: str = "auto",
+) -> torch.optim.Optimizer:
     """``torch.optim.Adam``/``AdamW`` over ``params`` with the ``fused`` or ``foreach`` kernel.
 
     ``kernel = "auto"`` takes ``fused`` when every parameter is a float tensor on a CPU or CUDA
@@ -49,8 +54,17 @@ def make_optimizer(params: Iterable[torch.Tensor], name: str = "adam", lr: float
     return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, **{kernel: True})
 
 
-def lr_factor(schedule: str, step: int, total_steps: int, steps_per_epoch: int, *,
-              lr: float, lr_min: float, lr_decay: float, lr_decay_epochs: int) -> float:
+def lr_factor(
+    schedule: str,
+    step: int,
+    total_steps: int,
+    steps_per_epoch: int,
+    *,
+    lr: float,
+    lr_min: float,
+    lr_decay: float,
+    lr_decay_epochs: int,
+) -> float:
     """``f(t)``: the multiple of the base learning rate at (0-based) ``step`` (see the module doc)."""
     if schedule == "constant":
         return 1.0
@@ -70,8 +84,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings, steps_per_epoch: 
     position (``last_epoch``), and the schedule's shape always comes from the settings in force.
     """
     total = settings.epochs * steps_per_epoch
-    options = dict(lr=settings.lr, lr_min=settings.lr_min, lr_decay=settings.lr_decay,
-                   lr_decay_epochs=settings.lr_decay_epochs)
+    options = dict(
+        lr=settings.lr, lr_min=settings.lr_min, lr_decay=settings.lr_decay, lr_decay_epochs=settings.lr_decay_epochs
+    )
 
     def factor(step: int) -> float:
         return lr_factor(settings.lr_schedule, step, total, steps_per_epoch, **options)

@@ -5,7 +5,8 @@ ELBO's own traces (:math:`z \sim q(z|x)`, replayed through the model, :mod:`pyro
 
 .. math::
     \text{loss}(x) = \underbrace{-\textstyle\sum_o \log p(x_o \mid \cdot)}_{\text{recon}}
-                   + \underbrace{\textstyle\sum_s \big(\log q(z_s \mid \cdot) - \log p(z_s \mid \cdot)\big)}_{\text{kl} = \sum_s \text{kl}/s}
+                   + \underbrace{\textstyle\sum_s \big(\log q(z_s \mid \cdot)
+                     - \log p(z_s \mid \cdot)\big)}_{\text{kl} = \sum_s \text{kl}/s}
                    = -\mathrm{ELBO}(x)
 
 where each ``kl/<site>`` is the closed form :math:`\mathrm{KL}(q(z_s|\cdot)\,\|\,p(z_s|\cdot))` under
@@ -27,16 +28,23 @@ Hoffman & Johnson 2016, "ELBO surgery".
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from torch.distributions import kl_divergence
 
-from pyrovae.infer.traces import (data_site, enumeration_weights, expectation, per_datapoint, plate_nesting,
-                                  run_traces, scores)
+from pyrovae.infer.traces import (
+    data_site,
+    enumeration_weights,
+    expectation,
+    per_datapoint,
+    plate_nesting,
+    run_traces,
+    scores,
+)
 
 #: the terms every validation reports (``kl/<site>`` besides, one per latent site)
 TERMS = ("loss", "recon", "kl", "mse")
@@ -94,8 +102,11 @@ def elbo_terms(model, elbo: ELBO, x: torch.Tensor, y: torch.Tensor | None = None
         weights = enumeration_weights(scored)
         mean = data_site(model_trace, x)["fn"].mean
         sq_err = ((mean - x) ** 2).reshape(*mean.shape[: mean.dim() - x.dim() + 1], -1).mean(-1)
-        terms = {"recon": -sum(scored.observed.values()), "mse": sq_err,
-                 **{f"kl/{name}": site_kl(name, scored, analytic) for name in scored.latent}}
+        terms = {
+            "recon": -sum(scored.observed.values()),
+            "mse": sq_err,
+            **{f"kl/{name}": site_kl(name, scored, analytic) for name in scored.latent},
+        }
         for key, value in terms.items():
             value = expectation(value, weights, batch)
             sums[key] = value if key not in sums else sums[key] + value
@@ -105,8 +116,9 @@ def elbo_terms(model, elbo: ELBO, x: torch.Tensor, y: torch.Tensor | None = None
     return out
 
 
-def datapoint_terms(model, elbo: ELBO, x: torch.Tensor, batch_size: int, seed: int | None = 0,
-                    y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def datapoint_terms(
+    model, elbo: ELBO, x: torch.Tensor, batch_size: int, seed: int | None = 0, y: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """:func:`elbo_terms` of every datapoint of ``x`` (shape ``(N, *data_shape)``): each ``(N,)``.
 
     Computed in batches of ``batch_size``; never changes a parameter: no optimizer is involved,
@@ -115,14 +127,15 @@ def datapoint_terms(model, elbo: ELBO, x: torch.Tensor, batch_size: int, seed: i
     parts: dict[str, list[torch.Tensor]] = {}
     with evaluation_mode(model, seed, x.device):
         for start in range(0, x.shape[0], batch_size):
-            labels = None if y is None else y[start:start + batch_size]
-            for key, value in elbo_terms(model, elbo, x[start:start + batch_size], labels).items():
+            labels = None if y is None else y[start : start + batch_size]
+            for key, value in elbo_terms(model, elbo, x[start : start + batch_size], labels).items():
                 parts.setdefault(key, []).append(value)
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def evaluate(model, elbo: ELBO, x: torch.Tensor, batch_size: int, seed: int | None = 0,
-             y: torch.Tensor | None = None) -> dict[str, float]:
+def evaluate(
+    model, elbo: ELBO, x: torch.Tensor, batch_size: int, seed: int | None = 0, y: torch.Tensor | None = None
+) -> dict[str, float]:
     """Means of :func:`datapoint_terms` over ``x``: ``loss`` (-ELBO), ``recon``, ``kl``, ``mse``,
     and ``kl/<site>`` for every latent site."""
     return {t: float(v.double().mean()) for t, v in datapoint_terms(model, elbo, x, batch_size, seed, y).items()}

@@ -28,8 +28,9 @@ effect handler applied by the trainer only, never during evaluation.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pyro
 import torch
@@ -43,6 +44,7 @@ PARTICLES = "pyrovae_particles"
 
 
 # -- how a model is called ------------------------------------------------------------------
+
 
 def parameters_of(fn: Callable) -> dict[str, inspect.Parameter]:
     try:
@@ -79,20 +81,26 @@ def evaluation_labels(model, y: torch.Tensor | None) -> torch.Tensor | None:
 
 # -- traces ----------------------------------------------------------------------------------
 
+
 def plate_nesting(model, x: torch.Tensor, y: torch.Tensor | None = None) -> int:
     """How many plate dimensions the model and guide use (at least 1): one trace of each on ``x``,
     under a forked RNG so that the caller's random stream does not move."""
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), \
-            poutine.block(), torch.no_grad():
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), poutine.block(), torch.no_grad():
         guide_trace = poutine.trace(model.guide).get_trace(*arguments(model.guide, x, y))
         model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(
-            *arguments(model.model, x, y))
+            *arguments(model.model, x, y)
+        )
     return max([1, *(nesting_of(t) for t in (guide_trace, model_trace))])
 
 
 def nesting_of(trace) -> int:
-    dims = [-frame.dim for site in trace.nodes.values() if site["type"] == "sample"
-            for frame in site["cond_indep_stack"] if frame.vectorized and frame.name != PARTICLES]
+    dims = [
+        -frame.dim
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized and frame.name != PARTICLES
+    ]
     return max(dims, default=1)
 
 
@@ -102,8 +110,15 @@ def guide_trace(model, x: torch.Tensor, y: torch.Tensor | None, particles: int, 
     return prune_subsample_sites(poutine.trace(guide).get_trace(*arguments(model.guide, x, y)))
 
 
-def run_traces(model, x: torch.Tensor, y: torch.Tensor | None = None, *, particles: int = 0,
-               nesting: int | None = None, enumerate_guide: bool = False):
+def run_traces(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    particles: int = 0,
+    nesting: int | None = None,
+    enumerate_guide: bool = False,
+):
     """``(model_trace, guide_trace)`` of one batch, ``log_prob`` computed at every sample site.
 
     The guide draws (``particles`` draws per datapoint under the ``pyrovae_particles`` plate, if
@@ -116,8 +131,15 @@ def run_traces(model, x: torch.Tensor, y: torch.Tensor | None = None, *, particl
     return replay_model(model, x, y, guide_trace, particles=particles, nesting=nesting), guide_trace
 
 
-def trace_guide(model, x: torch.Tensor, y: torch.Tensor | None = None, *, particles: int = 0,
-                nesting: int | None = None, enumerate_guide: bool = False):
+def trace_guide(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    particles: int = 0,
+    nesting: int | None = None,
+    enumerate_guide: bool = False,
+):
     """The guide's trace of one batch (see :func:`run_traces`), ``log_prob`` computed."""
     guide = model.guide
     if particles or enumerate_guide:
@@ -129,11 +151,12 @@ def trace_guide(model, x: torch.Tensor, y: torch.Tensor | None = None, *, partic
             guide = pyro.plate(PARTICLES, particles, dim=-(nesting + 1))(guide)
     guide_trace = poutine.trace(guide).get_trace(*arguments(model.guide, x, y))
     guide_trace.compute_log_prob(_not_subsample)  # plates' subsample sites stay in the traces, unscored:
-    return guide_trace                            # sample_sites() leaves them out
+    return guide_trace  # sample_sites() leaves them out
 
 
-def replay_model(model, x: torch.Tensor, y: torch.Tensor | None, guide_trace, *, particles: int = 0,
-                 nesting: int | None = None):
+def replay_model(
+    model, x: torch.Tensor, y: torch.Tensor | None, guide_trace, *, particles: int = 0, nesting: int | None = None
+):
     """The model's trace of one batch replayed against ``guide_trace``, ``log_prob`` computed."""
     model_fn = model.model
     if particles:
@@ -167,7 +190,9 @@ def _not_subsample(name: str, site: dict) -> bool:
 
 def sample_sites(trace) -> dict[str, dict]:
     """The sample sites of a trace, plates' subsample sites left out."""
-    return {name: site for name, site in trace.nodes.items() if site["type"] == "sample" and not site_is_subsample(site)}
+    return {
+        name: site for name, site in trace.nodes.items() if site["type"] == "sample" and not site_is_subsample(site)
+    }
 
 
 def observed_sites(model_trace) -> dict[str, dict]:
@@ -177,8 +202,11 @@ def observed_sites(model_trace) -> dict[str, dict]:
 def latent_sites(model_trace, guide_trace) -> list[str]:
     """The model's latent sites that the guide samples, in the guide's order."""
     model_sites = sample_sites(model_trace)
-    return [n for n, s in sample_sites(guide_trace).items()
-            if not s["is_observed"] and n in model_sites and not model_sites[n]["is_observed"]]
+    return [
+        n
+        for n, s in sample_sites(guide_trace).items()
+        if not s["is_observed"] and n in model_sites and not model_sites[n]["is_observed"]
+    ]
 
 
 def data_frame(site: dict):
@@ -194,8 +222,12 @@ def per_datapoint(value: torch.Tensor, site: dict, nesting: int) -> torch.Tensor
         value = value.reshape((1,) * (nesting - value.dim()) + value.shape)
     data = data_frame(site)
     for frame in site["cond_indep_stack"]:
-        if frame.vectorized and frame.name not in (DATA_PLATE, PARTICLES) and frame.dim is not None \
-                and value.shape[frame.dim] != 1:
+        if (
+            frame.vectorized
+            and frame.name not in (DATA_PLATE, PARTICLES)
+            and frame.dim is not None
+            and value.shape[frame.dim] != 1
+        ):
             value = value.sum(frame.dim, keepdim=True)
     lead = value.shape[: value.dim() - nesting]
     return value.reshape(*lead, value.shape[data.dim])
@@ -203,14 +235,15 @@ def per_datapoint(value: torch.Tensor, site: dict, nesting: int) -> torch.Tensor
 
 # -- scores of one pair of traces ---------------------------------------------------------------
 
+
 @dataclass
 class Scores:
     """Per-datapoint log-densities of one pair of traces, each of shape ``(*leading, B)``."""
 
-    observed: dict[str, torch.Tensor]    # log p(x_s | ...) of each observed site
-    prior: dict[str, torch.Tensor]       # log p(z_s | parents) of each latent site
-    posterior: dict[str, torch.Tensor]   # log q(z_s | ...) of each latent site
-    enumerated: tuple[str, ...]          # latent sites the guide enumerated
+    observed: dict[str, torch.Tensor]  # log p(x_s | ...) of each observed site
+    prior: dict[str, torch.Tensor]  # log p(z_s | parents) of each latent site
+    posterior: dict[str, torch.Tensor]  # log q(z_s | ...) of each latent site
+    enumerated: tuple[str, ...]  # latent sites the guide enumerated
     model_trace: Any = field(repr=False)
     guide_trace: Any = field(repr=False)
     nesting: int = 1
@@ -230,11 +263,15 @@ def scores(model_trace, guide_trace, nesting: int | None = None, enumerated: boo
     observed = observed_sites(model_trace)
     guide_sites = sample_sites(guide_trace)
     reduce = lambda site: per_datapoint(site["log_prob"], site, nesting)  # noqa: E731
-    return Scores(observed={n: reduce(s) for n, s in observed.items()},
-                  prior={n: reduce(model_trace.nodes[n]) for n in latent},
-                  posterior={n: reduce(guide_sites[n]) for n in latent},
-                  enumerated=tuple(n for n in latent if enumerated and is_enumerated(guide_sites[n])),
-                  model_trace=model_trace, guide_trace=guide_trace, nesting=nesting)
+    return Scores(
+        observed={n: reduce(s) for n, s in observed.items()},
+        prior={n: reduce(model_trace.nodes[n]) for n in latent},
+        posterior={n: reduce(guide_sites[n]) for n in latent},
+        enumerated=tuple(n for n in latent if enumerated and is_enumerated(guide_sites[n])),
+        model_trace=model_trace,
+        guide_trace=guide_trace,
+        nesting=nesting,
+    )
 
 
 def is_enumerated(site: dict) -> bool:
@@ -256,8 +293,9 @@ def enumeration_weights(s: Scores) -> torch.Tensor | None:
     return sum(s.posterior[n] for n in s.enumerated).exp()
 
 
-def expectation(value: torch.Tensor | float, weights: torch.Tensor | None, batch: int,
-                particles: bool = False) -> torch.Tensor:
+def expectation(
+    value: torch.Tensor | float, weights: torch.Tensor | None, batch: int, particles: bool = False
+) -> torch.Tensor:
     r""":math:`E_q[\text{value}]` over the enumerated dimensions: shape ``(B,)``, or ``(K, B)``
     with ``particles``. Without enumeration, ``value`` itself."""
     keep = 2 if particles else 1
@@ -266,7 +304,7 @@ def expectation(value: torch.Tensor | float, weights: torch.Tensor | None, batch
         value = value * weights
     value = torch.as_tensor(value)
     if value.dim() > keep:
-        value = value.reshape(-1, *value.shape[value.dim() - keep:]).sum(0)
+        value = value.reshape(-1, *value.shape[value.dim() - keep :]).sum(0)
     return value.expand(value.shape[:-1] + (batch,)) if value.shape[-1] == 1 else value
 
 
@@ -284,6 +322,7 @@ def data_site(model_trace, x: torch.Tensor) -> dict:
 
 
 # -- pictures from the traces ----------------------------------------------------------------------
+
 
 def reconstruct(model, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """The mean of the data site at one draw z ~ q(z|x): shape of ``x``."""

@@ -25,12 +25,14 @@ from __future__ import annotations
 import math
 import signal
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pyro
 import torch
 
 from pyrovae.data import Splits
+from pyrovae.errors import UserError
 from pyrovae.infer import distributed
 from pyrovae.infer.callbacks import Accuracy, BitsPerDim, Callback, IWAEEvery, ProgressBar, overrides
 from pyrovae.infer.elbo import ELBOLoss, make_elbo
@@ -40,7 +42,6 @@ from pyrovae.infer.optim import apply_schedule, make_optimizer, make_scheduler
 from pyrovae.infer.rng import get_rng_state, set_rng_state
 from pyrovae.infer.settings import EvalSettings, TrainSettings
 from pyrovae.infer.terms import evaluate
-from pyrovae.errors import UserError
 from pyrovae.infer.traces import evaluation_labels, needs_labels, takes_labels
 
 #: what :meth:`Trainer.state_dict` keeps besides weights, optimizer, schedule and RNG
@@ -57,9 +58,18 @@ class Trainer:
     where that one stopped.
     """
 
-    def __init__(self, vae, data: Splits, *, settings: TrainSettings | Mapping | None = None,
-                 evaluation: EvalSettings | Mapping | None = None, callbacks: Sequence[Callback] = (),
-                 progress: bool = True, catch_signals: bool = True, **train_keys: Any):
+    def __init__(
+        self,
+        vae,
+        data: Splits,
+        *,
+        settings: TrainSettings | Mapping | None = None,
+        evaluation: EvalSettings | Mapping | None = None,
+        callbacks: Sequence[Callback] = (),
+        progress: bool = True,
+        catch_signals: bool = True,
+        **train_keys: Any,
+    ):
         base = settings.as_dict() if isinstance(settings, TrainSettings) else dict(settings or {})
         self.settings = TrainSettings(**{**base, **train_keys})
         self.evaluation = EvalSettings.parse(evaluation)
@@ -75,8 +85,13 @@ class Trainer:
         # A param store left by another model under the same pyro.module name would shadow this one's
         # parameters in the traces; training steps the module's own parameters either way.
         pyro.clear_param_store()
-        check_model(vae, data.evaluation_data("val"), data.labels("val") if self.labelled else None,
-                    jit=self.settings.jit, enumerate_guide=self.settings.elbo == "enum")
+        check_model(
+            vae,
+            data.evaluation_data("val"),
+            data.labels("val") if self.labelled else None,
+            jit=self.settings.jit,
+            enumerate_guide=self.settings.elbo == "enum",
+        )
         self.elbo = make_elbo(self.settings.elbo, self.settings.num_particles, self.settings.jit)
         self.loss = ELBOLoss(vae, self.elbo)
         self._forward = self.loss
@@ -84,19 +99,28 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self._forward = DistributedDataParallel(
-                self.loss, device_ids=[self.device] if self.device.type == "cuda" else None)
+                self.loss, device_ids=[self.device] if self.device.type == "cuda" else None
+            )
             pyro.set_rng_seed(self.settings.seed + self.world.rank)  # each rank its own noise and binarization
-        self.optimizer = make_optimizer(vae.parameters(), self.settings.optimizer, self.settings.lr,
-                                        self.settings.weight_decay, self.settings.adam)
-        self.steps_per_epoch = (data.num_shard_batches(self.settings.batch_size, self.world.size)
-                                if self.world.distributed else
-                                data.num_semi_supervised_batches(self.settings.batch_size, self.settings.labelled_every)
-                                if self.semi_supervised
-                                else data.num_batches(self.settings.batch_size))
+        self.optimizer = make_optimizer(
+            vae.parameters(), self.settings.optimizer, self.settings.lr, self.settings.weight_decay, self.settings.adam
+        )
+        self.steps_per_epoch = (
+            data.num_shard_batches(self.settings.batch_size, self.world.size)
+            if self.world.distributed
+            else data.num_semi_supervised_batches(self.settings.batch_size, self.settings.labelled_every)
+            if self.semi_supervised
+            else data.num_batches(self.settings.batch_size)
+        )
         self.scheduler = make_scheduler(self.optimizer, self.settings, self.steps_per_epoch)
         ev = self.evaluation
-        self.callbacks = [*([ProgressBar()] if progress else []), BitsPerDim(), Accuracy(),
-                          IWAEEvery(ev.iwae_every, ev.iwae_k, ev.batch_size, ev.seed, ev.iwae_n), *callbacks]
+        self.callbacks = [
+            *([ProgressBar()] if progress else []),
+            BitsPerDim(),
+            Accuracy(),
+            IWAEEvery(ev.iwae_every, ev.iwae_k, ev.batch_size, ev.seed, ev.iwae_n),
+            *callbacks,
+        ]
         self._step_hooks: list[Callback] = []  # chosen at each epoch's start: callbacks may be added until then
         self.catch_signals = catch_signals
         self.epoch = self.step = self.best_epoch = self.bad_epochs = 0
@@ -114,15 +138,19 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything needed to continue exactly here, as tensors (on the CPU) and plain data."""
-        return _to_cpu({**{k: getattr(self, k) for k in COUNTERS},
-                        "history": [dict(m) for m in self.history],
-                        "mid_epoch": self.mid_epoch,
-                        "module": self.vae.state_dict(),
-                        "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict(),
-                        "rng": get_rng_state(),
-                        "world_size": self.world.size,
-                        **({"rng_per_rank": self._rng_per_rank} if self.world.distributed else {})})
+        return _to_cpu(
+            {
+                **{k: getattr(self, k) for k in COUNTERS},
+                "history": [dict(m) for m in self.history],
+                "mid_epoch": self.mid_epoch,
+                "module": self.vae.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": get_rng_state(),
+                "world_size": self.world.size,
+                **({"rng_per_rank": self._rng_per_rank} if self.world.distributed else {}),
+            }
+        )
 
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from ``state`` (from :meth:`state_dict`); call before :meth:`fit`."""
@@ -140,7 +168,9 @@ class Trainer:
         else:  # another world size: the streams cannot continue; a fresh one per rank and epoch
             self.mid_epoch = None
             pyro.set_rng_seed(self.settings.seed + 1_000 * self.epoch + self.world.rank)
-            self.reseeded = f"trained on {saved_size} process(es), resumed on {self.world.size}: random streams reseeded"
+            self.reseeded = (
+                f"trained on {saved_size} process(es), resumed on {self.world.size}: random streams reseeded"
+            )
 
     # -- what the loop is made of -------------------------------------------------------
     def beta(self, step: int) -> float:
@@ -160,8 +190,14 @@ class Trainer:
 
     def validate(self, split: str = "val") -> dict[str, float]:
         """``{split}/loss, recon, kl, mse`` at beta = 1, plus what callbacks add for the split."""
-        terms = evaluate(self.vae, self.elbo, self.data.evaluation_data(split), self.evaluation.batch_size,
-                         seed=self.evaluation.seed, y=evaluation_labels(self.vae, self.data.labels(split)))
+        terms = evaluate(
+            self.vae,
+            self.elbo,
+            self.data.evaluation_data(split),
+            self.evaluation.batch_size,
+            seed=self.evaluation.seed,
+            y=evaluation_labels(self.vae, self.data.labels(split)),
+        )
         metrics = {f"{split}/{k}": v for k, v in terms.items()}
         for cb in self.callbacks:
             cb.add_metrics(self, split, metrics)
@@ -201,12 +237,21 @@ class Trainer:
             for cb in self._step_hooks:
                 cb.on_step_end(self, loss)
             if self._stopping and i + 1 < self.steps_per_epoch:
-                self.mid_epoch = {"batch": i + 1, "loss_sum": self._loss_sum, "n": self._count,
-                                  "epoch_rng": epoch_rng, "rng": get_rng_state()}
+                self.mid_epoch = {
+                    "batch": i + 1,
+                    "loss_sum": self._loss_sum,
+                    "n": self._count,
+                    "epoch_rng": epoch_rng,
+                    "rng": get_rng_state(),
+                }
                 self._interrupt()
         self.batches_done = 0
-        return {"train/loss": self._loss_sum / self._count, "train/beta": sum(beta_list) / self.steps_per_epoch,
-                "train/lr": self.scheduler.get_last_lr()[0], "train/seconds": time.perf_counter() - started}
+        return {
+            "train/loss": self._loss_sum / self._count,
+            "train/beta": sum(beta_list) / self.steps_per_epoch,
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/seconds": time.perf_counter() - started,
+        }
 
     def _batches(self, done: int):
         """This epoch's ``(x, y)`` batches (``y`` None without labels); distributed: this rank's
@@ -215,10 +260,20 @@ class Trainer:
         if not self.world.distributed:
             if self.semi_supervised:
                 return self.data.semi_supervised_batches(self.settings.batch_size, self.settings.labelled_every)
-            return self.data.train_batches(self.settings.batch_size, labelled=True) if self.labelled \
+            return (
+                self.data.train_batches(self.settings.batch_size, labelled=True)
+                if self.labelled
                 else ((x, None) for x in self.data.train_batches(self.settings.batch_size))
-        shards = self.data.shard_batches(self.settings.batch_size, self.world.rank, self.world.size,
-                                         self.settings.seed, self.epoch, start=done, labelled=self.labelled)
+            )
+        shards = self.data.shard_batches(
+            self.settings.batch_size,
+            self.world.rank,
+            self.world.size,
+            self.settings.seed,
+            self.epoch,
+            start=done,
+            labelled=self.labelled,
+        )
         if not self.labelled:
             shards = ((x, None) for x in shards)
         return (x for part in ([None] * done, shards) for x in part)
@@ -235,7 +290,8 @@ class Trainer:
             self._stopping = self._stop_signal is not None
             return loss.item(), x.shape[0]
         total, rows, stop = distributed.all_reduce_sum(
-            [loss.item(), x.shape[0], float(self._stop_signal is not None)], self.device)
+            [loss.item(), x.shape[0], float(self._stop_signal is not None)], self.device
+        )
         self._agree_on_stop(stop)
         return total, int(rows)
 
@@ -312,11 +368,15 @@ class Trainer:
 def _check_semi_supervised(model, world) -> None:
     """A partly labelled training set needs a model whose labels are optional, in one process."""
     if needs_labels(model):
-        raise UserError(f"model {type(model).__name__} needs a label for every row, but data.labelled leaves training "
-                        f"rows unlabelled: set data.labelled = 0, or use a model whose y is optional (m2)")
+        raise UserError(
+            f"model {type(model).__name__} needs a label for every row, but data.labelled leaves training "
+            f"rows unlabelled: set data.labelled = 0, or use a model whose y is optional (m2)"
+        )
     if world.distributed:
-        raise UserError("semi-supervised training (data.labelled) runs in one process: its labelled and unlabelled "
-                        "batches are not sharded across ranks; run it without torchrun")
+        raise UserError(
+            "semi-supervised training (data.labelled) runs in one process: its labelled and unlabelled "
+            "batches are not sharded across ranks; run it without torchrun"
+        )
 
 
 def _to_cpu(obj):

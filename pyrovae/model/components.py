@@ -2,7 +2,8 @@
 
 A component (prior, guide or likelihood) is named in a config either by a short name from
 its table (``PRIORS``, ``GUIDES``, ``LIKELIHOODS``), by an import path
-``"package.module:Class"`` or, from Python, by the class itself. The remaining keys of its config section are the constructor's
+``"package.module:Class"`` or, from Python, by the class itself. The remaining keys of its config
+section are the constructor's
 keyword arguments, so a class's signature *is* its config schema: unknown or missing
 arguments are reported against that signature, naming the class and the argument.
 
@@ -16,7 +17,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pyrovae.errors import UserError
 from pyrovae.settings import check_annotation
@@ -37,7 +39,7 @@ def signature(cls: type) -> Mapping[str, inspect.Parameter]:
         return inspect.signature(cls).parameters
 
 
-def resolve_class(kind: str, name: "str | type", table: Mapping[str, type]) -> type:
+def resolve_class(kind: str, name: str | type, table: Mapping[str, type]) -> type:
     """Return the class that ``name`` stands for: a table entry, ``"pkg.module:Class"`` or a class."""
     if inspect.isclass(name):
         return name
@@ -82,8 +84,9 @@ def constructor_defaults(cls: type, context: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-def check_arguments(kind: str, spec: Mapping[str, Any], table: Mapping[str, type],
-                    context: Mapping[str, Any]) -> tuple[type, dict[str, Any]]:
+def check_arguments(
+    kind: str, spec: Mapping[str, Any], table: Mapping[str, type], context: Mapping[str, Any]
+) -> tuple[type, dict[str, Any]]:
     """Validate a component section against its class's signature; return (class, kwargs).
 
     The kwargs returned are the user's, with the class's defaults filled in, so the resolved
@@ -98,8 +101,9 @@ def check_arguments(kind: str, spec: Mapping[str, Any], table: Mapping[str, type
     user = {k: v for k, v in spec.items() if k != "name"}
     for key, value in user.items():
         if key in context:
-            raise UserError(f"{label}: '{key}' is set by pyrovae (from [model] or the data), "
-                            f"remove it from {section(kind)}")
+            raise UserError(
+                f"{label}: '{key}' is set by pyrovae (from [model] or the data), remove it from {section(kind)}"
+            )
         if key not in params and not takes_any:
             close = difflib.get_close_matches(key, settable, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -110,11 +114,17 @@ def check_arguments(kind: str, spec: Mapping[str, Any], table: Mapping[str, type
         if key in params and params[key].annotation is not params[key].empty:
             problem = check_annotation(value, params[key].annotation)
             if problem:
-                raise UserError(f"config key 'model.{key}' {problem}" if kind == "model"
-                                else f"{label}: argument '{key}' {problem}")
-    missing = [p for p, param in params.items()
-               if param.default is param.empty and p not in user and p not in context
-               and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL)]
+                raise UserError(
+                    f"config key 'model.{key}' {problem}" if kind == "model" else f"{label}: argument '{key}' {problem}"
+                )
+    missing = [
+        p
+        for p, param in params.items()
+        if param.default is param.empty
+        and p not in user
+        and p not in context
+        and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL)
+    ]
     if missing:
         raise UserError(f"{label} needs argument '{missing[0]}': set it in {section(kind)}")
     return cls, {**constructor_defaults(cls, context), **user}
@@ -124,8 +134,7 @@ def build(kind: str, spec: Mapping[str, Any], table: Mapping[str, type], **conte
     """Instantiate the component named by ``spec`` with the context arguments it asks for: those its
     constructor names, or (a subclass forwarding ``**kwargs``) that a constructor of a base class names."""
     cls, kwargs = check_arguments(kind, spec, table, context)
-    named = {name for c in cls.__mro__ if "__init__" in vars(c) and c is not object
-             for name in signature(c)}
+    named = {name for c in cls.__mro__ if "__init__" in vars(c) and c is not object for name in signature(c)}
     given = {k: v for k, v in context.items() if k in named}
     try:
         return cls(**given, **kwargs)
@@ -133,7 +142,7 @@ def build(kind: str, spec: Mapping[str, Any], table: Mapping[str, type], **conte
         raise UserError(f"{kind} '{cls.__qualname__}' could not be built: {err}") from err
 
 
-def spec_name(kind: str, cls_or_name: "str | type", table: Mapping[str, type]) -> str:
+def spec_name(kind: str, cls_or_name: str | type, table: Mapping[str, type]) -> str:
     """The name a config records for a component: its table name, else ``"module:QualName"``.
 
     A class defined in ``__main__`` (a notebook, a script) or inside a function cannot be
@@ -146,7 +155,9 @@ def spec_name(kind: str, cls_or_name: "str | type", table: Mapping[str, type]) -
             return name
     module, qualname = cls_or_name.__module__, cls_or_name.__qualname__
     if module == "__main__" or "<locals>" in qualname:
-        raise UserError(f"{kind} class {qualname} is defined in {'__main__' if module == '__main__' else 'a function'}, "
-                        f"so a logged run could not import it again; move it into a module on PYTHONPATH "
-                        f"(e.g. my_priors.py) and import it from there")
+        raise UserError(
+            f"{kind} class {qualname} is defined in {'__main__' if module == '__main__' else 'a function'}, "
+            f"so a logged run could not import it again; move it into a module on PYTHONPATH "
+            f"(e.g. my_priors.py) and import it from there"
+        )
     return f"{module}:{qualname}"

@@ -18,7 +18,7 @@ IWAE and AIS estimate log p(x | y); ``pyrovae sample --labels`` draws p(x | y).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -39,20 +39,28 @@ class ConditionalVAE(ComponentModel):
 
     pyro_name = "cvae"
 
-    def __init__(self, prior: "nn.Module | ComponentSpec" = "standard_normal",
-                 guide: "nn.Module | ComponentSpec" = "diagonal_normal",
-                 likelihood: "nn.Module | ComponentSpec" = "bernoulli", *,
-                 latent_dim: Count, data_shape: Sequence[int], num_classes: Count,
-                 conditional_prior: bool = False):
+    def __init__(
+        self,
+        prior: nn.Module | ComponentSpec = "standard_normal",
+        guide: nn.Module | ComponentSpec = "diagonal_normal",
+        likelihood: nn.Module | ComponentSpec = "bernoulli",
+        *,
+        latent_dim: Count,
+        data_shape: Sequence[int],
+        num_classes: Count,
+        conditional_prior: bool = False,
+    ):
         super().__init__()
         self.latent_dim, self.num_classes = int(latent_dim), int(num_classes)
         self.data_shape = tuple(int(d) for d in data_shape)
         with_y = (math.prod(self.data_shape) + self.num_classes,)
         self.posterior = self._component("guide", guide, {"latent_dim": self.latent_dim, "data_shape": with_y})
-        self.prior = self._component("prior", prior, {"latent_dim": self.latent_dim, "data_shape": with_y,
-                                                      "guide": self.posterior})
-        self.likelihood = self._component("likelihood", likelihood, {"latent_dim": self.latent_dim + self.num_classes,
-                                                                     "data_shape": self.data_shape})
+        self.prior = self._component(
+            "prior", prior, {"latent_dim": self.latent_dim, "data_shape": with_y, "guide": self.posterior}
+        )
+        self.likelihood = self._component(
+            "likelihood", likelihood, {"latent_dim": self.latent_dim + self.num_classes, "data_shape": self.data_shape}
+        )
         self.conditional_prior = conditional_prior
         if conditional_prior:  # p(z | y) = N(m_y, diag s_y^2), learned per class
             self.class_loc = nn.Parameter(torch.zeros(self.num_classes, self.latent_dim))

@@ -19,7 +19,7 @@ Burda et al. 2016 (two stochastic layers).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro
 import torch
@@ -35,22 +35,31 @@ class HierarchicalVAE(ComponentModel):
 
     pyro_name = "hvae"
 
-    def __init__(self, prior: "nn.Module | ComponentSpec" = "standard_normal",
-                 guide: "nn.Module | ComponentSpec" = "diagonal_normal",
-                 likelihood: "nn.Module | ComponentSpec" = "bernoulli", *,
-                 latent_dim: Count, data_shape: Sequence[int], top_dim: Count = 40,
-                 hidden: list[int] = (300,), activation: str = "relu"):
+    def __init__(
+        self,
+        prior: nn.Module | ComponentSpec = "standard_normal",
+        guide: nn.Module | ComponentSpec = "diagonal_normal",
+        likelihood: nn.Module | ComponentSpec = "bernoulli",
+        *,
+        latent_dim: Count,
+        data_shape: Sequence[int],
+        top_dim: Count = 40,
+        hidden: list[int] = (300,),
+        activation: str = "relu",
+    ):
         super().__init__()
         self.latent_dim, self.top_dim = int(latent_dim), int(top_dim)
         self.data_shape = tuple(int(d) for d in data_shape)
         top = {"latent_dim": self.top_dim, "data_shape": self.data_shape}
-        self.posterior = self._component("guide", guide, top)                       # q(z2 | x)
+        self.posterior = self._component("guide", guide, top)  # q(z2 | x)
         self.prior = self._component("prior", prior, {**top, "guide": self.posterior})  # p(z2)
-        self.likelihood = self._component("likelihood", likelihood, {"latent_dim": self.latent_dim + self.top_dim,
-                                                                     "data_shape": self.data_shape})
+        self.likelihood = self._component(
+            "likelihood", likelihood, {"latent_dim": self.latent_dim + self.top_dim, "data_shape": self.data_shape}
+        )
         self.lower_prior = GaussianMLP(self.top_dim, self.latent_dim, list(hidden), activation)  # p(z1 | z2)
-        self.lower_posterior = GaussianMLP(math.prod(self.data_shape) + self.top_dim, self.latent_dim,
-                                           list(hidden), activation)                           # q(z1 | x, z2)
+        self.lower_posterior = GaussianMLP(
+            math.prod(self.data_shape) + self.top_dim, self.latent_dim, list(hidden), activation
+        )  # q(z1 | x, z2)
 
     def model(self, x: torch.Tensor) -> None:
         self.register()

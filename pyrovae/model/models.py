@@ -9,7 +9,8 @@ against their own table. The data supplies ``data_shape`` and ``num_classes``.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pyrovae.errors import UserError
 from pyrovae.model.base import CONTEXT
@@ -56,9 +57,11 @@ def build_model(spec: Mapping[str, Any], data_shape: Sequence[int], num_classes:
         cls = resolve_class("model", resolved["name"], MODELS)
         param = signature(cls).get("num_classes")
         if param is not None and param.default is param.empty:
-            raise UserError(f"model '{resolved['name'] if isinstance(resolved['name'], str) else cls.__name__}' "
-                            f"needs labels, but the data have none: use a data set with labels (mnist, "
-                            f"fashion_mnist, synthetic, or arrays with label files)")
+            raise UserError(
+                f"model '{resolved['name'] if isinstance(resolved['name'], str) else cls.__name__}' "
+                f"needs labels, but the data have none: use a data set with labels (mnist, "
+                f"fashion_mnist, synthetic, or arrays with label files)"
+            )
     return build("model", resolved, MODELS, **context)
 
 

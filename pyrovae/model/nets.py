@@ -8,15 +8,14 @@ network parametrizes.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from pyrovae.errors import UserError
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU,
-               "gelu": nn.GELU}
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU, "gelu": nn.GELU}
 
 
 def mlp(sizes: Sequence[int], activation: str = "relu", final_activation: bool = False) -> nn.Sequential:
@@ -60,8 +59,14 @@ class Decoder(nn.Module):
     the likelihood, e.g. mean and log-scale).
     """
 
-    def __init__(self, latent_dim: int, data_shape: Sequence[int], hidden: Sequence[int],
-                 activation: str = "relu", channels: int = 1):
+    def __init__(
+        self,
+        latent_dim: int,
+        data_shape: Sequence[int],
+        hidden: Sequence[int],
+        activation: str = "relu",
+        channels: int = 1,
+    ):
         super().__init__()
         self.data_shape = tuple(data_shape)
         self.channels = channels

@@ -25,7 +25,7 @@ Models", NeurIPS 2014 (M2); Pyro's ``examples/vae/ss_vae_M2.py``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -47,14 +47,28 @@ class SemiSupervisedVAE(ConditionalVAE):
 
     pyro_name = "m2"
 
-    def __init__(self, prior: "nn.Module | ComponentSpec" = "standard_normal",
-                 guide: "nn.Module | ComponentSpec" = "diagonal_normal",
-                 likelihood: "nn.Module | ComponentSpec" = "bernoulli", *,
-                 latent_dim: Count, data_shape: Sequence[int], num_classes: Count,
-                 conditional_prior: bool = False, classifier_hidden: list[int] = (500,),
-                 classifier_weight: float = 50.0):
-        super().__init__(prior, guide, likelihood, latent_dim=latent_dim, data_shape=data_shape,
-                         num_classes=num_classes, conditional_prior=conditional_prior)
+    def __init__(
+        self,
+        prior: nn.Module | ComponentSpec = "standard_normal",
+        guide: nn.Module | ComponentSpec = "diagonal_normal",
+        likelihood: nn.Module | ComponentSpec = "bernoulli",
+        *,
+        latent_dim: Count,
+        data_shape: Sequence[int],
+        num_classes: Count,
+        conditional_prior: bool = False,
+        classifier_hidden: list[int] = (500,),
+        classifier_weight: float = 50.0,
+    ):
+        super().__init__(
+            prior,
+            guide,
+            likelihood,
+            latent_dim=latent_dim,
+            data_shape=data_shape,
+            num_classes=num_classes,
+            conditional_prior=conditional_prior,
+        )
         self.encoder_y = Encoder(self.data_shape, list(classifier_hidden))
         self.head_y = nn.Linear(self.encoder_y.out_features, self.num_classes)
         self.classifier_weight = float(classifier_weight)
@@ -76,8 +90,9 @@ class SemiSupervisedVAE(ConditionalVAE):
             z = pyro.sample("z", self.prior_given(y))
             pyro.sample("x", self.likelihood(with_label(z, y, self.num_classes)), obs=x)
             if labelled and self.training and self.classifier_weight:  # a training device, never scored
-                pyro.factor("classification", self.classifier_weight *
-                            dist.Categorical(logits=self.logits(x)).log_prob(y))
+                pyro.factor(
+                    "classification", self.classifier_weight * dist.Categorical(logits=self.logits(x)).log_prob(y)
+                )
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         self.register()

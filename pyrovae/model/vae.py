@@ -14,7 +14,8 @@ annealing reaches ``z`` through the trainer's effect handler, so neither method 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pyro
 import torch
@@ -22,15 +23,14 @@ from torch import nn
 
 from pyrovae.errors import UserError
 from pyrovae.model.base import Count, Model
+from pyrovae.model.components import build
 from pyrovae.model.guides import GUIDES
 from pyrovae.model.likelihoods import LIKELIHOODS
 from pyrovae.model.priors import PRIORS
-from pyrovae.model.components import build
-
 
 #: a component given by name (table entry or ``"package.module:Class"``), by class, or as a
 #: config table ``{"name": ..., **constructor keyword arguments}``
-ComponentSpec = Union[str, type, Mapping[str, Any]]
+ComponentSpec = str | type | Mapping[str, Any]
 TABLES = {"prior": PRIORS, "guide": GUIDES, "likelihood": LIKELIHOODS}
 
 
@@ -86,10 +86,15 @@ class VAE(ComponentModel):
     a second latent site) and add constructor arguments: it is recorded and rebuilt as itself.
     """
 
-    def __init__(self, prior: "nn.Module | ComponentSpec" = "standard_normal",
-                 guide: "nn.Module | ComponentSpec" = "diagonal_normal",
-                 likelihood: "nn.Module | ComponentSpec" = "bernoulli", *,
-                 latent_dim: Count, data_shape: Sequence[int]):
+    def __init__(
+        self,
+        prior: nn.Module | ComponentSpec = "standard_normal",
+        guide: nn.Module | ComponentSpec = "diagonal_normal",
+        likelihood: nn.Module | ComponentSpec = "bernoulli",
+        *,
+        latent_dim: Count,
+        data_shape: Sequence[int],
+    ):
         super().__init__()
         self.latent_dim = int(latent_dim)
         self.data_shape = tuple(int(d) for d in data_shape)
@@ -150,21 +155,30 @@ class VAE(ComponentModel):
             try:
                 p = self.likelihood(z)
             except Exception as err:
-                raise UserError(f"likelihood {type(self.likelihood).__name__} fails on z of shape {tuple(z.shape)} "
-                                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); IWAE and "
-                                f"AIS pass z with leading sample dimensions (K, B, latent_dim): reshape with "
-                                f"z.shape[:-1], not z.shape[0]") from None
+                raise UserError(
+                    f"likelihood {type(self.likelihood).__name__} fails on z of shape {tuple(z.shape)} "
+                    f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); IWAE and "
+                    f"AIS pass z with leading sample dimensions (K, B, latent_dim): reshape with "
+                    f"z.shape[:-1], not z.shape[0]"
+                ) from None
             _check_shapes("likelihood", self.likelihood, p, (2, *batch), self.data_shape)
 
 
 def _check_shapes(label: str, module: nn.Module, d, batch_shape: tuple, event_shape: tuple) -> None:
     found = (tuple(d.batch_shape), tuple(d.event_shape))
     if found != (batch_shape, event_shape):
-        raise UserError(f"{label} {type(module).__name__} returned batch_shape {found[0]}, event_shape {found[1]}; "
-                        f"expected {batch_shape} and {event_shape}")
+        raise UserError(
+            f"{label} {type(module).__name__} returned batch_shape {found[0]}, event_shape {found[1]}; "
+            f"expected {batch_shape} and {event_shape}"
+        )
 
 
 def build_vae(model_config: Mapping, data_shape: Sequence[int]) -> VAE:
     """A :class:`VAE` from a ``[model]`` config section (``latent_dim`` and the three component tables)."""
-    return VAE(model_config["prior"], model_config["guide"], model_config["likelihood"],
-               latent_dim=model_config["latent_dim"], data_shape=data_shape)
+    return VAE(
+        model_config["prior"],
+        model_config["guide"],
+        model_config["likelihood"],
+        latent_dim=model_config["latent_dim"],
+        data_shape=data_shape,
+    )

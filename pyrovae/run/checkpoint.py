@@ -45,8 +45,11 @@ def upgrade(state: dict, trainer) -> dict:
     names = [name for name, _ in trainer.vae.named_parameters()]
     per_param = state.pop("optimizer")
     optimizer = trainer.optimizer.state_dict()  # this trainer's groups and hyperparameters
-    optimizer["state"] = {i: per_param[f"{PYRO_MODULE_NAME}$$${name}"]["state"][0] for i, name in enumerate(names)
-                          if per_param.get(f"{PYRO_MODULE_NAME}$$${name}", {}).get("state")}
+    optimizer["state"] = {
+        i: per_param[f"{PYRO_MODULE_NAME}$$${name}"]["state"][0]
+        for i, name in enumerate(names)
+        if per_param.get(f"{PYRO_MODULE_NAME}$$${name}", {}).get("state")
+    }
     scheduler = trainer.scheduler.state_dict()  # format 1 had no schedule: a constant rate
     scheduler.update(last_epoch=state["step"], _step_count=state["step"] + 1)
     state.update(format=FORMAT, optimizer=optimizer, scheduler=scheduler, mid_epoch=state.pop("partial", None))
@@ -68,12 +71,15 @@ def load(path: str | Path, what: str = "checkpoint") -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, random bytes, a pickle that wants code: all unusable
-        raise UserError(f"{what} is corrupt or truncated ({first_line(err, 200)}); "
-                        f"resume from another checkpoint or train again") from None
+        raise UserError(
+            f"{what} is corrupt or truncated ({first_line(err, 200)}); resume from another checkpoint or train again"
+        ) from None
     if not isinstance(state, dict) or state.get("format") not in READABLE:
         found = state.get("format") if isinstance(state, dict) else None
-        raise UserError(f"{what} is not a pyrovae checkpoint this version reads (format {found}; reads "
-                        f"{', '.join(map(str, READABLE))}); train again, or use the pyrovae that wrote it")
+        raise UserError(
+            f"{what} is not a pyrovae checkpoint this version reads (format {found}; reads "
+            f"{', '.join(map(str, READABLE))}); train again, or use the pyrovae that wrote it"
+        )
     return state
 
 
@@ -88,8 +94,10 @@ def download(run: MlflowRun, name: str = "last") -> dict:
     try:
         local = run.download(f"checkpoints/{name}.pt")
     except Exception as err:
-        raise UserError(f"run '{run.run_id}' has no checkpoints/{name}.pt ({type(err).__name__}); "
-                        f"it was trained before checkpoints existed or never finished an epoch") from None
+        raise UserError(
+            f"run '{run.run_id}' has no checkpoints/{name}.pt ({type(err).__name__}); "
+            f"it was trained before checkpoints existed or never finished an epoch"
+        ) from None
     return load(local, f"checkpoints/{name}.pt of run '{run.run_id}'")
 
 
@@ -124,5 +132,13 @@ class Checkpointer(Callback):
     def on_train_end(self, trainer, metrics):
         log(self.run, capture(trainer, finished=True), "last")
         if self.best_module is not None:
-            log_vae(self.run, trainer.vae, self.model_config, trainer.data.data_shape, "best_model",
-                    state_dict=self.best_module, step=trainer.best_epoch, num_classes=trainer.data.num_classes)
+            log_vae(
+                self.run,
+                trainer.vae,
+                self.model_config,
+                trainer.data.data_shape,
+                "best_model",
+                state_dict=self.best_module,
+                step=trainer.best_epoch,
+                num_classes=trainer.data.num_classes,
+            )

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from mlflow.tracking import MlflowClient
 
-from pyrovae.run import tracking
 from pyrovae.errors import UserError, first_line
+from pyrovae.run import tracking
 
 SKIP_PARAMS = ("mlflow.run_name",)
 
@@ -43,8 +43,7 @@ class Table:
         if fmt == "json":
             return json.dumps([dict(zip(self.header, row)) for row in self._full_ids()], indent=1)
         widths = [max(len(r[i]) for r in [self.header, *self.rows]) for i in range(len(self.header))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-                 for row in [self.header, *self.rows]]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [self.header, *self.rows]]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
 
@@ -61,21 +60,30 @@ def existing_store(uri: str) -> MlflowClient:
     tracking.check_server(uri)
     db = tracking.sqlite_path(uri)
     if db is not None and not db.exists():
-        raise UserError(f"no MLflow store at {db} (nothing trained from this folder yet?); run from the "
-                        f"folder you trained in, or set MLFLOW_TRACKING_URI")
+        raise UserError(
+            f"no MLflow store at {db} (nothing trained from this folder yet?); run from the "
+            f"folder you trained in, or set MLFLOW_TRACKING_URI"
+        )
     return MlflowClient(uri)
 
 
 def newest_experiment(client: MlflowClient, experiments) -> str | None:
     """The name of the experiment that holds the most recently started run."""
-    newest = client.search_runs([e.experiment_id for e in experiments], max_results=1,
-                                order_by=["attributes.start_time DESC"])
+    newest = client.search_runs(
+        [e.experiment_id for e in experiments], max_results=1, order_by=["attributes.start_time DESC"]
+    )
     by_id = {e.experiment_id: e.name for e in experiments}
     return by_id[newest[0].info.experiment_id] if newest else None
 
 
-def find_runs(client: MlflowClient, experiment: str | None, parent: str | None, max_runs: int,
-              where: list[str] = (), all_experiments: bool = False):
+def find_runs(
+    client: MlflowClient,
+    experiment: str | None,
+    parent: str | None,
+    max_runs: int,
+    where: list[str] = (),
+    all_experiments: bool = False,
+):
     """Runs of ``experiment`` (default: the newest run's; all with ``all_experiments`` or a
     ``parent``), newest first; ``where`` holds ``param=value`` conditions or MLflow filter clauses."""
     experiments = client.search_experiments()
@@ -92,10 +100,18 @@ def find_runs(client: MlflowClient, experiment: str | None, parent: str | None, 
     query = " AND ".join(clauses)
     runs, token = [], None
     while len(runs) < max_runs:  # newest first, page by page, until max_runs runs that are not parents
-        page = client.search_runs([e.experiment_id for e in experiments], filter_string=query,
-                                  max_results=min(max_runs, 1000), page_token=token)
-        runs += [r for r in page if r.data.tags.get("pyrovae.group") != "parent"
-                 and (parent or r.data.tags.get("pyrovae.kind") != "evaluation")]  # evaluations: --parent RUN
+        page = client.search_runs(
+            [e.experiment_id for e in experiments],
+            filter_string=query,
+            max_results=min(max_runs, 1000),
+            page_token=token,
+        )
+        runs += [
+            r
+            for r in page
+            if r.data.tags.get("pyrovae.group") != "parent"
+            and (parent or r.data.tags.get("pyrovae.kind") != "evaluation")
+        ]  # evaluations: --parent RUN
         token = page.token
         if not token:
             break
@@ -117,10 +133,18 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
-def compare_runs(client: MlflowClient, metrics: list[str], experiment: str | None = None,
-                 parent: str | None = None, max_runs: int = 1000, optional: bool = False,
-                 params: list[str] | None = None, where: list[str] = (), all_experiments: bool = False,
-                 width: int = 120) -> Table:
+def compare_runs(
+    client: MlflowClient,
+    metrics: list[str],
+    experiment: str | None = None,
+    parent: str | None = None,
+    max_runs: int = 1000,
+    optional: bool = False,
+    params: list[str] | None = None,
+    where: list[str] = (),
+    all_experiments: bool = False,
+    width: int = 120,
+) -> Table:
     """Build the table; raise :class:`UserError` for an unknown experiment, metric or filter.
 
     ``optional``: leave out the metrics no run has (for default columns such as ``test/loss``,
@@ -133,11 +157,16 @@ def compare_runs(client: MlflowClient, metrics: list[str], experiment: str | Non
     except UserError:
         raise
     except Exception as err:  # MLflow's parser refused a --where clause
-        raise UserError(f"cannot filter runs by {list(where)}: {first_line(err)}; write key=value for a param, "
-                        f"or an MLflow filter such as \"metrics.`val/loss` < 100\"") from None
+        raise UserError(
+            f"cannot filter runs by {list(where)}: {first_line(err)}; write key=value for a param, "
+            f'or an MLflow filter such as "metrics.`val/loss` < 100"'
+        ) from None
     if not runs:
-        raise UserError("no runs to compare" + (f" under parent run '{parent}'" if parent else "")
-                        + "; train some with 'pyrovae train' or 'pyrovae sweep'")
+        raise UserError(
+            "no runs to compare"
+            + (f" under parent run '{parent}'" if parent else "")
+            + "; train some with 'pyrovae train' or 'pyrovae sweep'"
+        )
     known = sorted({k for r in runs for k in r.data.metrics})
     missing = [m for m in metrics if m not in known]
     if missing and (not optional or len(missing) == len(metrics)):
@@ -159,14 +188,21 @@ def compare_runs(client: MlflowClient, metrics: list[str], experiment: str | Non
 
     def table(columns: list[str], hidden: list[str]) -> Table:
         header = ["run", "name", *(["status"] if show_status else []), *columns, *metrics]
-        rows = [[r.info.run_id[:8], r.info.run_name or "", *([r.info.status] if show_status else []),
-                 *(r.data.params.get(k, "") for k in columns),
-                 *(_fmt(r.data.metrics.get(m, math.nan)) for m in metrics)] for r in runs]
+        rows = [
+            [
+                r.info.run_id[:8],
+                r.info.run_name or "",
+                *([r.info.status] if show_status else []),
+                *(r.data.params.get(k, "") for k in columns),
+                *(_fmt(r.data.metrics.get(m, math.nan)) for m in metrics),
+            ]
+            for r in runs
+        ]
         return Table(header, rows, [r.info.run_id for r in runs], metrics, name, hidden)
 
     shown = list(differing)
     result = table(shown, [])
     while params is None and shown and result.width() > width:  # the last differing params give way
         shown.pop()
-        result = table(shown, differing[len(shown):])
+        result = table(shown, differing[len(shown) :])
     return result

@@ -4,7 +4,8 @@ A config is a nested dict with the sections below. Every fixed key has a type an
 matters, a range or a list of choices. ``[model]`` holds a ``name`` (default ``"vae"``) plus that
 model class's constructor arguments, checked against its signature; the VAE's ``[model.prior]``,
 ``[model.guide]`` and ``[model.likelihood]`` hold a ``name`` plus that component's arguments, checked
-the same way (see :mod:`pyrovae.model.models` and :mod:`pyrovae.model.components`). :func:`resolve` returns the config with
+the same way (see :mod:`pyrovae.model.models` and :mod:`pyrovae.model.components`). :func:`resolve`
+returns the config with
 every default filled in, which is what a run logs, so a run is reproducible from its
 ``config.toml`` artifact alone.
 """
@@ -26,9 +27,13 @@ from pyrovae.model.models import resolve_model
 from pyrovae.settings import Settings, suggest
 
 #: the default ``[model]``: the MNIST baseline (784-400-50 MLPs, Kingma & Welling 2014)
-DEFAULT_MODEL = {"name": "vae", "latent_dim": 50, "prior": {"name": "standard_normal"},
-                 "guide": {"name": "diagonal_normal", "hidden": [400]},
-                 "likelihood": {"name": "bernoulli", "hidden": [400]}}
+DEFAULT_MODEL = {
+    "name": "vae",
+    "latent_dim": 50,
+    "prior": {"name": "standard_normal"},
+    "guide": {"name": "diagonal_normal", "hidden": [400]},
+    "likelihood": {"name": "bernoulli", "hidden": [400]},
+}
 
 
 class MlflowSettings(Settings):
@@ -39,13 +44,20 @@ class MlflowSettings(Settings):
     tracking_uri: str = Field("", description="'' = $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db")
     experiment: str = Field("pyrovae", description="the MLflow experiment the run goes to")
     run_name: str = Field("", description="the run's name (empty: one MLflow picks)")
-    images_every: int = Field(1, ge=0, description="log the reconstruction and sample grids every N epochs "
-                                                   "(0 = never): fewer artifacts in long runs")
+    images_every: int = Field(
+        1,
+        ge=0,
+        description="log the reconstruction and sample grids every N epochs (0 = never): fewer artifacts in long runs",
+    )
 
 
 #: the sections with fixed keys; ``[model]`` is checked against the model class it names
-SECTIONS: dict[str, type[Settings]] = {"data": DataSettings, "train": TrainSettings,
-                                       "eval": EvalSettings, "mlflow": MlflowSettings}
+SECTIONS: dict[str, type[Settings]] = {
+    "data": DataSettings,
+    "train": TrainSettings,
+    "eval": EvalSettings,
+    "mlflow": MlflowSettings,
+}
 ORDER = ("data", "model", "train", "eval", "mlflow")
 #: values of keys that older pyrovae versions logged and this one reads differently
 LEGACY_VALUES = {("train", "adam", "pyro"): "foreach"}  # pyro.optim.Adam: the same update, per tensor
@@ -123,8 +135,7 @@ def _apply(base: dict, new: dict, where: list[str]) -> None:
     for key, value in new.items():
         here = [*where, key]
         if not where and key not in ORDER:
-            raise UserError(f"unknown config section [{key}]{suggest(key, ORDER)}; "
-                            f"sections are {', '.join(ORDER)}")
+            raise UserError(f"unknown config section [{key}]{suggest(key, ORDER)}; sections are {', '.join(ORDER)}")
         if len(where) == 1 and key not in base and where != ["model"]:  # the model's class checks its keys
             raise UserError(f"unknown config key '{'.'.join(here)}'{suggest(key, base)}")
         if isinstance(value, dict) and isinstance(base.get(key), dict):
@@ -133,8 +144,9 @@ def _apply(base: dict, new: dict, where: list[str]) -> None:
                 base[key] = {}  # another class: the default class's arguments do not apply
             _apply(base[key], value, here)
         elif len(here) <= 2 and isinstance(base.get(key), dict):
-            raise UserError(f"'{'.'.join(here)}' is a section, not a value: set its keys, "
-                            f"e.g. {'.'.join(here)}.name=...")
+            raise UserError(
+                f"'{'.'.join(here)}' is a section, not a value: set its keys, e.g. {'.'.join(here)}.name=..."
+            )
         else:
             base[key] = value
 
@@ -142,8 +154,12 @@ def _apply(base: dict, new: dict, where: list[str]) -> None:
 def resolve(config: dict[str, Any]) -> dict[str, Any]:
     """Check every value and fill in model and component defaults; raise :class:`UserError` on the
     first problem."""
-    return {section: resolve_model(config[section]) if section == "model"
-            else SECTIONS[section](**config[section]).as_dict() for section in ORDER}
+    return {
+        section: resolve_model(config[section])
+        if section == "model"
+        else SECTIONS[section](**config[section]).as_dict()
+        for section in ORDER
+    }
 
 
 def to_toml(config: dict[str, Any]) -> str:

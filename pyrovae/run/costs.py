@@ -23,15 +23,15 @@ import ctypes
 import ctypes.util
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import torch
 
-MIB = 2 ** 20
+MIB = 2**20
 
 
 def release_freed_memory() -> None:

@@ -63,8 +63,9 @@ def histogram_png(estimates: dict, path: Path, title: str) -> None:
     fig = figure(6, 4)
     ax = fig.add_subplot()
     for label, values in estimates.items():
-        ax.hist(values.cpu().numpy(), bins=60, alpha=0.5, density=True,
-                label=f"{label} (mean {float(values.mean()):.2f})")
+        ax.hist(
+            values.cpu().numpy(), bins=60, alpha=0.5, density=True, label=f"{label} (mean {float(values.mean()):.2f})"
+        )
     ax.set(xlabel="log p(x) estimate per datapoint [nats]", ylabel="density")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
@@ -73,6 +74,7 @@ def histogram_png(estimates: dict, path: Path, title: str) -> None:
 
 def _bar(total: int, desc: str, disable: bool):
     from tqdm.auto import tqdm
+
     return tqdm(total=total, desc=desc, disable=disable, mininterval=0.5)
 
 
@@ -100,16 +102,30 @@ def ais_check(log_px_ais: torch.Tensor, log_px_iwae: torch.Tensor, settings: AIS
     gap, se = mean_and_se(log_px_iwae - log_px_ais)  # NLL(AIS) - NLL(IWAE): negative once AIS converged
     metrics = {"ais_minus_iwae": gap, "ais_minus_iwae_se": se}
     if gap > 2 * se:
-        return metrics, [f"AIS's NLL is {gap:.3f} +- {se:.3f} nats above IWAE's on the same points: AIS has not "
-                         f"converged; raise --ais-steps (now {settings.steps}) or --ais-chains (now {settings.chains}), "
-                         f"or start from the posterior (--ais-start posterior)"]
+        return metrics, [
+            f"AIS's NLL is {gap:.3f} +- {se:.3f} nats above IWAE's on the same points: AIS has not "
+            f"converged; raise --ais-steps (now {settings.steps}) or --ais-chains (now {settings.chains}), "
+            f"or start from the posterior (--ais-start posterior)"
+        ]
     return metrics, []
 
 
-def evaluate_run(run_id: str, split: str = "test", iwae_k: int = 5000, subset: int = 0, batch_size: int = 100,
-                 ais_run: bool = False, ais_settings: AISSettings = AISSettings(), ais_subset: int = 100,
-                 bdmc_run: bool = False, seed: int = 0, device: str = "auto", progress: bool = True,
-                 uri: str = "", weights: str = "final") -> Evaluation:
+def evaluate_run(
+    run_id: str,
+    split: str = "test",
+    iwae_k: int = 5000,
+    subset: int = 0,
+    batch_size: int = 100,
+    ais_run: bool = False,
+    ais_settings: AISSettings = AISSettings(),
+    ais_subset: int = 100,
+    bdmc_run: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    uri: str = "",
+    weights: str = "final",
+) -> Evaluation:
     """Estimate log p(x) of run ``run_id`` (any unique prefix of 8+ characters) on ``split`` with its
     ``final`` or ``best`` weights, and keep it as a new evaluation run under that run."""
     for name, value in (("iwae_k", iwae_k), ("subset", subset), ("ais_subset", ais_subset), ("batch_size", batch_size)):
@@ -127,8 +143,15 @@ def evaluate_run(run_id: str, split: str = "test", iwae_k: int = 5000, subset: i
     if ais_run or bdmc_run:
         check_ais(vae, x, y)  # a discrete latent: one line now, not after the IWAE pass
     quiet, settings = not progress, ais_settings
-    params = {"eval.of": run.run_id, "eval.split": split, "eval.n": x.shape[0], "eval.seed": seed,
-              "eval.weights": weights, "eval.weights_epoch": epoch, "eval.iwae_k": iwae_k}
+    params = {
+        "eval.of": run.run_id,
+        "eval.split": split,
+        "eval.n": x.shape[0],
+        "eval.seed": seed,
+        "eval.weights": weights,
+        "eval.weights_epoch": epoch,
+        "eval.iwae_k": iwae_k,
+    }
     metrics, estimates, warnings = {}, {}, []
 
     child = MlflowRun.create_in(run, f"evaluation {split} {weights}", tags={"pyrovae.kind": "evaluation"})
@@ -152,16 +175,25 @@ def evaluate_run(run_id: str, split: str = "test", iwae_k: int = 5000, subset: i
         if ais_run:
             xs = x[:ais_subset]
             params.update({**settings.as_tags(), "ais.subset": xs.shape[0]})
-            with _bar(math.ceil(xs.shape[0] / batch_size) * settings.steps, "AIS", quiet) as bar, \
-                    measure(torch_device) as cost:
-                log_px_ais = ais(vae, xs, settings, batch_size, seed=seed, progress=bar.update,
-                                 y=None if y is None else y[:ais_subset])
+            with (
+                _bar(math.ceil(xs.shape[0] / batch_size) * settings.steps, "AIS", quiet) as bar,
+                measure(torch_device) as cost,
+            ):
+                log_px_ais = ais(
+                    vae,
+                    xs,
+                    settings,
+                    batch_size,
+                    seed=seed,
+                    progress=bar.update,
+                    y=None if y is None else y[:ais_subset],
+                )
             metrics[f"{split}/nll_ais"], metrics[f"{split}/nll_ais_se"] = mean_and_se(-log_px_ais)
             metrics.update(cost_metrics(f"{split}/ais", cost, xs.shape[0]))
-            loss = terms["loss"][:xs.shape[0]]
+            loss = terms["loss"][: xs.shape[0]]
             metrics[f"{split}/ais_subset/nll_elbo"], metrics[f"{split}/ais_subset/nll_elbo_se"] = mean_and_se(loss)
             if iwae_k:
-                same = log_px[:xs.shape[0]]
+                same = log_px[: xs.shape[0]]
                 metrics[f"{split}/ais_subset/nll_iwae"], metrics[f"{split}/ais_subset/nll_iwae_se"] = mean_and_se(-same)
                 check, warnings = ais_check(log_px_ais, same, settings)
                 metrics.update({f"{split}/ais_subset/{k}": v for k, v in check.items()})
@@ -169,19 +201,30 @@ def evaluate_run(run_id: str, split: str = "test", iwae_k: int = 5000, subset: i
         if bdmc_run:
             n = ais_subset or 100
             params.update({**settings.as_tags(), "bdmc.n": n})
-            with _bar(2 * math.ceil(n / batch_size) * settings.steps, "BDMC", quiet) as bar, \
-                    measure(torch_device) as cost:
-                result = bdmc(vae, x[:n], settings, batch_size, seed=seed, progress=bar.update,
-                              y=None if y is None else y[:n])
-            metrics.update({"bdmc/gap": result.gap, "bdmc/log_px_lower": float(result.lower.mean()),
-                            "bdmc/log_px_upper": float(result.upper.mean()), "bdmc/seconds": cost.seconds})
+            with (
+                _bar(2 * math.ceil(n / batch_size) * settings.steps, "BDMC", quiet) as bar,
+                measure(torch_device) as cost,
+            ):
+                result = bdmc(
+                    vae, x[:n], settings, batch_size, seed=seed, progress=bar.update, y=None if y is None else y[:n]
+                )
+            metrics.update(
+                {
+                    "bdmc/gap": result.gap,
+                    "bdmc/log_px_lower": float(result.lower.mean()),
+                    "bdmc/log_px_upper": float(result.upper.mean()),
+                    "bdmc/seconds": cost.seconds,
+                }
+            )
         child.log_params(params)
         child.log_metrics(metrics, step=epoch)
         if warnings:
             child.set_tags({"pyrovae.evaluate.warning": " | ".join(warnings)})
         if estimates:
             png = Path(tmp) / f"loglik_hist_{split}.png"
-            histogram_png(estimates, png, f"run {run.run_id[:8]}, {split} split, {weights} weights, per-datapoint log p(x)")
+            histogram_png(
+                estimates, png, f"run {run.run_id[:8]}, {split} split, {weights} weights, per-datapoint log p(x)"
+            )
             child.log_artifact(png, "evaluation")
             for label, values in estimates.items():
                 npy = Path(tmp) / f"loglik_{split}_{label.split(' ')[0].lower()}.npy"
@@ -192,8 +235,11 @@ def evaluate_run(run_id: str, split: str = "test", iwae_k: int = 5000, subset: i
 
 def cost_metrics(prefix: str, cost: Cost, n: int) -> dict[str, float]:
     """``<prefix>_seconds``, ``<prefix>_seconds_per_point`` over ``n`` points, ``<prefix>_peak_mib``."""
-    return {f"{prefix}_seconds": cost.seconds, f"{prefix}_seconds_per_point": cost.seconds / max(n, 1),
-            f"{prefix}_peak_mib": cost.peak_mib}
+    return {
+        f"{prefix}_seconds": cost.seconds,
+        f"{prefix}_seconds_per_point": cost.seconds / max(n, 1),
+        f"{prefix}_peak_mib": cost.peak_mib,
+    }
 
 
 def weights_epoch(run: MlflowRun, weights: str) -> int:

@@ -28,7 +28,7 @@ def reconstruction_grid(model, x: torch.Tensor, seed: int = 0, y: torch.Tensor |
     n = min(8, x.shape[0])
     rows = []
     for start in range(0, x.shape[0], n):
-        rows += [x[start:start + n], recon[start:start + n]]
+        rows += [x[start : start + n], recon[start : start + n]]
     return to_uint8_grid(torch.cat(rows), nrow=n)
 
 
@@ -43,6 +43,7 @@ def prior_sample_grid(model, n: int = 64, seed: int = 0, data_shape=None, y: tor
 
 
 # -- matplotlib charts (Agg canvas, no pyplot state: safe in threads and without a display) --
+
 
 def figure(width: float = 5.0, height: float = 3.2):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -73,8 +74,9 @@ def latent_manifold_grid(vae, n: int = 15, quantile: float = 0.95) -> np.ndarray
     return to_uint8_grid(images, nrow=n)
 
 
-def latent_scatter(means: torch.Tensor, labels: torch.Tensor | None = None, seed: int = 0,
-                   site: str = "z") -> np.ndarray:
+def latent_scatter(
+    means: torch.Tensor, labels: torch.Tensor | None = None, seed: int = 0, site: str = "z"
+) -> np.ndarray:
     r"""Posterior means :math:`E_q[z_s|x]` of one latent site, shape ``(N, D)``
     (:func:`~pyrovae.infer.estimators.diagnostics.posterior_means`), projected on their first two
     principal components (``torch.pca_lowrank``, seeded) when ``D > 2``, coloured by label."""
@@ -100,7 +102,7 @@ def latent_scatter(means: torch.Tensor, labels: torch.Tensor | None = None, seed
     return _to_array(fig)
 
 
-def kl_per_dimension_chart(kl: "torch.Tensor | dict[str, torch.Tensor]") -> np.ndarray:
+def kl_per_dimension_chart(kl: torch.Tensor | dict[str, torch.Tensor]) -> np.ndarray:
     """Bars of the mean KL(q(z_u|.) || p(z_u|.)) per latent dimension u, in nats, one panel per latent
     site (``{site: (D_s,)}``, or one tensor); near 0 = collapsed."""
     sites = kl if isinstance(kl, dict) else {"z": kl}
@@ -110,8 +112,11 @@ def kl_per_dimension_chart(kl: "torch.Tensor | dict[str, torch.Tensor]") -> np.n
         values = values.detach().cpu().numpy()
         ax.bar(np.arange(len(values)), values, color="tab:blue")
         title = f"KL per dimension, total {values.sum():.2f}"
-        ax.set(xlabel=f"dimension of {name}" if len(sites) > 1 else "latent dimension", ylabel="KL (nats)",
-               title=title if len(sites) == 1 else f"{name}: {title}")
+        ax.set(
+            xlabel=f"dimension of {name}" if len(sites) > 1 else "latent dimension",
+            ylabel="KL (nats)",
+            title=title if len(sites) == 1 else f"{name}: {title}",
+        )
     return _to_array(fig)
 
 

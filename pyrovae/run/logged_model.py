@@ -48,8 +48,16 @@ def clean_copy(vae, model_config: dict, data_shape, state_dict: dict | None = No
     return copy.eval()
 
 
-def log_vae(run, vae, model_config: dict, data_shape, name: str = "model", state_dict: dict | None = None,
-            step: int = 0, num_classes: int | None = None) -> None:
+def log_vae(
+    run,
+    vae,
+    model_config: dict,
+    data_shape,
+    name: str = "model",
+    state_dict: dict | None = None,
+    step: int = 0,
+    num_classes: int | None = None,
+) -> None:
     """Log a clean copy of ``vae`` (or of ``state_dict``) as the logged model ``name`` of ``run``
     (a :class:`~pyrovae.run.tracking.MlflowRun`)."""
     copy = clean_copy(vae, model_config, data_shape, state_dict, num_classes)
@@ -57,9 +65,17 @@ def log_vae(run, vae, model_config: dict, data_shape, name: str = "model", state
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        run.log_model(copy, name=name, serialization_format="pickle", step=step,
-                      pip_requirements=pip_requirements(),
-                      metadata={"model": model_config["name"], "data_shape": list(data_shape),
-                                **({"latent_dim": copy.latent_dim} if hasattr(copy, "latent_dim") else {})})
+        run.log_model(
+            copy,
+            name=name,
+            serialization_format="pickle",
+            step=step,
+            pip_requirements=pip_requirements(),
+            metadata={
+                "model": model_config["name"],
+                "data_shape": list(data_shape),
+                **({"latent_dim": copy.latent_dim} if hasattr(copy, "latent_dim") else {}),
+            },
+        )
     finally:
         quiet.setLevel(level)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -33,8 +33,14 @@ class MlflowLogger(Callback):
     resolved ``[model]`` section) is needed to log the model; without it no model is logged.
     """
 
-    def __init__(self, run: MlflowRun, model_config: dict | None = None, images_every: int = 1,
-                 image_seed: int = 0, latent_points: int = 1000):
+    def __init__(
+        self,
+        run: MlflowRun,
+        model_config: dict | None = None,
+        images_every: int = 1,
+        image_seed: int = 0,
+        latent_points: int = 1000,
+    ):
         self.run = run
         self.model_config = model_config
         self.images_every = images_every
@@ -69,7 +75,10 @@ class MlflowLogger(Callback):
         else:
             for site, site_means in means.items():
                 key = "latent" if len(means) == 1 else f"latent_{site}"
-                yield key, figures.latent_scatter(site_means, None if labels is None else labels[: len(val)], seed, site)
+                yield (
+                    key,
+                    figures.latent_scatter(site_means, None if labels is None else labels[: len(val)], seed, site),
+                )
         if self._kl_available:
             try:
                 yield "kl_per_dimension", figures.kl_per_dimension_chart(kl_per_dimension(model, val, y=y))
@@ -81,11 +90,19 @@ class MlflowLogger(Callback):
         self.run.log_metrics(metrics, step=trainer.epoch)
         self.log_weights(trainer.vae, trainer.data.data_shape, trainer.data.num_classes)
         if self.model_config is not None:
-            log_vae(self.run, trainer.vae, self.model_config, trainer.data.data_shape, "model", step=trainer.epoch,
-                    num_classes=trainer.data.num_classes)
+            log_vae(
+                self.run,
+                trainer.vae,
+                self.model_config,
+                trainer.data.data_shape,
+                "model",
+                step=trainer.epoch,
+                num_classes=trainer.data.num_classes,
+            )
 
-    def log_weights(self, model: torch.nn.Module, data_shape, num_classes: int | None = None,
-                    name: str = "final") -> None:
+    def log_weights(
+        self, model: torch.nn.Module, data_shape, num_classes: int | None = None, name: str = "final"
+    ) -> None:
         """The module's ``state_dict``, the data shape and the number of classes as
         ``weights/<name>.pt`` (loadable with weights_only)."""
         with tempfile.TemporaryDirectory() as tmp:
@@ -106,5 +123,7 @@ class MlflowLogger(Callback):
                 dataset = mlflow.data.from_numpy(
                     data.evaluation_data(split).cpu().numpy(),
                     targets=None if labels is None else labels.cpu().numpy(),
-                    source=data.info.get("source", data.name), name=f"{data.name}-{split}")
+                    source=data.info.get("source", data.name),
+                    name=f"{data.name}-{split}",
+                )
             self.run.log_input(dataset, context=context)

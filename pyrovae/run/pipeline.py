@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pyro
 import torch
@@ -28,8 +29,8 @@ from pyrovae.infer.distributed import World, init_from_env
 from pyrovae.infer.faults import NonFiniteLoss
 from pyrovae.infer.interface import check_data_support
 from pyrovae.infer.settings import TrainSettings
-from pyrovae.infer.trainer import Trainer
 from pyrovae.infer.traces import takes_labels
+from pyrovae.infer.trainer import Trainer
 from pyrovae.model.models import build_model, loggable
 from pyrovae.run import checkpoint
 from pyrovae.run.config import MlflowSettings, parse_override, resolve, to_toml
@@ -41,8 +42,9 @@ from pyrovae.run.tracking import MlflowRun, experiment_id, tracking_uri
 def check_data(model, data: Splits) -> None:
     """Every split lies in the support of the model's data site, and a VAE's modules keep the
     shape contract (the rest of the model interface is checked when the trainer is built)."""
-    splits = {name: data.evaluation_data(name) for name in ("train", "val", "test")
-              if not (name == "train" and data.binarize)}  # dynamic binarization: binary by construction
+    splits = {
+        name: data.evaluation_data(name) for name in ("train", "val", "test") if not (name == "train" and data.binarize)
+    }  # dynamic binarization: binary by construction
     if hasattr(model, "check_contract"):  # a VAE names the module that breaks the shape contract
         model.check_contract(data.evaluation_data("val")[:4])
     labelled = takes_labels(model.model)
@@ -60,10 +62,15 @@ def prepare(config: dict):
 
 def run_tags(device: torch.device) -> dict[str, str]:
     world = World.current()
-    tags = {"pyrovae.version": __version__, "torch.version": torch.__version__,
-            "pyro.version": pyro.__version__, "device": describe(device),
-            "torch.threads": str(torch.get_num_threads()), "host.python": platform.python_version(),
-            "distributed.world_size": str(world.size)}
+    tags = {
+        "pyrovae.version": __version__,
+        "torch.version": torch.__version__,
+        "pyro.version": pyro.__version__,
+        "device": describe(device),
+        "torch.threads": str(torch.get_num_threads()),
+        "host.python": platform.python_version(),
+        "distributed.world_size": str(world.size),
+    }
     if world.distributed:
         tags["distributed.backend"] = world.backend
         tags["devices"] = ", ".join(distributed.gather_objects(describe(device)))
@@ -100,16 +107,26 @@ def loggable_model_config(model) -> dict:
     import again (one line when it cannot be)."""
     config = getattr(model, "config", None)
     if config is None:
-        raise UserError(f"this {type(model).__name__} was built from module instances (or is not a pyrovae.Model), "
-                        f"so a run could not rebuild it; give its components as names, classes or "
-                        f"{{'name': ..., **arguments}} tables, and derive a model class of your own from pyrovae.Model")
+        raise UserError(
+            f"this {type(model).__name__} was built from module instances (or is not a pyrovae.Model), "
+            f"so a run could not rebuild it; give its components as names, classes or "
+            f"{{'name': ..., **arguments}} tables, and derive a model class of your own from pyrovae.Model"
+        )
     return loggable(config)
 
 
-def train(vae, data: Splits, *, tracking: MlflowSettings | Mapping | None = None,
-          settings: TrainSettings | Mapping | None = None, evaluation: Mapping | None = None,
-          callbacks: Sequence[Callback] = (), progress: bool = True, parent_run_id: str | None = None,
-          **train_keys: Any) -> RunResult:
+def train(
+    vae,
+    data: Splits,
+    *,
+    tracking: MlflowSettings | Mapping | None = None,
+    settings: TrainSettings | Mapping | None = None,
+    evaluation: Mapping | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+    parent_run_id: str | None = None,
+    **train_keys: Any,
+) -> RunResult:
     """Train ``vae`` (any model with the interface of :mod:`pyrovae.model.base`) on ``data`` (from
     :func:`~pyrovae.data.load_data`) into one MLflow run.
 
@@ -120,30 +137,49 @@ def train(vae, data: Splits, *, tracking: MlflowSettings | Mapping | None = None
     """
     check_data(vae, data)
     if data.settings is None:
-        raise UserError("these data were not loaded by load_data(...), so a run could not load them again; "
-                        "use pyrovae.load_data (or data.name = 'arrays' for your own files)")
+        raise UserError(
+            "these data were not loaded by load_data(...), so a run could not load them again; "
+            "use pyrovae.load_data (or data.name = 'arrays' for your own files)"
+        )
     mlflow_settings = MlflowSettings.parse(tracking)
     trainer = Trainer(vae, data, settings=settings, evaluation=evaluation, progress=progress, **train_keys)
-    config = resolve({"data": data.settings.as_dict(), "model": loggable_model_config(vae),
-                      "train": trainer.settings.as_dict(), "eval": trainer.evaluation.as_dict(),
-                      "mlflow": mlflow_settings.as_dict()})
+    config = resolve(
+        {
+            "data": data.settings.as_dict(),
+            "model": loggable_model_config(vae),
+            "train": trainer.settings.as_dict(),
+            "eval": trainer.evaluation.as_dict(),
+            "mlflow": mlflow_settings.as_dict(),
+        }
+    )
     tags = run_tags(trainer.device)  # a collective under torchrun: every rank
     if not trainer.world.is_main:  # only rank 0 talks to MLflow; every rank trains
         trainer.fit()
         return RunResult("", tracking_uri(mlflow_settings.tracking_uri))
-    run = MlflowRun.create(mlflow_settings.tracking_uri, mlflow_settings.experiment, mlflow_settings.run_name,
-                           tags=tags, parent_run_id=parent_run_id)
+    run = MlflowRun.create(
+        mlflow_settings.tracking_uri,
+        mlflow_settings.experiment,
+        mlflow_settings.run_name,
+        tags=tags,
+        parent_run_id=parent_run_id,
+    )
     with run.lifecycle():
         run.log_config(config)
         return _fit(trainer, run, config, callbacks)
 
 
-def _fit(trainer: Trainer, run: MlflowRun, config: dict, callbacks: Sequence[Callback],
-         best_module: dict | None = None) -> RunResult:
+def _fit(
+    trainer: Trainer, run: MlflowRun, config: dict, callbacks: Sequence[Callback], best_module: dict | None = None
+) -> RunResult:
     """Fit with the logger, the checkpointer and ``callbacks``, inside an open run."""
     result = RunResult(run.run_id, run.uri)
     checkpointer = checkpoint.Checkpointer(run, config["model"], best_module, last_epoch=trainer.epoch)
-    trainer.callbacks += [MlflowLogger(run, config["model"], config["mlflow"]["images_every"]), checkpointer, _LastMetrics(result), *callbacks]
+    trainer.callbacks += [
+        MlflowLogger(run, config["model"], config["mlflow"]["images_every"]),
+        checkpointer,
+        _LastMetrics(result),
+        *callbacks,
+    ]
     try:
         trainer.fit()
     except NonFiniteLoss as err:
@@ -152,8 +188,9 @@ def _fit(trainer: Trainer, run: MlflowRun, config: dict, callbacks: Sequence[Cal
     return result
 
 
-def train_config(config: dict, progress: bool = True, callbacks: Sequence[Callback] = (),
-                 parent_run_id: str | None = None) -> RunResult:
+def train_config(
+    config: dict, progress: bool = True, callbacks: Sequence[Callback] = (), parent_run_id: str | None = None
+) -> RunResult:
     """``pyrovae train``: one VAE from a resolved config (:func:`pyrovae.run.config.load`) into one run.
 
     A worker that torchrun restarted (``TORCHELASTIC_RESTART_COUNT > 0``) continues the run its
@@ -163,8 +200,16 @@ def train_config(config: dict, progress: bool = True, callbacks: Sequence[Callba
     if restarted:
         return resume(restarted, progress=progress, callbacks=callbacks)
     vae, data = prepare(config)
-    return train(vae, data, tracking=config["mlflow"], settings=config["train"], evaluation=config["eval"],
-                 callbacks=callbacks, progress=progress, parent_run_id=parent_run_id)
+    return train(
+        vae,
+        data,
+        tracking=config["mlflow"],
+        settings=config["train"],
+        evaluation=config["eval"],
+        callbacks=callbacks,
+        progress=progress,
+        parent_run_id=parent_run_id,
+    )
 
 
 def _restarted_run(config: dict) -> str:
@@ -178,8 +223,10 @@ def _restarted_run(config: dict) -> str:
 
         uri = tracking_uri(config["mlflow"]["tracking_uri"])
         client = MlflowClient(uri)
-        found = client.search_runs([experiment_id(uri, config["mlflow"]["experiment"])],
-                                   filter_string=f"tags.`{ELASTIC_TAG}` = '{os.environ['TORCHELASTIC_RUN_ID']}'")
+        found = client.search_runs(
+            [experiment_id(uri, config["mlflow"]["experiment"])],
+            filter_string=f"tags.`{ELASTIC_TAG}` = '{os.environ['TORCHELASTIC_RUN_ID']}'",
+        )
         run_id = found[0].info.run_id if found else ""
     return distributed.broadcast_object(run_id) if world.distributed else run_id
 
@@ -204,8 +251,10 @@ def _check_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     for text in overrides:
         keys, value = parse_override(text)
         if ".".join(keys) not in RESUMABLE:
-            raise UserError(f"resume cannot change '{'.'.join(keys)}' (it would not be the same run); "
-                            f"it can change {', '.join(RESUMABLE)}; train a new run instead")
+            raise UserError(
+                f"resume cannot change '{'.'.join(keys)}' (it would not be the same run); "
+                f"it can change {', '.join(RESUMABLE)}; train a new run instead"
+            )
         values[".".join(keys)] = value
     return values
 
@@ -218,26 +267,34 @@ def _load_for_resume(run_id: str, uri: str, overrides: Sequence[str]) -> tuple[s
     state = checkpoint.download(run, "last")
     epochs, changed = config["train"]["epochs"], {o.partition("=")[0].strip() for o in overrides}
     if state["stopped_early"] and state["finished"] and "train.patience" not in changed:
-        raise UserError(f"run '{run_id}' stopped early at epoch {state['epoch']} (val/loss last improved at "
-                        f"epoch {state['best_epoch']}); to go on anyway: --set train.patience=0 (off) or more")
+        raise UserError(
+            f"run '{run_id}' stopped early at epoch {state['epoch']} (val/loss last improved at "
+            f"epoch {state['best_epoch']}); to go on anyway: --set train.patience=0 (off) or more"
+        )
     if state["finished"] and state["epoch"] >= epochs and not state["stopped_early"]:
-        raise UserError(f"run '{run_id}' already finished its {state['epoch']} epochs; "
-                        f"to train longer: pyrovae resume {run_id} --set train.epochs=N (N > {state['epoch']})")
+        raise UserError(
+            f"run '{run_id}' already finished its {state['epoch']} epochs; "
+            f"to train longer: pyrovae resume {run_id} --set train.epochs=N (N > {state['epoch']})"
+        )
     status = run.info().status
     position = state.get("mid_epoch") or state.get("partial")
-    where = f"epoch {state['epoch']}" + (f", batch {position['batch']} of epoch {state['epoch'] + 1}"
-                                         if position else "")
+    where = f"epoch {state['epoch']}" + (
+        f", batch {position['batch']} of epoch {state['epoch'] + 1}" if position else ""
+    )
     if status == "RUNNING":
-        print(f"pyrovae: run '{run_id}' was left RUNNING: its process ended without closing it (killed?); "
-              f"continuing from its last checkpoint ({where}), work after that is redone")
+        print(
+            f"pyrovae: run '{run_id}' was left RUNNING: its process ended without closing it (killed?); "
+            f"continuing from its last checkpoint ({where}), work after that is redone"
+        )
     else:
         print(f"pyrovae: resuming {status} run '{run_id}' from {where}")
     best = checkpoint.download(run, "best")["module"] if state["best_epoch"] else None
     return run_id, config, state, best
 
 
-def resume(run_id: str, overrides: Sequence[str] = (), progress: bool = True,
-           callbacks: Sequence[Callback] = ()) -> RunResult:
+def resume(
+    run_id: str, overrides: Sequence[str] = (), progress: bool = True, callbacks: Sequence[Callback] = ()
+) -> RunResult:
     """Continue run ``run_id`` from ``checkpoints/last.pt`` in the same MLflow run.
 
     Weights, optimizer and schedule state, RNG states, the epoch and the beta schedule's step

@@ -24,8 +24,10 @@ def run_config(run: MlflowRun) -> dict:
     try:
         text = run.load_text("config.toml")
     except Exception as err:
-        raise UserError(f"run '{run.run_id}' has no config.toml ({type(err).__name__}), so it was not made by "
-                        f"pyrovae train (or pyrovae.train); only such runs can be evaluated, sampled or resumed") from None
+        raise UserError(
+            f"run '{run.run_id}' has no config.toml ({type(err).__name__}), so it was not made by "
+            f"pyrovae train (or pyrovae.train); only such runs can be evaluated, sampled or resumed"
+        ) from None
     return over_defaults(tomllib.loads(text))  # keys added since the run get their defaults
 
 
@@ -38,8 +40,9 @@ def rebuild(run: MlflowRun, config: dict, weights: str = "final", device: str | 
     try:
         local = run.download(path)
     except Exception as err:
-        raise UserError(f"run '{run.run_id}' has no {path} ({type(err).__name__}); "
-                        f"did the run finish (or reach a best epoch)?") from None
+        raise UserError(
+            f"run '{run.run_id}' has no {path} ({type(err).__name__}); did the run finish (or reach a best epoch)?"
+        ) from None
     if weights == "best":
         saved = checkpoint.load(local, f"{path} of run '{run.run_id}'")
         state, data_shape, num_classes = saved["module"], None, None

@@ -31,8 +31,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 class MlflowServer:
     """``with MlflowServer(backend_uri, artifacts_dir) as server: server.url`` -- started and stopped."""
 
-    def __init__(self, backend_uri: str, artifacts_dir: str | Path, host: str = "127.0.0.1",
-                 port: int | None = None, log_path: str | Path | None = None):
+    def __init__(
+        self,
+        backend_uri: str,
+        artifacts_dir: str | Path,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        log_path: str | Path | None = None,
+    ):
         self.backend_uri = backend_uri
         self.artifacts_dir = Path(artifacts_dir)
         self.host, self.port = host, port or free_port(host)
@@ -47,24 +53,39 @@ class MlflowServer:
     def command(self) -> list[str]:
         mlflow = Path(sys.executable).with_name("mlflow")
         launcher = [str(mlflow)] if mlflow.exists() else [sys.executable, "-m", "mlflow"]
-        return [*launcher, "server", "--backend-store-uri", self.backend_uri,
-                "--serve-artifacts", "--artifacts-destination", self.artifacts_dir.resolve().as_uri(),
-                "--host", self.host, "--port", str(self.port), "--workers", "1"]
+        return [
+            *launcher,
+            "server",
+            "--backend-store-uri",
+            self.backend_uri,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            self.artifacts_dir.resolve().as_uri(),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
 
-    def start(self, timeout: float = 90.0) -> "MlflowServer":
+    def start(self, timeout: float = 90.0) -> MlflowServer:
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         with socket.socket() as sock:  # a taken port would only show as a dead server later
             try:
                 sock.bind((self.host, self.port))
             except OSError as err:
-                raise UserError(f"cannot listen on {self.host}:{self.port} ({err.strerror}); "
-                                f"pick another --port, or leave it out for a free one") from None
+                raise UserError(
+                    f"cannot listen on {self.host}:{self.port} ({err.strerror}); "
+                    f"pick another --port, or leave it out for a free one"
+                ) from None
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
         self._log = open(self.log_path, "w+") if self.log_path else tempfile.TemporaryFile("w+")
         # its own process group, so stopping it also stops the uvicorn worker it forks
-        self.process = subprocess.Popen(self.command(), env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command(), env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:  # stopped on any way out but a healthy start (Ctrl-C while waiting included)
             self._wait_until_healthy(timeout)
         except BaseException:
@@ -76,16 +97,17 @@ class MlflowServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise UserError(f"mlflow server exited before it answered (status {self.process.returncode}: "
-                                f"{self.last_log_line()})")
+                raise UserError(
+                    f"mlflow server exited before it answered (status {self.process.returncode}: "
+                    f"{self.last_log_line()})"
+                )
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as reply:
                     if reply.status == 200:
                         return
             except OSError:
                 time.sleep(0.5)
-        raise UserError(f"mlflow server did not answer on {self.url} within {timeout:.0f} s "
-                        f"({self.last_log_line()})")
+        raise UserError(f"mlflow server did not answer on {self.url} within {timeout:.0f} s ({self.last_log_line()})")
 
     def last_log_line(self) -> str:
         """The server's last non-empty output line (its error, when it failed to start)."""
@@ -121,7 +143,7 @@ class MlflowServer:
         except ProcessLookupError:
             return False
 
-    def __enter__(self) -> "MlflowServer":
+    def __enter__(self) -> MlflowServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

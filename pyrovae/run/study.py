@@ -20,19 +20,20 @@ class StudyResult:
     children: dict[str, RunResult] = field(default_factory=dict)
 
 
-def train_study(base: str | None, base_overrides: list[str], variants: dict[str, list[str]],
-                parent_name: str, progress: bool = True) -> StudyResult:
+def train_study(
+    base: str | None, base_overrides: list[str], variants: dict[str, list[str]], parent_name: str, progress: bool = True
+) -> StudyResult:
     """Train ``base`` + each variant's ``--set`` overrides as a child of one parent run.
 
     Every variant's config is loaded and checked before anything starts, so a typo in the
     last variant does not leave half a study behind.
     """
-    configs = {name: config_mod.load(base, [*base_overrides, *overrides])
-               for name, overrides in variants.items()}
+    configs = {name: config_mod.load(base, [*base_overrides, *overrides]) for name, overrides in variants.items()}
     parent_config = config_mod.load(base, [*base_overrides, f'mlflow.run_name="{parent_name}"'])
     settings = parent_config["mlflow"]
-    parent = MlflowRun.create(settings["tracking_uri"], settings["experiment"], parent_name,
-                              tags={"pyrovae.group": "parent"})
+    parent = MlflowRun.create(
+        settings["tracking_uri"], settings["experiment"], parent_name, tags={"pyrovae.group": "parent"}
+    )
     with parent.lifecycle():
         parent.log_config(parent_config)
         parent.log_dict({name: list(ov) for name, ov in variants.items()}, "variants.json")

@@ -17,9 +17,10 @@ import os
 import random
 import re
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 from filelock import FileLock
@@ -40,7 +41,7 @@ def tracking_uri(configured: str = "") -> str:
 
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, else None."""
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 @contextmanager
@@ -60,8 +61,10 @@ def store_lock(uri: str) -> Iterator[None]:
         lock = FileLock(db.parent / ".pyrovae.lock")
         lock.acquire()
     except OSError as err:
-        raise UserError(f"cannot write the MLflow store folder {db.parent} ({err.strerror}); "
-                        f"make it writable or set MLFLOW_TRACKING_URI") from None
+        raise UserError(
+            f"cannot write the MLflow store folder {db.parent} ({err.strerror}); "
+            f"make it writable or set MLFLOW_TRACKING_URI"
+        ) from None
     try:
         yield
     finally:
@@ -81,8 +84,10 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
     except requests.RequestException as err:
-        raise UserError(f"the MLflow tracking server at {uri} does not answer ({type(err).__name__}); "
-                        f"start it, or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI") from None
+        raise UserError(
+            f"the MLflow tracking server at {uri} does not answer ({type(err).__name__}); "
+            f"start it, or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+        ) from None
 
 
 def experiment_id(uri: str, name: str) -> str:
@@ -101,8 +106,10 @@ def experiment_id(uri: str, name: str) -> str:
                 location = (db.parent / "artifacts" / slug).resolve().as_uri()
             return client.create_experiment(name, artifact_location=location)
         except Exception as err:  # sqlalchemy, MlflowException, OSError: all mean "this store is unusable"
-            raise UserError(f"cannot use the MLflow store {uri}: {first_line(err)}; "
-                            f"check the path/permissions or set MLFLOW_TRACKING_URI") from None
+            raise UserError(
+                f"cannot use the MLflow store {uri}: {first_line(err)}; "
+                f"check the path/permissions or set MLFLOW_TRACKING_URI"
+            ) from None
 
 
 def unseeded_run_name() -> str:
@@ -127,8 +134,9 @@ class MlflowRun:
         self.run_id = run_id
 
     @classmethod
-    def create(cls, uri: str, experiment: str, run_name: str = "", tags: dict | None = None,
-               parent_run_id: str | None = None) -> "MlflowRun":
+    def create(
+        cls, uri: str, experiment: str, run_name: str = "", tags: dict | None = None, parent_run_id: str | None = None
+    ) -> MlflowRun:
         uri = tracking_uri(uri)
         tags = dict(tags or {})
         if parent_run_id:
@@ -138,21 +146,23 @@ class MlflowRun:
         return cls(run.info.run_id, uri)
 
     @classmethod
-    def create_in(cls, parent: "MlflowRun", run_name: str, tags: dict | None = None) -> "MlflowRun":
+    def create_in(cls, parent: MlflowRun, run_name: str, tags: dict | None = None) -> MlflowRun:
         """A new child run of ``parent``, in its experiment and store."""
         tags = {**(tags or {}), "mlflow.parentRunId": parent.run_id}
         run = parent.client.create_run(parent.info().experiment_id, tags=tags, run_name=run_name)
         return cls(run.info.run_id, parent.uri)
 
     @classmethod
-    def existing(cls, run_id: str, uri: str = "") -> "MlflowRun":
+    def existing(cls, run_id: str, uri: str = "") -> MlflowRun:
         """The run whose id is (or starts with, 8 characters or more) ``run_id`` in the store
         ``uri``; one :class:`UserError` line when there is none or the prefix is ambiguous."""
         run = cls(run_id, uri)
         check_server(run.uri)
         db = sqlite_path(run.uri)
-        missing = UserError(f"no run '{run_id}' in the MLflow store {run.uri}; check the id "
-                            f"(pyrovae compare, the MLflow UI) and MLFLOW_TRACKING_URI")
+        missing = UserError(
+            f"no run '{run_id}' in the MLflow store {run.uri}; check the id "
+            f"(pyrovae compare, the MLflow UI) and MLFLOW_TRACKING_URI"
+        )
         if db is not None and not db.exists():
             raise missing
         if len(run_id) < 32:
@@ -168,20 +178,22 @@ class MlflowRun:
         from mlflow.entities import ViewType
 
         if len(prefix) < 8:
-            raise UserError(f"run id '{prefix}' is too short: give at least 8 characters "
-                            f"(the column 'run' of pyrovae compare)")
+            raise UserError(
+                f"run id '{prefix}' is too short: give at least 8 characters (the column 'run' of pyrovae compare)"
+            )
         experiments = [e.experiment_id for e in self.client.search_experiments(view_type=ViewType.ALL)]
         matches, token = [], None
         while experiments:
-            page = self.client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=1000,
-                                           page_token=token)
+            page = self.client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=1000, page_token=token)
             matches += [r.info.run_id for r in page if r.info.run_id.startswith(prefix)]
             token = page.token
             if not token:
                 break
         if len(matches) > 1:
-            raise UserError(f"run id '{prefix}' is ambiguous: {len(matches)} runs start with it "
-                            f"({', '.join(sorted(matches)[:4])}{', ...' if len(matches) > 4 else ''}); give more characters")
+            raise UserError(
+                f"run id '{prefix}' is ambiguous: {len(matches)} runs start with it "
+                f"({', '.join(sorted(matches)[:4])}{', ...' if len(matches) > 4 else ''}); give more characters"
+            )
         return matches[0] if matches else None
 
     # -- reading -------------------------------------------------------------------------
@@ -211,7 +223,7 @@ class MlflowRun:
 
         items = [Param(k, str(v)) for k, v in params.items()]
         for start in range(0, len(items), 100):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, params=items[start:start + 100])
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_config(self, config: dict[str, Any]) -> None:
         """A resolved config as flat params (``train.lr``, ...) and as the artifact ``config.toml``."""
@@ -261,15 +273,20 @@ class MlflowRun:
 
     # -- the run's life ------------------------------------------------------------------
     @contextmanager
-    def lifecycle(self, system_metrics: bool = True, final_status: str = "FINISHED",
-                  error_status: str = "FAILED", error_tag: str = "pyrovae.error") -> Iterator["MlflowRun"]:
+    def lifecycle(
+        self,
+        system_metrics: bool = True,
+        final_status: str = "FINISHED",
+        error_status: str = "FAILED",
+        error_tag: str = "pyrovae.error",
+    ) -> Iterator[MlflowRun]:
         """Hold the run open: ``final_status`` on success, KILLED on Ctrl-C, ``error_status``
         (with the reason in the tag ``error_tag``) on any other error. MLflow's system metrics
         (CPU, memory) are sampled meanwhile and continue at their next step when a run is reopened."""
         with self._global_uri():
             yield from self._held_open(system_metrics, final_status, error_status, error_tag)
 
-    def _held_open(self, system_metrics, final_status, error_status, error_tag) -> Iterator["MlflowRun"]:
+    def _held_open(self, system_metrics, final_status, error_status, error_tag) -> Iterator[MlflowRun]:
         outer = mlflow.active_run()
         mlflow.start_run(run_id=self.run_id, nested=outer is not None, log_system_metrics=system_metrics)
         try:

@@ -48,8 +48,9 @@ Grosse, "On the Quantitative Analysis of Decoder-Based Generative Models", ICLR 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from pyro import poutine
@@ -65,25 +66,31 @@ from pyrovae.infer.traces import arguments, data_site, evaluation_labels, plate_
 class AISSettings:
     """AIS knobs; the defaults follow Wu et al. (2017) except for fewer distributions."""
 
-    steps: int = 500                 # T, the number of intermediate distributions
-    chains: int = 16                 # C, independent chains per datapoint
-    leapfrog_steps: int = 10         # L, leapfrog steps per HMC transition
-    step_size: float = 0.05          # initial HMC step size of every chain
-    target_accept: float = 0.65      # step sizes adapt toward this acceptance probability
-    adapt_rate: float = 0.02         # multiplicative step-size change per transition
+    steps: int = 500  # T, the number of intermediate distributions
+    chains: int = 16  # C, independent chains per datapoint
+    leapfrog_steps: int = 10  # L, leapfrog steps per HMC transition
+    step_size: float = 0.05  # initial HMC step size of every chain
+    target_accept: float = 0.65  # step sizes adapt toward this acceptance probability
+    adapt_rate: float = 0.02  # multiplicative step-size change per transition
     adapt_over: Literal["datapoint", "chain"] = "datapoint"  # whose acceptance moves a step size
     schedule: Literal["sigmoid", "linear"] = "sigmoid"
     start: Literal["prior", "posterior"] = "prior"
 
     def __post_init__(self):
         if self.steps < 1 or self.chains < 1 or self.leapfrog_steps < 1 or self.step_size <= 0:
-            raise UserError(f"AIS needs steps, chains and leapfrog steps >= 1 and a positive step size, "
-                            f"got {asdict(self)}")
-        if (self.schedule not in ("sigmoid", "linear") or self.start not in ("prior", "posterior")
-                or self.adapt_over not in ("datapoint", "chain")):
-            raise UserError(f"AIS schedule must be sigmoid or linear, start prior or posterior and "
-                            f"adapt_over datapoint or chain, got {self.schedule!r}, {self.start!r}, "
-                            f"{self.adapt_over!r}")
+            raise UserError(
+                f"AIS needs steps, chains and leapfrog steps >= 1 and a positive step size, got {asdict(self)}"
+            )
+        if (
+            self.schedule not in ("sigmoid", "linear")
+            or self.start not in ("prior", "posterior")
+            or self.adapt_over not in ("datapoint", "chain")
+        ):
+            raise UserError(
+                f"AIS schedule must be sigmoid or linear, start prior or posterior and "
+                f"adapt_over datapoint or chain, got {self.schedule!r}, {self.start!r}, "
+                f"{self.adapt_over!r}"
+            )
 
     def as_tags(self) -> dict[str, str]:
         return {f"ais.{k}": str(v) for k, v in asdict(self).items()}
@@ -98,8 +105,9 @@ def schedule(steps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Ten
     return (s - s[0]) / (s[-1] - s[0])
 
 
-def anneal(parts, z0: torch.Tensor, betas: torch.Tensor, settings: AISSettings,
-           on_step: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def anneal(
+    parts, z0: torch.Tensor, betas: torch.Tensor, settings: AISSettings, on_step: Callable[[], None] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Run chains from ``z0`` (exact draws from :math:`f_{\beta_0}`) through ``betas``.
 
     Returns the log-weights, shape ``z0.shape[:-1]``, float64, and the mean acceptance
@@ -108,15 +116,18 @@ def anneal(parts, z0: torch.Tensor, betas: torch.Tensor, settings: AISSettings,
     state = evaluate_state(parts, z0)
     log_w = torch.zeros(z0.shape[:-1], dtype=torch.float64, device=z0.device)
     per_chain = settings.adapt_over == "chain"
-    step_size = torch.full((z0.shape[0] if per_chain else 1, *z0.shape[1:-1], 1), settings.step_size,
-                           device=z0.device)
+    step_size = torch.full((z0.shape[0] if per_chain else 1, *z0.shape[1:-1], 1), settings.step_size, device=z0.device)
     accept_sum, n = 0.0, 0
     for t in range(1, len(betas)):
         log_w += (betas[t] - betas[t - 1]).item() * state.h.double()
         if t < len(betas) - 1:  # the last distribution needs no move
             state, accept = hmc_step(parts, state, betas[t].item(), step_size, settings.leapfrog_steps)
-            step_size = adapt_step_size(step_size, accept if per_chain else accept.mean(0, keepdim=True),
-                                        settings.target_accept, settings.adapt_rate)
+            step_size = adapt_step_size(
+                step_size,
+                accept if per_chain else accept.mean(0, keepdim=True),
+                settings.target_accept,
+                settings.adapt_rate,
+            )
             accept_sum, n = accept_sum + accept.mean().item(), n + 1
         if on_step is not None:
             on_step()
@@ -127,9 +138,15 @@ def logmeanexp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return log_w.logsumexp(dim) - math.log(log_w.shape[dim])
 
 
-def ais(model, x: torch.Tensor, settings: AISSettings = AISSettings(), batch_size: int = 100,
-        seed: int | None = 0, progress: Callable[[int], None] | None = None,
-        y: torch.Tensor | None = None) -> torch.Tensor:
+def ais(
+    model,
+    x: torch.Tensor,
+    settings: AISSettings = AISSettings(),
+    batch_size: int = 100,
+    seed: int | None = 0,
+    progress: Callable[[int], None] | None = None,
+    y: torch.Tensor | None = None,
+) -> torch.Tensor:
     """AIS estimate (a stochastic lower bound) of log p(x) for each row of ``x``, shape ``(N,)``, float64.
 
     Batches of ``batch_size`` datapoints, each with ``settings.chains`` chains, run together
@@ -143,11 +160,12 @@ def ais(model, x: torch.Tensor, settings: AISSettings = AISSettings(), batch_siz
     with evaluation_mode(model, seed, x.device):
         nesting = plate_nesting(model, x[:1], None if y is None else y[:1])
         for start in range(0, x.shape[0], batch_size):
-            batch, labels = x[start:start + batch_size], None if y is None else y[start:start + batch_size]
+            batch, labels = x[start : start + batch_size], None if y is None else y[start : start + batch_size]
             potential = Potential(model, batch, labels, settings.chains, nesting)
             z0 = potential.draw(settings.start)
-            log_w, _ = anneal(potential.parts(settings.start), z0, betas, settings,
-                              on_step=progress and (lambda: progress(1)))
+            log_w, _ = anneal(
+                potential.parts(settings.start), z0, betas, settings, on_step=progress and (lambda: progress(1))
+            )
             out.append(logmeanexp(log_w))
     return torch.cat(out)
 
@@ -160,8 +178,9 @@ def check_ais(model, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         Potential(model, rows, labels, 1, plate_nesting(model, rows, labels))
 
 
-def simulate(model, x: torch.Tensor, y: torch.Tensor | None = None,
-             seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def simulate(
+    model, x: torch.Tensor, y: torch.Tensor | None = None, seed: int = 0
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Data drawn from the model itself, one datapoint per row of the template ``x`` (whose values
     are not used; ``y`` goes to a model that needs labels): the latent values (site -> ``(n, ...)``)
     and ``x ~ p(x|z)``, shape of ``x``."""
@@ -180,8 +199,8 @@ def simulate(model, x: torch.Tensor, y: torch.Tensor | None = None,
 class BDMCResult:
     """Per-datapoint bounds on simulated data, shape ``(n,)`` each, and the data itself."""
 
-    lower: torch.Tensor   # forward AIS: E[lower] <= log p(x)
-    upper: torch.Tensor   # reverse AIS from the exact posterior sample: E[upper] >= log p(x)
+    lower: torch.Tensor  # forward AIS: E[lower] <= log p(x)
+    upper: torch.Tensor  # reverse AIS from the exact posterior sample: E[upper] >= log p(x)
     x: torch.Tensor
     z: dict[str, torch.Tensor]  # the latent values that generated x, by site
 
@@ -191,9 +210,15 @@ class BDMCResult:
         return float((self.upper - self.lower).mean())
 
 
-def bdmc(model, n: "int | torch.Tensor", settings: AISSettings = AISSettings(), batch_size: int = 100,
-         seed: int = 0, progress: Callable[[int], None] | None = None,
-         y: torch.Tensor | None = None) -> BDMCResult:
+def bdmc(
+    model,
+    n: int | torch.Tensor,
+    settings: AISSettings = AISSettings(),
+    batch_size: int = 100,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+    y: torch.Tensor | None = None,
+) -> BDMCResult:
     """Sandwich log p(x) on datapoints simulated from the model itself (Grosse et al. 2015).
 
     ``n``: how many (the model's ``data_shape`` gives their shape), or a template batch whose rows
@@ -202,8 +227,9 @@ def bdmc(model, n: "int | torch.Tensor", settings: AISSettings = AISSettings(), 
     (all C chains of a datapoint from the same exact sample) and run the schedule from 1 back to
     0. ``progress`` counts 2 * steps per batch.
     """
-    template = n if torch.is_tensor(n) else torch.zeros(int(n), *model.data_shape,
-                                                        device=next(model.parameters()).device)
+    template = (
+        n if torch.is_tensor(n) else torch.zeros(int(n), *model.data_shape, device=next(model.parameters()).device)
+    )
     y = evaluation_labels(model, y)
     z_true, x = simulate(model, template, y, seed)
     lower = ais(model, x, settings, batch_size, seed=seed + 1, progress=progress, y=y)
@@ -214,9 +240,11 @@ def bdmc(model, n: "int | torch.Tensor", settings: AISSettings = AISSettings(), 
         for start in range(0, x.shape[0], batch_size):
             rows = slice(start, start + batch_size)
             potential = Potential(model, x[rows], None if y is None else y[rows], settings.chains, nesting)
-            z0 = potential.pack({k: v[rows].expand(settings.chains, *v[rows].shape) for k, v in z_true.items()
-                                 if k in potential.sites}).contiguous()
-            log_w, _ = anneal(potential.parts(settings.start), z0, betas, settings,
-                              on_step=progress and (lambda: progress(1)))
+            z0 = potential.pack(
+                {k: v[rows].expand(settings.chains, *v[rows].shape) for k, v in z_true.items() if k in potential.sites}
+            ).contiguous()
+            log_w, _ = anneal(
+                potential.parts(settings.start), z0, betas, settings, on_step=progress and (lambda: progress(1))
+            )
             upper.append(-logmeanexp(log_w))
     return BDMCResult(lower=lower, upper=torch.cat(upper), x=x, z=z_true)

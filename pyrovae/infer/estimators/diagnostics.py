@@ -60,29 +60,32 @@ def _factor_kl(q: Distribution, p: Distribution) -> torch.Tensor:
     if q_factors is None or p_factors is None:
         raise KLPerDimensionUnavailable(
             f"KL per latent dimension is not available for q = {type(q).__name__}, p = {type(p).__name__}: "
-            f"it needs both to factorize over dimensions (Independent over a univariate distribution)")
+            f"it needs both to factorize over dimensions (Independent over a univariate distribution)"
+        )
     try:
         return kl_divergence(q_factors, p_factors)
     except NotImplementedError:
         raise KLPerDimensionUnavailable(
             f"KL per latent dimension is not available: no closed-form KL between "
-            f"{type(q_factors).__name__} and {type(p_factors).__name__}") from None
+            f"{type(q_factors).__name__} and {type(p_factors).__name__}"
+        ) from None
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor | None, batch_size: int):
     for start in range(0, x.shape[0], batch_size):
-        yield x[start:start + batch_size], None if y is None else y[start:start + batch_size]
+        yield x[start : start + batch_size], None if y is None else y[start : start + batch_size]
 
 
 def _site_kl(model_trace, guide_trace, name: str, nesting: int) -> torch.Tensor:
     """``(B, D_s)`` KL of each dimension of one site; raises when it does not factorize."""
     q_site, p_site = guide_trace.nodes[name], model_trace.nodes[name]
-    kl = _factor_kl(q_site["fn"], p_site["fn"])               # (*batch, D_s)
+    kl = _factor_kl(q_site["fn"], p_site["fn"])  # (*batch, D_s)
     return per_datapoint(kl.movedim(-1, 0), q_site, nesting).movedim(0, -1)
 
 
-def kl_per_dimension(model, x: torch.Tensor, batch_size: int = 1000, y: torch.Tensor | None = None,
-                     seed: int = 0) -> dict[str, torch.Tensor]:
+def kl_per_dimension(
+    model, x: torch.Tensor, batch_size: int = 1000, y: torch.Tensor | None = None, seed: int = 0
+) -> dict[str, torch.Tensor]:
     r"""Per latent site that factorizes, the mean over ``x`` of :math:`\mathrm{KL}(q(z_{s,u}|\cdot)\|p(z_{s,u}|\cdot))`
     per dimension u: ``{site: (D_s,)}``, in nats.
 
@@ -107,8 +110,10 @@ def kl_per_dimension(model, x: torch.Tensor, batch_size: int = 1000, y: torch.Te
                     continue
                 totals[name] = kl if name not in totals else totals[name] + kl
     if not totals:
-        raise KLPerDimensionUnavailable("; ".join(f"site '{n}': {m}" for n, m in refused.items()) or
-                                        "KL per latent dimension is not available: the model has no latent site")
+        raise KLPerDimensionUnavailable(
+            "; ".join(f"site '{n}': {m}" for n, m in refused.items())
+            or "KL per latent dimension is not available: the model has no latent site"
+        )
     return {name: (total / x.shape[0]).float() for name, total in totals.items() if name not in refused}
 
 
@@ -121,8 +126,9 @@ def has_kl_per_dimension(model, x: torch.Tensor, y: torch.Tensor | None = None) 
     return True
 
 
-def posterior_means(model, x: torch.Tensor, batch_size: int = 1000, samples: int = 100, seed: int = 0,
-                    y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def posterior_means(
+    model, x: torch.Tensor, batch_size: int = 1000, samples: int = 100, seed: int = 0, y: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     r""":math:`E_q[z_s|x]` of every latent site for every row of ``x``: ``{site: (N, D_s)}`` (the event
     flattened). The mean of each site's q where it has one, else its draws, averaged over ``samples``
     draws of the guide (seeded), which integrates over the site's latent parents."""
@@ -138,7 +144,7 @@ def posterior_means(model, x: torch.Tensor, batch_size: int = 1000, samples: int
                     mean = site["fn"].mean
                 except NotImplementedError:
                     mean = site["value"]
-                mean = mean.expand(site["value"].shape).double().mean(0)    # over the draws: (B, *event)
+                mean = mean.expand(site["value"].shape).double().mean(0)  # over the draws: (B, *event)
                 out.setdefault(name, []).append(mean.reshape(xb.shape[0], -1).float())
     return {name: torch.cat(parts) for name, parts in out.items()}
 
@@ -147,17 +153,21 @@ def activity(model, x: torch.Tensor, batch_size: int = 1000, y: torch.Tensor | N
     r"""Per latent site, the activity :math:`A_{s,u} = \mathrm{Var}_x(E_q[z_{s,u}|x])` of each dimension,
     ``{site: (D_s,)}``."""
     means = posterior_means(model, x, batch_size, y=y)
-    return {name: m.double().var(0, correction=1).float() if x.shape[0] > 1 else torch.zeros(m.shape[1])
-            for name, m in means.items()}
+    return {
+        name: m.double().var(0, correction=1).float() if x.shape[0] > 1 else torch.zeros(m.shape[1])
+        for name, m in means.items()
+    }
 
 
-def active_units_per_site(model, x: torch.Tensor, threshold: float = ACTIVE_THRESHOLD, batch_size: int = 1000,
-                          y: torch.Tensor | None = None) -> dict[str, int]:
+def active_units_per_site(
+    model, x: torch.Tensor, threshold: float = ACTIVE_THRESHOLD, batch_size: int = 1000, y: torch.Tensor | None = None
+) -> dict[str, int]:
     """Per latent site, the number of its dimensions with activity above ``threshold``."""
     return {name: int((a > threshold).sum()) for name, a in activity(model, x, batch_size, y).items()}
 
 
-def active_units(model, x: torch.Tensor, threshold: float = ACTIVE_THRESHOLD, batch_size: int = 1000,
-                 y: torch.Tensor | None = None) -> int:
+def active_units(
+    model, x: torch.Tensor, threshold: float = ACTIVE_THRESHOLD, batch_size: int = 1000, y: torch.Tensor | None = None
+) -> int:
     """Number of active latent dimensions over all latent sites (Burda et al.'s threshold: 0.01)."""
     return sum(active_units_per_site(model, x, threshold, batch_size, y).values())

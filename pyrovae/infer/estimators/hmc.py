@@ -20,8 +20,8 @@ Analysis of Decoder-Based Generative Models", ICLR 2017.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -33,11 +33,11 @@ Parts = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 class State:
     """A batch of chain states with the cached parts of the target and their gradients."""
 
-    z: torch.Tensor          # (*chains, D)
-    base: torch.Tensor       # log b(z), (*chains)
-    h: torch.Tensor          # h(z), (*chains)
+    z: torch.Tensor  # (*chains, D)
+    base: torch.Tensor  # log b(z), (*chains)
+    h: torch.Tensor  # h(z), (*chains)
     grad_base: torch.Tensor  # (*chains, D)
-    grad_h: torch.Tensor     # (*chains, D)
+    grad_h: torch.Tensor  # (*chains, D)
 
     def log_target(self, beta: float) -> torch.Tensor:
         return self.base + beta * self.h
@@ -52,13 +52,14 @@ def evaluate_state(parts: Parts, z: torch.Tensor) -> State:
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
         base, h = parts(z)
-        grad_base, = torch.autograd.grad(base.sum(), z, retain_graph=True)
-        grad_h, = torch.autograd.grad(h.sum(), z)
+        (grad_base,) = torch.autograd.grad(base.sum(), z, retain_graph=True)
+        (grad_h,) = torch.autograd.grad(h.sum(), z)
     return State(z.detach(), base.detach(), h.detach(), grad_base, grad_h)
 
 
-def hmc_step(parts: Parts, state: State, beta: float, step_size: torch.Tensor,
-             leapfrog_steps: int) -> tuple[State, torch.Tensor]:
+def hmc_step(
+    parts: Parts, state: State, beta: float, step_size: torch.Tensor, leapfrog_steps: int
+) -> tuple[State, torch.Tensor]:
     """One HMC transition of every chain targeting :math:`f_\\beta`.
 
     ``step_size`` broadcasts against ``(*chains, 1)``. Returns the new state and the
@@ -71,18 +72,27 @@ def hmc_step(parts: Parts, state: State, beta: float, step_size: torch.Tensor,
         proposal = evaluate_state(parts, proposal.z + step_size * momentum)
         scale = step_size if i < leapfrog_steps - 1 else 0.5 * step_size
         momentum = momentum + scale * proposal.grad(beta)
-    log_ratio = (proposal.log_target(beta) - 0.5 * momentum.pow(2).sum(-1)
-                 - state.log_target(beta) + 0.5 * momentum0.pow(2).sum(-1))
-    log_ratio = torch.nan_to_num(log_ratio, nan=-torch.inf)   # a diverging trajectory is rejected
+    log_ratio = (
+        proposal.log_target(beta)
+        - 0.5 * momentum.pow(2).sum(-1)
+        - state.log_target(beta)
+        + 0.5 * momentum0.pow(2).sum(-1)
+    )
+    log_ratio = torch.nan_to_num(log_ratio, nan=-torch.inf)  # a diverging trajectory is rejected
     accept_prob = log_ratio.clamp(max=0).exp()
     accept = torch.rand_like(accept_prob) < accept_prob
-    new = State(*(torch.where(_expand(accept, getattr(proposal, f)), getattr(proposal, f), getattr(state, f))
-                  for f in ("z", "base", "h", "grad_base", "grad_h")))
+    new = State(
+        *(
+            torch.where(_expand(accept, getattr(proposal, f)), getattr(proposal, f), getattr(state, f))
+            for f in ("z", "base", "h", "grad_base", "grad_h")
+        )
+    )
     return new, accept_prob
 
 
-def adapt_step_size(step_size: torch.Tensor, accept_prob: torch.Tensor, target: float = 0.65,
-                    rate: float = 0.02) -> torch.Tensor:
+def adapt_step_size(
+    step_size: torch.Tensor, accept_prob: torch.Tensor, target: float = 0.65, rate: float = 0.02
+) -> torch.Tensor:
     """Multiply by ``1 + rate`` where ``accept_prob`` (broadcast to ``step_size[..., 0]``)
     exceeds ``target``, divide by it elsewhere."""
     grow = (accept_prob > target).unsqueeze(-1)

@@ -21,7 +21,8 @@ Memory stays bounded at the literature's K = 5000: datapoints go in batches of
 log-sum-exp, so at most ``chunk_size x batch_size`` decoder outputs exist at once.
 
 They are the same numbers Pyro's ``RenyiELBO(alpha=0, num_particles=K, vectorize_particles=True)``
-computes on the same draws (its loss is minus their sum over the data; the tests check it). ``pyro.infer.importance.vectorized_importance_weights`` is *not*
+computes on the same draws (its loss is minus their sum over the data; the tests check it).
+``pyro.infer.importance.vectorized_importance_weights`` is *not*
 this: it sums over the data plate.
 
 References: Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
@@ -30,12 +31,21 @@ References: Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", I
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
+
 from pyrovae.infer.terms import evaluation_mode
-from pyrovae.infer.traces import (evaluation_labels, is_enumerated, narrow_particles, plate_nesting, replay_model,
-                                  sample_sites, scores, trace_guide)
+from pyrovae.infer.traces import (
+    evaluation_labels,
+    is_enumerated,
+    narrow_particles,
+    plate_nesting,
+    replay_model,
+    sample_sites,
+    scores,
+    trace_guide,
+)
 
 
 def default_chunk_rows(device: torch.device | str) -> int:
@@ -51,11 +61,12 @@ def default_chunk_rows(device: torch.device | str) -> int:
 
 
 #: guide draws (datapoints x draws) traced at once: the guide then runs once per block, the model per chunk
-GUIDE_ROWS = 2 ** 17
+GUIDE_ROWS = 2**17
 
 
-def log_weights(model, x: torch.Tensor, k: int, nesting: int, y: torch.Tensor | None = None,
-                guide_trace=None) -> torch.Tensor:
+def log_weights(
+    model, x: torch.Tensor, k: int, nesting: int, y: torch.Tensor | None = None, guide_trace=None
+) -> torch.Tensor:
     r"""``(k, B)`` importance log-weights :math:`\log p(x, z_k) - \log q(z_k|x)` of one batch, the
     guide's enumerated sites summed out; ``nesting`` from :func:`~pyrovae.infer.traces.plate_nesting`.
     ``guide_trace``: k draws of the guide already traced (else the guide draws them)."""
@@ -69,8 +80,15 @@ def log_weights(model, x: torch.Tensor, k: int, nesting: int, y: torch.Tensor | 
     return log_w
 
 
-def iwae_batch(model, x: torch.Tensor, k: int, chunk_size: int | None = None, nesting: int = 1,
-               y: torch.Tensor | None = None, draw_numel: int = 0) -> torch.Tensor:
+def iwae_batch(
+    model,
+    x: torch.Tensor,
+    k: int,
+    chunk_size: int | None = None,
+    nesting: int = 1,
+    y: torch.Tensor | None = None,
+    draw_numel: int = 0,
+) -> torch.Tensor:
     """IWAE bound of each row of one batch ``x``, shape ``(B,)``; the model scores the draws in
     chunks of ``chunk_size``.
 
@@ -108,9 +126,16 @@ def random_numbers_per_draw(model, x: torch.Tensor, y: torch.Tensor | None, nest
     return sum(s["value"].numel() for s in sites)
 
 
-def iwae(model, x: torch.Tensor, k: int, batch_size: int = 100, chunk_size: int | None = None,
-         seed: int | None = 0, progress: Callable[[int], None] | None = None,
-         y: torch.Tensor | None = None) -> torch.Tensor:
+def iwae(
+    model,
+    x: torch.Tensor,
+    k: int,
+    batch_size: int = 100,
+    chunk_size: int | None = None,
+    seed: int | None = 0,
+    progress: Callable[[int], None] | None = None,
+    y: torch.Tensor | None = None,
+) -> torch.Tensor:
     r"""Per-datapoint IWAE bound :math:`\log \hat p_K(x_n)` for every row of ``x``, shape ``(N,)``, float64.
 
     ``y``: the labels of ``x``, handed to a model that needs them (log p(x|y)); a model for which
@@ -128,8 +153,8 @@ def iwae(model, x: torch.Tensor, k: int, batch_size: int = 100, chunk_size: int 
         nesting = plate_nesting(model, x[:1], None if y is None else y[:1])
         draw_numel = random_numbers_per_draw(model, x[:1], None if y is None else y[:1], nesting)
         for start in range(0, x.shape[0], batch_size):
-            batch = x[start:start + batch_size]
-            labels = None if y is None else y[start:start + batch_size]
+            batch = x[start : start + batch_size]
+            labels = None if y is None else y[start : start + batch_size]
             out.append(iwae_batch(model, batch, k, chunk_size, nesting, labels, draw_numel))
             if progress is not None:
                 progress(batch.shape[0])

@@ -48,8 +48,10 @@ class Potential:
         for name in self.sites:
             site = guide_trace.nodes[name]
             if site["fn"].support.is_discrete:
-                raise UserError(f"AIS needs continuous latent sites, but site '{name}' of {type(model).__name__} is "
-                                f"discrete ({type(site['fn']).__name__}): score it by IWAE, which sums it out")
+                raise UserError(
+                    f"AIS needs continuous latent sites, but site '{name}' of {type(model).__name__} is "
+                    f"discrete ({type(site['fn']).__name__}): score it by IWAE, which sums it out"
+                )
             self.transforms[name] = biject_to(site["fn"].support)
             # per chain and datapoint: the unconstrained value without its (C, B) leading dimensions
             self.shapes[name] = self.transforms[name].inv(site["value"]).shape[2:]
@@ -83,12 +85,14 @@ class Potential:
 
     def _log_densities(self, fn, values: dict[str, torch.Tensor]):
         trace = poutine.trace(poutine.condition(self._plated(fn), data=values)).get_trace(
-            *arguments(fn, self.x, self.y))
+            *arguments(fn, self.x, self.y)
+        )
         trace.compute_log_prob()
         return {name: per_datapoint(site["log_prob"], site, self.nesting) for name, site in sample_sites(trace).items()}
 
     def parts(self, start: str):
         """``u -> (log b(u), h(u))``, each ``(C, B)``, for AIS from ``start`` (see the module doc)."""
+
         def parts(u: torch.Tensor):
             values, jacobian = self.unpack(u)
             joint = self._log_densities(self.model.model, values)
@@ -99,4 +103,5 @@ class Potential:
             posterior = self._log_densities(self.model.guide, values)
             log_q = sum(posterior[n] for n in self.sites) + jacobian
             return log_q, log_prior + log_lik - log_q
+
         return parts

@@ -18,9 +18,12 @@ def context_order(latent_dim, data_shape) -> tuple[int, tuple[int, ...]]:
     swapped back with a deprecation warning.
     """
     if isinstance(latent_dim, (tuple, list)) and isinstance(data_shape, int):
-        warnings.warn("guides take (latent_dim, data_shape), as priors and likelihoods do; the order "
-                      "(data_shape, latent_dim) of pyrovae 0.2 will go: pass them by keyword",
-                      DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            "guides take (latent_dim, data_shape), as priors and likelihoods do; the order "
+            "(data_shape, latent_dim) of pyrovae 0.2 will go: pass them by keyword",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         latent_dim, data_shape = data_shape, latent_dim
     return int(latent_dim), tuple(int(d) for d in data_shape)
 

@@ -18,8 +18,9 @@ class DiagonalNormal(EncoderGuide):
     References: Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
     """
 
-    def __init__(self, latent_dim: int, data_shape: tuple[int, ...],
-                 hidden: list[int] = (400,), activation: str = "relu"):
+    def __init__(
+        self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,), activation: str = "relu"
+    ):
         latent_dim, data_shape = context_order(latent_dim, data_shape)
         super().__init__(data_shape, hidden, activation, outputs=2 * latent_dim)
 

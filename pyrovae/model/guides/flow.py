@@ -33,8 +33,15 @@ class ConditionalFlowGuide(EncoderGuide):
 
     gaussian_first: bool = True
 
-    def __init__(self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int],
-                 activation: str, steps: int, flow_hidden: list[int]):
+    def __init__(
+        self,
+        latent_dim: int,
+        data_shape: tuple[int, ...],
+        hidden: list[int],
+        activation: str,
+        steps: int,
+        flow_hidden: list[int],
+    ):
         latent_dim, data_shape = context_order(latent_dim, data_shape)
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
@@ -42,15 +49,17 @@ class ConditionalFlowGuide(EncoderGuide):
         self.latent_dim = latent_dim
         self.steps = nn.ModuleList(
             self.make_step(latent_dim, self.features, list(flow_hidden), self.order(latent_dim, t))
-            for t in range(steps))
+            for t in range(steps)
+        )
 
     @staticmethod
     def order(latent_dim: int, step: int) -> torch.Tensor:
         forwards = torch.arange(latent_dim)
         return forwards if step % 2 == 0 else forwards.flip(0)
 
-    def make_step(self, latent_dim: int, context_dim: int, hidden: list[int],
-                  permutation: torch.Tensor) -> ConditionalTransformModule:
+    def make_step(
+        self, latent_dim: int, context_dim: int, hidden: list[int], permutation: torch.Tensor
+    ) -> ConditionalTransformModule:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:

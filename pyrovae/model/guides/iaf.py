@@ -29,8 +29,15 @@ class InverseAutoregressiveFlow(ConditionalFlowGuide):
 
     gaussian_first = True
 
-    def __init__(self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,),
-                 activation: str = "relu", steps: int = 2, flow_hidden: list[int] = (128,)):
+    def __init__(
+        self,
+        latent_dim: int,
+        data_shape: tuple[int, ...],
+        hidden: list[int] = (400,),
+        activation: str = "relu",
+        steps: int = 2,
+        flow_hidden: list[int] = (128,),
+    ):
         super().__init__(latent_dim, data_shape, hidden, activation, steps, flow_hidden)
 
     def make_step(self, latent_dim, context_dim, hidden, permutation):

@@ -21,8 +21,14 @@ class LowRankNormal(EncoderGuide):
     Inference in Deep Generative Models", ICML 2014, section 4.3 (rank-one plus diagonal).
     """
 
-    def __init__(self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,),
-                 activation: str = "relu", rank: int = 2):
+    def __init__(
+        self,
+        latent_dim: int,
+        data_shape: tuple[int, ...],
+        hidden: list[int] = (400,),
+        activation: str = "relu",
+        rank: int = 2,
+    ):
         latent_dim, data_shape = context_order(latent_dim, data_shape)
         if rank < 1:
             raise ValueError(f"rank must be at least 1, got {rank}")
@@ -32,6 +38,6 @@ class LowRankNormal(EncoderGuide):
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:
         out = self.head(self.encoder(x))
         d = self.latent_dim
-        loc, raw_diag, factor = out[..., :d], out[..., d:2 * d], out[..., 2 * d:]
+        loc, raw_diag, factor = out[..., :d], out[..., d : 2 * d], out[..., 2 * d :]
         factor = factor.reshape(*out.shape[:-1], d, self.rank)
         return dist.LowRankMultivariateNormal(loc, factor, self.positive(raw_diag))

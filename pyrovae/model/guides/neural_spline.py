@@ -26,9 +26,17 @@ class NeuralSplineFlow(ConditionalFlowGuide):
 
     gaussian_first = False
 
-    def __init__(self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,),
-                 activation: str = "relu", steps: int = 2, flow_hidden: list[int] = (128,),
-                 bins: int = 8, bound: float = 3.0):
+    def __init__(
+        self,
+        latent_dim: int,
+        data_shape: tuple[int, ...],
+        hidden: list[int] = (400,),
+        activation: str = "relu",
+        steps: int = 2,
+        flow_hidden: list[int] = (128,),
+        bins: int = 8,
+        bound: float = 3.0,
+    ):
         if bins < 2:
             raise ValueError(f"bins must be at least 2, got {bins}")
         self.bins, self.bound = bins, float(bound)
@@ -37,7 +45,7 @@ class NeuralSplineFlow(ConditionalFlowGuide):
     def make_step(self, latent_dim, context_dim, hidden, permutation):
         # knots' widths, heights, inner derivatives and the linear-order weights, per coordinate
         param_dims = [self.bins, self.bins, self.bins - 1, self.bins]
-        net = ConditionalAutoRegressiveNN(latent_dim, context_dim, hidden, param_dims=param_dims,
-                                          permutation=permutation)
-        return ConditionalSplineAutoregressive(latent_dim, net, count_bins=self.bins, bound=self.bound,
-                                               order="linear")
+        net = ConditionalAutoRegressiveNN(
+            latent_dim, context_dim, hidden, param_dims=param_dims, permutation=permutation
+        )
+        return ConditionalSplineAutoregressive(latent_dim, net, count_bins=self.bins, bound=self.bound, order="linear")

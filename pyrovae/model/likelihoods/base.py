@@ -53,8 +53,9 @@ class DecodedLikelihood(Likelihood):
     ``event_shape == data_shape``.
     """
 
-    def __init__(self, latent_dim: int, data_shape: tuple[int, ...],
-                 hidden: list[int] = (400,), activation: str = "relu"):
+    def __init__(
+        self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,), activation: str = "relu"
+    ):
         super().__init__()
         self.decoder = Decoder(latent_dim, data_shape, list(hidden), activation)
         self.event_dims = len(data_shape)

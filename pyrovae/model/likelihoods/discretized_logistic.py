@@ -56,8 +56,9 @@ class DiscretizedLogisticDistribution(TorchDistribution):
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
-        return DiscretizedLogisticDistribution(self.loc.expand(batch_shape), self.scale.expand(batch_shape),
-                                               validate_args=False)
+        return DiscretizedLogisticDistribution(
+            self.loc.expand(batch_shape), self.scale.expand(batch_shape), validate_args=False
+        )
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
@@ -65,8 +66,7 @@ class DiscretizedLogisticDistribution(TorchDistribution):
         a = (value + HALF_BIN - self.loc) / self.scale
         b = (value - HALF_BIN - self.loc) / self.scale
         inner = logsigmoid(a) + logsigmoid(-b) + torch.log(-torch.expm1(-(a - b)))
-        return torch.where(value < HALF_BIN, logsigmoid(a),
-                           torch.where(value > 1 - HALF_BIN, logsigmoid(-b), inner))
+        return torch.where(value < HALF_BIN, logsigmoid(a), torch.where(value > 1 - HALF_BIN, logsigmoid(-b), inner))
 
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         with torch.no_grad():
@@ -99,8 +99,14 @@ class DiscretizedLogistic(Likelihood):
     data_hint = "this likelihood models 8-bit images: set data.binarize = false and use x = k / 255"
     reports_bits_per_dim = True
 
-    def __init__(self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,),
-                 activation: str = "relu", min_log_scale: float = -7.0):
+    def __init__(
+        self,
+        latent_dim: int,
+        data_shape: tuple[int, ...],
+        hidden: list[int] = (400,),
+        activation: str = "relu",
+        min_log_scale: float = -7.0,
+    ):
         super().__init__()
         self.decoder = Decoder(latent_dim, data_shape, list(hidden), activation, channels=2)
         self.event_dims = len(data_shape)

@@ -26,9 +26,15 @@ class Gaussian(Likelihood):
     References: Tipping & Bishop, "Probabilistic Principal Component Analysis", 1999.
     """
 
-    def __init__(self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,),
-                 activation: str = "relu", scale: Literal["global", "per_pixel"] = "global",
-                 init_scale: float = 1.0):
+    def __init__(
+        self,
+        latent_dim: int,
+        data_shape: tuple[int, ...],
+        hidden: list[int] = (400,),
+        activation: str = "relu",
+        scale: Literal["global", "per_pixel"] = "global",
+        init_scale: float = 1.0,
+    ):
         super().__init__()
         if init_scale <= 0:
             raise ValueError(f"init_scale must be positive, got {init_scale}")

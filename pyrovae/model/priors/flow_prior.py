@@ -19,12 +19,13 @@ class ZukoDistribution(ZukoToPyro):
     def rsample(self, sample_shape: Size = Size()) -> torch.Tensor:
         return self(sample_shape)
 
-    def expand(self, batch_shape, _instance=None) -> "ZukoDistribution":
+    def expand(self, batch_shape, _instance=None) -> ZukoDistribution:
         return ZukoDistribution(self.dist.expand(batch_shape))
 
 
 class FlowPrior(nn.Module):
-    r""":math:`p(z) = N(u; 0, I)\,|\det \partial u/\partial z|`, :math:`u = f(z)`, f a neural spline flow (zuko's ``NSF``).
+    r""":math:`p(z) = N(u; 0, I)\,|\det \partial u/\partial z|`, :math:`u = f(z)`, f a neural spline flow
+    (zuko's ``NSF``).
 
     ``transforms`` autoregressive rational-quadratic spline steps with ``bins`` bins each,
     their conditioners MLPs of sizes ``hidden``, alternating the variable order.
@@ -48,8 +49,7 @@ class FlowPrior(nn.Module):
         super().__init__()
         if transforms < 1:
             raise ValueError(f"transforms must be at least 1, got {transforms}")
-        self.flow = zuko.flows.NSF(features=latent_dim, transforms=transforms, bins=bins,
-                                   hidden_features=list(hidden))
+        self.flow = zuko.flows.NSF(features=latent_dim, transforms=transforms, bins=bins, hidden_features=list(hidden))
 
     def forward(self) -> dist.TorchDistribution:
         return ZukoDistribution(self.flow())

@@ -38,8 +38,12 @@ def diagonal_gaussian_parameters(components) -> tuple[torch.Tensor, torch.Tensor
     A ``pyro.plate`` expands the prior to the batch, components ``(B, C)``: those are views of
     one ``(C, D)`` table (stride 0 along B), which is taken back so the matrix path still applies.
     """
-    if not (isinstance(components, Independent) and components.reinterpreted_batch_ndims == 1
-            and type(components.base_dist) in (Normal, dist.Normal) and components.batch_shape):
+    if not (
+        isinstance(components, Independent)
+        and components.reinterpreted_batch_ndims == 1
+        and type(components.base_dist) in (Normal, dist.Normal)
+        and components.batch_shape
+    ):
         return None
     shape = (*components.batch_shape, *components.event_shape)
     loc, scale = components.base_dist.loc.expand(shape), components.base_dist.scale.expand(shape)

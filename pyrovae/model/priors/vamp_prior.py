@@ -31,8 +31,15 @@ class VampPrior(nn.Module):
     References: Tomczak & Welling, "VAE with a VampPrior", AISTATS 2018, eq. (9).
     """
 
-    def __init__(self, latent_dim: int, data_shape: tuple[int, ...], guide: nn.Module,
-                 pseudo_inputs: int = 500, init_mean: float = 0.5, init_std: float = 0.1):
+    def __init__(
+        self,
+        latent_dim: int,
+        data_shape: tuple[int, ...],
+        guide: nn.Module,
+        pseudo_inputs: int = 500,
+        init_mean: float = 0.5,
+        init_std: float = 0.1,
+    ):
         super().__init__()
         if pseudo_inputs < 1:
             raise ValueError(f"pseudo_inputs must be at least 1, got {pseudo_inputs}")
