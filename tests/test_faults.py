@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from pyrovae.cli import main
 from pyrovae.infer.callbacks import Callback
-from pyrovae.infer.faults import Interrupted
+from pyrovae.infer.faults import Interrupted, StopOnSignals
 from pyrovae.infer.trainer import Trainer
 from pyrovae.run import checkpoint, config
 from pyrovae.run.pipeline import prepare
@@ -70,7 +70,7 @@ def test_sigint_mid_epoch_then_resume_equals_an_uninterrupted_run():
 
     stopped._step = step_then_signal
     before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under `nohup cmd &`
-    with pytest.raises(Interrupted) as err:
+    with pytest.raises(Interrupted) as err, StopOnSignals(stopped.request_stop):  # as pyrovae.train does
         stopped.fit()
     assert (err.value.epoch, err.value.batch, err.value.exit_code) == (2, 7, 130)
     state = keeper.state

@@ -64,3 +64,42 @@ def test_every_listed_public_name_is_importable_and_import_pyrovae_stays_light()
         check=True,
     )
     assert light.stdout.strip() == "False"
+
+
+def test_the_run_modules_that_never_talk_to_mlflow_do_not_import_it():
+    import subprocess
+    import sys
+
+    light = subprocess.run(
+        [sys.executable, "-c", "import sys, pyrovae.run.checkpoint, pyrovae.run.restore, pyrovae.run.config, "
+         "pyrovae.run.tracking; print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))"],
+        capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert light.stdout.strip() == "[]", light.stderr[-2000:]
+
+
+def test_only_public_mlflow_apis_are_used():
+    private = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+            module = getattr(node, "module", None) or ""
+            if module.startswith("mlflow") and (any(n.startswith("_") for n in names) or "._" in module):
+                private.append(f"{path.relative_to(PACKAGE)}: from {module} import {', '.join(names)}")
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_to_mlflow"):
+                private.append(f"{path.relative_to(PACKAGE)}: .{node.attr}")
+    assert not private, private
+
+
+def test_reading_a_run_from_a_folder_without_a_store_creates_none(tmp_path, monkeypatch):
+    from pyrovae import UserError, load_vae
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        load_vae("0123456789abcdef")
+    except UserError as err:
+        assert str(err).startswith("no run '0123456789abcdef' in the MLflow store")
+    else:
+        raise AssertionError("a run that does not exist was found")
+    assert not (tmp_path / "mlruns").exists()

@@ -335,3 +335,20 @@ def test_the_docs_own_model_trains_scores_samples_and_reloads_from_the_cli_and_p
     assert done.returncode == 0, done.stderr[-3000:]
     assert "'val/kl/z1'" in done.stdout and "test -log p(x|y), IWAE K=100:" in done.stdout
     assert done.stdout.strip().endswith("TwoLevelCVAE")
+
+
+def test_a_metric_a_callback_adds_at_the_end_of_an_epoch_is_logged(store):
+    from pyrovae import Callback, load_data, train
+    from pyrovae.model.vae import VAE
+
+    class Sharpness(Callback):
+        def on_epoch_end(self, trainer, epoch, metrics):
+            metrics["val/sharpness"] = 10.0 * epoch
+
+    data = load_data("synthetic", subset=120)
+    vae = VAE(guide={"name": "diagonal_normal", "hidden": [8]}, likelihood={"name": "bernoulli", "hidden": [8]},
+              latent_dim=2, data_shape=data.data_shape)  # fmt: skip
+    result = train(vae, data, epochs=2, batch_size=60, callbacks=[Sharpness()], progress=False,
+                   tracking={"images_every": 0}, evaluation={"batch_size": 200})  # fmt: skip
+    history = MlflowClient(store).get_metric_history(result.run_id, "val/sharpness")
+    assert sorted((m.step, m.value) for m in history) == [(1, 10.0), (2, 20.0)]

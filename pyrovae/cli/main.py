@@ -33,12 +33,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def say_on_stdout() -> None:
+    """What pyrovae's library code logs (``logging.getLogger("pyrovae")``, INFO and up) printed as
+    ``pyrovae: ...`` lines on the command's standard output."""
+    logger = logging.getLogger("pyrovae")
+    for handler in [h for h in logger.handlers if getattr(h, "pyrovae_cli", False)]:
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("pyrovae: %(message)s"))
+    handler.pyrovae_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.debug:  # MLflow's INFO lines (schema creation, system metrics) would bury ours
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # in case it already was
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download
+    say_on_stdout()
+    if args.debug:  # MLflow's INFO lines (schema creation, system metrics), quiet by default
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO")
     try:
         with sigterm_as_interrupt():
             return args.func(args)

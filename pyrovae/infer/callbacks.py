@@ -33,7 +33,9 @@ class Callback:
     def add_metrics(self, trainer: Trainer, split: str, metrics: dict[str, float]) -> None:
         """``split`` ("val" each epoch, "test" at the end) was just validated into ``metrics``."""
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        """The epoch's metrics are final: a logger logs them here (:func:`pyrovae.train` runs the
+        user's callbacks before its logger, so a number added to ``metrics`` here is logged too)."""
 
     def on_train_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
 
@@ -131,3 +133,12 @@ def accuracy(model, x, labels, batch_size: int = 1000) -> float:
         for start in range(0, x.shape[0], batch_size):
             right += int((model.classify(x[start : start + batch_size]) == labels[start : start + batch_size]).sum())
     return right / max(1, x.shape[0])
+
+
+def default_callbacks(evaluation, progress: bool = True) -> list[Callback]:
+    """What every training reports besides the validation terms: a progress bar (if ``progress``),
+    bits per dimension, accuracy for a model that classifies, and the per-epoch IWAE curve of the
+    ``[eval]`` settings ``evaluation``. :func:`pyrovae.train` and the CLI add logging and checkpoints."""
+    ev = evaluation
+    return [*([ProgressBar()] if progress else []), BitsPerDim(), Accuracy(),
+            IWAEEvery(ev.iwae_every, ev.iwae_k, ev.batch_size, ev.seed, ev.iwae_n)]  # fmt: skip

@@ -71,6 +71,14 @@ def make_elbo(kind: str = "trace", num_particles: int = 1, jit: bool = False) ->
     return table[kind](**options)
 
 
+def annealing_beta(step: int, start: float, warmup_epochs: float, steps_per_epoch: int) -> float:
+    """The KL weight at a (0-based) step: linear from ``start`` to 1 over ``warmup_epochs`` epochs
+    (Bowman et al. 2016; Sønderby et al. 2016), ``start`` throughout without a warm-up."""
+    if warmup_epochs <= 0:
+        return start
+    return min(1.0, start + (1.0 - start) * step / (warmup_epochs * steps_per_epoch))
+
+
 class ScaleLatents(Messenger):
     """Multiply the scale of every latent (unobserved) sample site by ``beta`` (KL annealing)."""
 

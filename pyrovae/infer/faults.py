@@ -58,6 +58,28 @@ class NonFiniteLoss(UserError):
         )
 
 
+class StopRequest:
+    """A stop a signal asked for (:meth:`request`), and the stop every rank agreed on at the last
+    collective (:meth:`agree`): never a local signal that arrived after it, or the ranks would part
+    ways. A rank stopped by another's vote reports SIGTERM (torchrun's)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.agreed = False
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int) -> None:
+        self.signum = signum
+
+    def agree(self, any_rank: bool) -> None:
+        self.agreed = any_rank
+        if any_rank and self.signum is None:
+            self.signum = signal.SIGTERM
+
+
 class StopOnSignals:
     """While active, SIGINT/SIGTERM call ``request_stop(signum)`` instead of raising (main thread only)."""
 

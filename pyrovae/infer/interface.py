@@ -32,6 +32,7 @@ from pyrovae.infer.traces import (
     run_traces,
     sample_sites,
     scores,
+    takes_labels,
 )
 
 ROWS = 4  # datapoints the check traces
@@ -157,6 +158,20 @@ def _check_registered(model, x, y) -> None:
             f"that name in Pyro's param store: pyro.clear_param_store()); register them, or "
             f"set train.jit = false"
         )
+
+
+def check_labels(model, data) -> tuple[bool, bool]:
+    """Whether training batches carry labels (the data have them and the model takes them), and
+    whether some training rows are unlabelled (``data.labelled``): one line for a model that needs a
+    label on every row."""
+    labelled = data.train_labels is not None and takes_labels(model.model)
+    semi_supervised = labelled and data.semi_supervised
+    if semi_supervised and needs_labels(model):
+        raise UserError(
+            f"model {name_of(model)} needs a label for every row, but data.labelled leaves training "
+            f"rows unlabelled: set data.labelled = 0, or use a model whose y is optional"
+        )
+    return labelled, semi_supervised
 
 
 def check_data_support(model, splits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor | None]) -> None:

@@ -139,6 +139,6 @@ class Checkpointer(Callback):
                 trainer.data.data_shape,
                 "best_model",
                 state_dict=self.best_module,
-                step=trainer.best_epoch,
+                step=trainer.best.best_epoch,
                 num_classes=trainer.data.num_classes,
             )

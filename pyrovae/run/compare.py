@@ -16,11 +16,13 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
-
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from pyrovae.errors import UserError, first_line
 from pyrovae.run import tracking
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 SKIP_PARAMS = ("mlflow.run_name",)
 
@@ -64,7 +66,7 @@ def existing_store(uri: str) -> MlflowClient:
             f"no MLflow store at {db} (nothing trained from this folder yet?); run from the "
             f"folder you trained in, or set MLFLOW_TRACKING_URI"
         )
-    return MlflowClient(uri)
+    return tracking.client(uri)
 
 
 def newest_experiment(client: MlflowClient, experiments) -> str | None:

@@ -10,6 +10,7 @@ started, any failure ends it FAILED with the reason.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,7 @@ from pyrovae.errors import UserError
 from pyrovae.infer import distributed
 from pyrovae.infer.callbacks import Callback
 from pyrovae.infer.distributed import World, init_from_env
-from pyrovae.infer.faults import NonFiniteLoss
+from pyrovae.infer.faults import NonFiniteLoss, StopOnSignals
 from pyrovae.infer.interface import check_data_support
 from pyrovae.infer.settings import TrainSettings
 from pyrovae.infer.traces import takes_labels
@@ -37,6 +38,10 @@ from pyrovae.run.config import MlflowSettings, parse_override, resolve, to_toml
 from pyrovae.run.logger import MlflowLogger
 from pyrovae.run.restore import run_config
 from pyrovae.run.tracking import MlflowRun, experiment_id, tracking_uri
+from pyrovae.run.tracking import client as tracking_client
+
+#: what a run says as it goes (resumed from where, reseeded): ``pyrovae`` prints it, Python's logging shows it
+log = logging.getLogger("pyrovae")
 
 
 def check_data(model, data: Splits) -> None:
@@ -58,6 +63,13 @@ def prepare(config: dict):
     data = load_data(config["data"], device)
     model = build_model(config["model"], data.data_shape, data.num_classes).to(device)
     return model, data
+
+
+def fit(trainer: Trainer) -> dict[str, float]:
+    """``trainer.fit()`` with SIGINT and SIGTERM turned into a stop after the current step, so that
+    the last checkpoint is that exact point and the run ends KILLED (:mod:`pyrovae.infer.faults`)."""
+    with StopOnSignals(trainer.request_stop):
+        return trainer.fit()
 
 
 def run_tags(device: torch.device) -> dict[str, str]:
@@ -154,7 +166,7 @@ def train(
     )
     tags = run_tags(trainer.device)  # a collective under torchrun: every rank
     if not trainer.world.is_main:  # only rank 0 talks to MLflow; every rank trains
-        trainer.fit()
+        fit(trainer)
         return RunResult("", tracking_uri(mlflow_settings.tracking_uri))
     run = MlflowRun.create(
         mlflow_settings.tracking_uri,
@@ -171,17 +183,21 @@ def train(
 def _fit(
     trainer: Trainer, run: MlflowRun, config: dict, callbacks: Sequence[Callback], best_module: dict | None = None
 ) -> RunResult:
-    """Fit with the logger, the checkpointer and ``callbacks``, inside an open run."""
+    """Fit with ``callbacks``, the logger and the checkpointer, inside an open run.
+
+    The user's callbacks run before the logger, so that what they add to an epoch's metrics (in
+    ``add_metrics`` or ``on_epoch_end``) is logged with them.
+    """
     result = RunResult(run.run_id, run.uri)
     checkpointer = checkpoint.Checkpointer(run, config["model"], best_module, last_epoch=trainer.epoch)
     trainer.callbacks += [
+        *callbacks,
         MlflowLogger(run, config["model"], config["mlflow"]["images_every"]),
         checkpointer,
         _LastMetrics(result),
-        *callbacks,
     ]
     try:
-        trainer.fit()
+        fit(trainer)
     except NonFiniteLoss as err:
         err.last_good_epoch = checkpointer.last_epoch
         raise
@@ -219,10 +235,8 @@ def _restarted_run(config: dict) -> str:
     world, _ = init_from_env(config["train"]["device"])
     run_id = ""
     if world.is_main:
-        from mlflow.tracking import MlflowClient
-
         uri = tracking_uri(config["mlflow"]["tracking_uri"])
-        client = MlflowClient(uri)
+        client = tracking_client(uri)
         found = client.search_runs(
             [experiment_id(uri, config["mlflow"]["experiment"])],
             filter_string=f"tags.`{ELASTIC_TAG}` = '{os.environ['TORCHELASTIC_RUN_ID']}'",
@@ -282,12 +296,12 @@ def _load_for_resume(run_id: str, uri: str, overrides: Sequence[str]) -> tuple[s
         f", batch {position['batch']} of epoch {state['epoch'] + 1}" if position else ""
     )
     if status == "RUNNING":
-        print(
-            f"pyrovae: run '{run_id}' was left RUNNING: its process ended without closing it (killed?); "
+        log.warning(
+            f"run '{run_id}' was left RUNNING: its process ended without closing it (killed?); "
             f"continuing from its last checkpoint ({where}), work after that is redone"
         )
     else:
-        print(f"pyrovae: resuming {status} run '{run_id}' from {where}")
+        log.info(f"resuming {status} run '{run_id}' from {where}")
     best = checkpoint.download(run, "best")["module"] if state["best_epoch"] else None
     return run_id, config, state, best
 
@@ -313,9 +327,9 @@ def resume(
     trainer = Trainer(vae, data, settings=config["train"], evaluation=config["eval"], progress=progress)
     trainer.load_state_dict(checkpoint.upgrade(state, trainer))
     if trainer.reseeded and world.is_main:
-        print(f"pyrovae: {trainer.reseeded}")
+        log.warning(trainer.reseeded)
     if not world.is_main:
-        trainer.fit()
+        fit(trainer)
         return RunResult("", uri)
     run = MlflowRun(run_id, uri)
     with run.lifecycle():

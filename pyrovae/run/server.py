@@ -153,9 +153,9 @@ class MlflowServer:
 def runs_table_url(base: str, uri: str, experiment: str) -> str:
     """The experiment's runs table in MLflow's model-training view (MLflow 3.17 opens on its GenAI
     overview otherwise), or the server's front page when the experiment does not exist yet."""
-    from mlflow.tracking import MlflowClient
+    from pyrovae.run.tracking import client
 
-    found = MlflowClient(uri).get_experiment_by_name(experiment)
+    found = client(uri).get_experiment_by_name(experiment)
     if found is None:
         return base
     return f"{base}/#/experiments/{found.experiment_id}?workflowType=machine_learning"

@@ -6,29 +6,55 @@ otherwise). ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` override it, e.g.
 ``http://127.0.0.1:5000`` server.
 
 :class:`MlflowRun` holds an ``MlflowClient`` and a run id, and every call names both. The only
-global MLflow state pyrovae touches -- the fluent active run that ``mlflow.pytorch.log_model``
-and MLflow's system-metrics sampler need -- is opened and closed inside :meth:`MlflowRun.lifecycle`,
-which also puts the previous tracking URI back.
+global MLflow state pyrovae touches -- the fluent active run that ``mlflow.pytorch.log_model``,
+``mlflow.log_input`` and MLflow's system-metrics sampler need -- is opened and closed inside
+:meth:`MlflowRun.lifecycle`, which also puts the previous tracking URI back.
+
+MLflow is imported on first use (:func:`mlflow_module`), so the modules of ``run/`` that never talk
+to it (config, checkpoints, rebuilding a model) stay as light as the model layer, and its INFO lines
+and artifact download bars are quiet unless the user configured them; only public MLflow APIs are used.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from filelock import FileLock
-from mlflow.tracking import MlflowClient
 
 from pyrovae.errors import UserError, first_line
 
 DEFAULT_STORE = "mlruns"
+
+
+def mlflow_module():
+    """``mlflow``, imported at first use with its chatter quiet: INFO lines (schema creation, system
+    metrics) and one progress bar per artifact download, unless the environment or the user's logging
+    asked for them (``MLFLOW_LOGGING_LEVEL``, ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``, a level set on
+    the ``mlflow`` logger)."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    if os.environ["MLFLOW_LOGGING_LEVEL"] == "WARNING" and logging.getLogger("mlflow").level < logging.WARNING:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    return mlflow
+
+
+def client(uri: str):
+    """An ``MlflowClient`` of the store ``uri``."""
+    mlflow_module()
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
 
 
 def tracking_uri(configured: str = "") -> str:
@@ -95,8 +121,8 @@ def experiment_id(uri: str, name: str) -> str:
     check_server(uri)
     with store_lock(uri):
         try:
-            client = MlflowClient(uri)
-            found = client.get_experiment_by_name(name)
+            store = client(uri)
+            found = store.get_experiment_by_name(name)
             if found is not None:
                 return found.experiment_id
             db = sqlite_path(uri)
@@ -104,7 +130,7 @@ def experiment_id(uri: str, name: str) -> str:
             if db is not None:
                 slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name) or "experiment"
                 location = (db.parent / "artifacts" / slug).resolve().as_uri()
-            return client.create_experiment(name, artifact_location=location)
+            return store.create_experiment(name, artifact_location=location)
         except Exception as err:  # sqlalchemy, MlflowException, OSError: all mean "this store is unusable"
             raise UserError(
                 f"cannot use the MLflow store {uri}: {first_line(err)}; "
@@ -112,17 +138,57 @@ def experiment_id(uri: str, name: str) -> str:
             ) from None
 
 
-def unseeded_run_name() -> str:
-    """MLflow's random run name (``adjective-animal-123``) drawn apart from Python's ``random``:
-    training seeds that first, so MLflow's own pick named every run with one seed alike."""
-    from mlflow.utils.name_utils import _generate_random_name
+ADJECTIVES = (
+    "amber",
+    "bold",
+    "brisk",
+    "calm",
+    "clever",
+    "crisp",
+    "eager",
+    "gentle",
+    "keen",
+    "lucid",
+    "merry",
+    "nimble",
+    "quiet",
+    "rapid",
+    "serene",
+    "sunny",
+    "swift",
+    "tidy",
+    "vivid",
+    "witty",
+)
+NOUNS = (
+    "badger",
+    "crane",
+    "dolphin",
+    "falcon",
+    "gecko",
+    "heron",
+    "ibis",
+    "koala",
+    "lynx",
+    "marten",
+    "newt",
+    "otter",
+    "panda",
+    "quail",
+    "robin",
+    "seal",
+    "tapir",
+    "viper",
+    "wren",
+    "yak",
+)
 
-    state = random.getstate()
-    try:
-        random.seed()  # from the OS
-        return _generate_random_name()
-    finally:
-        random.setstate(state)  # training's Python RNG stream is left as it was
+
+def unseeded_run_name() -> str:
+    """A run name such as ``swift-otter-417``, drawn by a generator of its own seeded from the OS:
+    training seeds Python's ``random`` first, so a name drawn from it named every run of a seed alike."""
+    draw = random.Random()
+    return f"{draw.choice(ADJECTIVES)}-{draw.choice(NOUNS)}-{draw.randrange(1000)}"
 
 
 class MlflowRun:
@@ -130,8 +196,15 @@ class MlflowRun:
 
     def __init__(self, run_id: str, uri: str = ""):
         self.uri = tracking_uri(uri)
-        self.client = MlflowClient(self.uri)
         self.run_id = run_id
+        self._client = None
+
+    @property
+    def client(self):
+        """The store's ``MlflowClient``, made at first use (opening a sqlite store creates it)."""
+        if self._client is None:
+            self._client = client(self.uri)
+        return self._client
 
     @classmethod
     def create(
@@ -142,7 +215,7 @@ class MlflowRun:
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         experiment_id_ = experiment_id(uri, experiment)  # creates the store under its lock: first
-        run = MlflowClient(uri).create_run(experiment_id_, tags=tags, run_name=run_name or unseeded_run_name())
+        run = client(uri).create_run(experiment_id_, tags=tags, run_name=run_name or unseeded_run_name())
         return cls(run.info.run_id, uri)
 
     @classmethod
@@ -163,6 +236,10 @@ class MlflowRun:
             f"no run '{run_id}' in the MLflow store {run.uri}; check the id "
             f"(pyrovae compare, the MLflow UI) and MLFLOW_TRACKING_URI"
         )
+        if len(run_id) < 8:  # the input first: no store is read for an id that could never match
+            raise UserError(
+                f"run id '{run_id}' is too short: give at least 8 characters (the column 'run' of pyrovae compare)"
+            )
         if db is not None and not db.exists():
             raise missing
         if len(run_id) < 32:
@@ -210,6 +287,7 @@ class MlflowRun:
     @contextmanager
     def _global_uri(self) -> Iterator[None]:
         """MLflow's global tracking URI set to this run's store, and put back afterwards."""
+        mlflow = mlflow_module()
         previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
         mlflow.set_tracking_uri(self.uri)
         try:
@@ -234,9 +312,8 @@ class MlflowRun:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
-        from mlflow.utils.time import get_current_time_millis
 
-        now = get_current_time_millis()
+        now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def log_image(self, image, key: str, step: int) -> None:
@@ -256,14 +333,17 @@ class MlflowRun:
             self.client.set_tag(self.run_id, key, value)
 
     def log_input(self, dataset, context: str) -> None:
-        from mlflow.entities import DatasetInput, InputTag
-
-        tag = InputTag(key="mlflow.data.context", value=context)
-        self.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), tags=[tag])])
+        """An ``mlflow.data`` dataset as an input of this run (the fluent API: :meth:`lifecycle` holds the run)."""
+        mlflow = mlflow_module()
+        active = mlflow.active_run()
+        if active is None or active.info.run_id != self.run_id:
+            raise RuntimeError("log_input needs the run's lifecycle() to be open")
+        mlflow.log_input(dataset, context=context)
 
     def log_model(self, module, name: str, step: int, **options: Any) -> None:
         """``mlflow.pytorch.log_model`` into this run (it logs to the fluent active run only:
         :meth:`lifecycle` holds that open)."""
+        mlflow_module()
         import mlflow.pytorch
 
         active = mlflow.active_run()
@@ -287,6 +367,7 @@ class MlflowRun:
             yield from self._held_open(system_metrics, final_status, error_status, error_tag)
 
     def _held_open(self, system_metrics, final_status, error_status, error_tag) -> Iterator[MlflowRun]:
+        mlflow = mlflow_module()
         outer = mlflow.active_run()
         mlflow.start_run(run_id=self.run_id, nested=outer is not None, log_system_metrics=system_metrics)
         try:
