@@ -352,3 +352,20 @@ def test_a_metric_a_callback_adds_at_the_end_of_an_epoch_is_logged(store):
                    tracking={"images_every": 0}, evaluation={"batch_size": 200})  # fmt: skip
     history = MlflowClient(store).get_metric_history(result.run_id, "val/sharpness")
     assert sorted((m.step, m.value) for m in history) == [(1, 10.0), (2, 20.0)]
+
+
+@pytest.mark.slow
+def test_resume_takes_train_keywords_like_train_and_load_vae_the_tracking_uri(store):
+    from pyrovae import load_data, load_vae, resume, train
+    from pyrovae.model.vae import VAE
+
+    data = load_data("synthetic", subset=120)
+    vae = VAE(guide={"name": "diagonal_normal", "hidden": [8]}, likelihood={"name": "bernoulli", "hidden": [8]},
+              latent_dim=2, data_shape=data.data_shape)  # fmt: skip
+    run_id = train(vae, data, epochs=1, batch_size=60, progress=False, tracking={"images_every": 0}).run_id
+    resume(run_id, epochs=2, progress=False, tracking_uri=store)
+    steps = [m.step for m in MlflowClient(store).get_metric_history(run_id, "val/loss")]
+    assert sorted(steps) == [1, 2]
+    assert load_vae(run_id, tracking_uri=store).latent_dim == 2
+    with pytest.raises(Exception, match="resume cannot change 'train.lr'"):
+        resume(run_id, lr=0.1)

@@ -24,13 +24,14 @@ SETTINGS = [*TINY, "train.beta_start=0.2", "train.warmup_epochs=2", "mlflow.expe
 
 
 class InterruptAfter(Callback):
-    """Ctrl-C right after epoch ``epoch``'s callbacks (the checkpoint is written by then)."""
+    """Ctrl-C right after epoch ``epoch`` ended (its metrics logged, its checkpoint written), as
+    the next one begins: a user's callbacks run before pyrovae's logger, so not in ``on_epoch_end``."""
 
     def __init__(self, epoch: int):
         self.epoch = epoch
 
-    def on_epoch_end(self, trainer, epoch, metrics):
-        if epoch == self.epoch:
+    def on_epoch_begin(self, trainer):
+        if trainer.epoch == self.epoch:
             raise KeyboardInterrupt
 
 

@@ -220,3 +220,18 @@ def test_jit_option_trains(tiny_overrides):
     first, second = trainer.train_epoch(), trainer.train_epoch()  # 230 = 4 x 50 + a ragged 30
     assert type(trainer.elbo).__name__ == "JitTrace_ELBO"
     assert second["train/loss"] < first["train/loss"]
+
+
+def test_two_models_in_one_process_never_share_parameters_without_clearing_the_param_store(tiny_overrides):
+    """The trainer has no global side effect: each model registers under a name of its own, so a
+    second model's JIT-traced step sees its own parameters, not the first one's left in the store."""
+    first_losses = []
+    for _ in range(2):  # the same seed, weights and data twice in one process, the store never cleared
+        cfg, vae, splits = tiny(tiny_overrides, "train.jit=true")
+        before = {k: v.detach().clone() for k, v in vae.named_parameters()}
+        trainer = Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
+        torch.manual_seed(3)
+        first_losses.append(trainer.train_epoch()["train/loss"])
+        assert all(not torch.equal(before[k], v) for k, v in vae.named_parameters())  # its own weights moved
+    assert first_losses[1] == pytest.approx(first_losses[0], rel=1e-6)
+    assert len({name.split("$$$")[0] for name in pyro.get_param_store().keys()}) == 2  # two names

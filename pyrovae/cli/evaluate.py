@@ -12,6 +12,8 @@ HELP = "estimate log p(x) of a trained run (IWAE, AIS, BDMC) and log it into tha
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pyrovae.infer.estimators.ais import AISSettings as AIS  # its defaults, declared once
+
     parser.add_argument("run_id", help="the MLflow run id (or 8+ first characters) of a `pyrovae train` run")
     parser.add_argument(
         "--best", action="store_true", help="score the best epoch's weights (checkpoints/best.pt), not the final ones"
@@ -21,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset", type=int, default=0, help="only the first N datapoints of the split (0 = all)")
     parser.add_argument("--batch-size", type=int, default=100, help="datapoints per batch")
     parser.add_argument("--ais", action="store_true", help="also annealed importance sampling with HMC")
-    parser.add_argument("--ais-steps", type=int, default=500, help="intermediate distributions T")
-    parser.add_argument("--ais-chains", type=int, default=16, help="chains per datapoint C")
-    parser.add_argument("--ais-leapfrog", type=int, default=10, help="leapfrog steps per HMC move")
+    parser.add_argument("--ais-steps", type=int, default=AIS.steps, help="intermediate distributions T")
+    parser.add_argument("--ais-chains", type=int, default=AIS.chains, help="chains per datapoint C")
+    parser.add_argument("--ais-leapfrog", type=int, default=AIS.leapfrog_steps, help="leapfrog steps per HMC move")
     parser.add_argument(
         "--ais-start",
         default="prior",

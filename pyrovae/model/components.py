@@ -14,14 +14,13 @@ each one it names.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from collections.abc import Mapping
 from typing import Any
 
 from pyrovae.errors import UserError
-from pyrovae.settings import check_annotation
+from pyrovae.settings import check_annotation, suggest
 
 
 def section(kind: str) -> str:
@@ -48,8 +47,7 @@ def resolve_class(kind: str, name: str | type, table: Mapping[str, type]) -> typ
     if ":" not in name:
         if name in table:
             return table[name]
-        close = difflib.get_close_matches(name, table, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = suggest(name, table)
         raise UserError(
             f"unknown {kind} '{name}'{hint}: choose one of {', '.join(sorted(table))}, "
             f"or give an import path 'package.module:Class'"
@@ -105,8 +103,7 @@ def check_arguments(
                 f"{label}: '{key}' is set by pyrovae (from [model] or the data), remove it from {section(kind)}"
             )
         if key not in params and not takes_any:
-            close = difflib.get_close_matches(key, settable, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = suggest(key, settable)
             takes = ", ".join(settable) or "no arguments"
             if kind == "model":  # the [model] table's own keys read like every other config key
                 raise UserError(f"unknown config key 'model.{key}'{hint}; {label} takes: {takes}")

@@ -14,6 +14,7 @@ annealing reaches ``z`` through the trainer's effect handler, so neither method 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ from pyrovae.model.priors import PRIORS
 #: config table ``{"name": ..., **constructor keyword arguments}``
 ComponentSpec = str | type | Mapping[str, Any]
 TABLES = {"prior": PRIORS, "guide": GUIDES, "likelihood": LIKELIHOODS}
+_STORE_NAMES: dict[str, itertools.count] = {}
 
 
 class ComponentModel(Model):
@@ -48,7 +50,8 @@ class ComponentModel(Model):
         spec = dict(given) if isinstance(given, Mapping) else {"name": given}
         return build(kind, spec, TABLES[kind], **context)
 
-    #: the name its parameters have in Pyro's parameter store (format-1 checkpoints use "vae")
+    #: the name its parameters have in Pyro's parameter store; a second instance in a process gets
+    #: ``vae1``, a third ``vae2``..., so that two models never share (or shadow) stored parameters
     pyro_name = "vae"
 
     def register(self) -> None:
@@ -56,7 +59,16 @@ class ComponentModel(Model):
         parameters through it. Evaluation (``eval()``: validation, IWAE, AIS) needs no parameter
         store, and registering every parameter at each call was a third of an IWAE chunk's Pyro time."""
         if self.training:
-            pyro.module(self.pyro_name, self)
+            pyro.module(self.store_name, self)
+
+    @property
+    def store_name(self) -> str:
+        """This instance's name in Pyro's parameter store (see :attr:`pyro_name`)."""
+        if "_store_name" not in self.__dict__:
+            taken = _STORE_NAMES.setdefault(self.pyro_name, itertools.count())
+            number = next(taken)
+            self.__dict__["_store_name"] = self.pyro_name + (str(number) if number else "")
+        return self.__dict__["_store_name"]
 
     @property
     def reports_bits_per_dim(self) -> bool:

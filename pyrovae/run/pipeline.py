@@ -307,14 +307,25 @@ def _load_for_resume(run_id: str, uri: str, overrides: Sequence[str]) -> tuple[s
 
 
 def resume(
-    run_id: str, overrides: Sequence[str] = (), progress: bool = True, callbacks: Sequence[Callback] = ()
+    run_id: str,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+    tracking_uri: str = "",
+    **train_keys: Any,
 ) -> RunResult:
     """Continue run ``run_id`` from ``checkpoints/last.pt`` in the same MLflow run.
 
     Weights, optimizer and schedule state, RNG states, the epoch and the beta schedule's step
     come back as they were, so metrics continue at the next step with the values an
-    uninterrupted run would have logged (on CPU; CUDA kernels need not be deterministic).
+    uninterrupted run would have logged (on CPU; CUDA kernels need not be deterministic). What a
+    resume may change is given as ``[train]`` keywords, as :func:`train` takes them
+    (``resume(run_id, epochs=20)``), or as ``--set`` texts (``overrides=["train.epochs=20"]``);
+    ``tracking_uri`` names the store.
     """
+    overrides = [*overrides, *(f"train.{k}={v!r}".replace("'", '"') for k, v in train_keys.items())]
+    if tracking_uri:
+        overrides.append(f'mlflow.tracking_uri="{tracking_uri}"')
     changes = _check_overrides(overrides)
     uri = changes.get("mlflow.tracking_uri", "")
     world, _ = init_from_env(changes.get("train.device", "auto"))

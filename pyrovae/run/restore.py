@@ -7,6 +7,7 @@ imports the component classes its config names, so open only runs whose code you
 from __future__ import annotations
 
 import tomllib
+import warnings
 
 import torch
 
@@ -62,13 +63,18 @@ def rebuild(run: MlflowRun, config: dict, weights: str = "final", device: str | 
     return model.to(device).eval()
 
 
-def load_vae(run_id: str, weights: str = "final", device: str | torch.device = "cpu", uri: str = ""):
+def load_vae(
+    run_id: str, weights: str = "final", device: str | torch.device = "cpu", tracking_uri: str = "", uri: str = ""
+):
     """A finished run's model (a :class:`~pyrovae.model.vae.VAE`, or the class the run logged),
     rebuilt from its config and weights, in ``eval()`` mode.
 
     ``weights``: ``"final"`` (the end of training) or ``"best"`` (the epoch with the lowest
-    val/loss). ``uri``: the tracking store (default: ``$MLFLOW_TRACKING_URI``, else
-    ``./mlruns/mlflow.db``). Then ``vae.encode(x)``, ``vae.decode(z)``, ``vae.generate(n)``.
+    val/loss). ``tracking_uri``: the tracking store, as ``mlflow.tracking_uri`` names it everywhere
+    (default: ``$MLFLOW_TRACKING_URI``, else ``./mlruns/mlflow.db``; ``uri`` is its old name).
+    Then ``vae.encode(x)``, ``vae.decode(z)``, ``vae.generate(n)``.
     """
-    run = MlflowRun.existing(run_id, uri)
+    if uri:
+        warnings.warn("load_vae(uri=...) is now load_vae(tracking_uri=...)", DeprecationWarning, stacklevel=2)
+    run = MlflowRun.existing(run_id, tracking_uri or uri)
     return rebuild(run, run_config(run), weights, device)
