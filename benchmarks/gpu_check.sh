@@ -12,7 +12,7 @@ step() { local name=$1 limit=$2; shift 2; echo "=== $name"; local t0=$SECONDS
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, pyro, mlflow; print("torch", torch.__version__, "pyro", pyro.__version__, "mlflow", mlflow.__version__)'
-step contract_cuda 80 python3 -m pytest -q -p no:cacheprovider tests/test_contract.py -k cuda
+step contract_cuda 80 python3 -m pytest -q -p no:cacheprovider tests/model/test_contract.py -k cuda
 cd "$(mktemp -d)"  # the MLflow store of the check run goes to ./mlruns here
 TAIL=12 step train_cuda 100 python3 -m pyrovae train --no-progress --set "data.root=$data" --set train.epochs=5 \
   --set mlflow.run_name=gpu-check --set eval.iwae_every=5

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 import pyro
 import pytest
+
+# the helper modules beside this file (exact_models, linear_gaussian, faulty) for the tests in every folder
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Run under torchrun by ``tests/test_distributed.py`` (2 ranks, gloo): writes ``rank<R>.json`` into
+"""Run under torchrun by ``tests/infer/test_distributed.py`` (2 ranks, gloo): writes ``rank<R>.json`` into
 the folder given as the first argument.
 
 With a guide whose noise is a function of the datapoint (a Delta at loc + scale * noise(x),

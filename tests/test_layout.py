@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import pyrovae
 
 PACKAGE = Path(pyrovae.__file__).parent
@@ -51,6 +53,7 @@ def test_layers_import_downward_only_and_mlflow_only_in_run():
         assert not any(layer(m) == "model" for m in imports(path)), path
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_every_listed_public_name_is_importable_and_import_pyrovae_stays_light():
     import subprocess
     import sys
@@ -66,6 +69,7 @@ def test_every_listed_public_name_is_importable_and_import_pyrovae_stays_light()
     assert light.stdout.strip() == "False"
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_run_modules_that_never_talk_to_mlflow_do_not_import_it():
     import subprocess
     import sys

@@ -1,7 +1,7 @@
 """Priors p(z): modules whose ``forward()`` returns a distribution with event shape ``(latent_dim,)``.
 
 To add one: write a small class in its own file and list it in ``PRIORS``; the contract
-tests in ``tests/test_contract.py`` then cover it. A prior's constructor may ask for
+tests in ``tests/model/test_contract.py`` then cover it. A prior's constructor may ask for
 ``latent_dim``, ``data_shape`` and ``guide`` (the q(z|x) module, for VampPrior-like priors).
 """
 

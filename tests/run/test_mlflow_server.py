@@ -28,7 +28,7 @@ from tests.conftest import TINY, tracking_store
 
 pytestmark = pytest.mark.slow  # starts servers / trains several runs
 
-ARTIFACTS_OUT = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS_OUT = Path(__file__).resolve().parents[2] / "test-artifacts"
 SMALL = [*TINY, "train.epochs=2", "model.latent_dim=2"]  # two epochs: the histories have two points
 
 

@@ -345,7 +345,7 @@ def test_the_student_t_experiment_config_builds_and_scores(monkeypatch):
 
     from pyrovae.model.vae import build_vae
 
-    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    experiments = Path(__file__).resolve().parents[2] / "experiments"
     monkeypatch.syspath_prepend(str(experiments))
     cfg = config.load(
         experiments / "student_t.toml", ["model.latent_dim=3", "model.guide.hidden=[8]", "model.likelihood.hidden=[8]"]

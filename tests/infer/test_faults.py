@@ -87,7 +87,7 @@ def test_sigint_mid_epoch_then_resume_equals_an_uninterrupted_run():
 
 
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(store, monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # tests/faulty.py
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1]))  # tests/faulty.py
     faulty = ['model.likelihood={name="faulty:NaNAfterSteps", hidden=[16], nan_at_step=20}']  # batch 6 of epoch 2
     args = ["train", "--no-progress"]
     for item in [*SMALL, "train.epochs=3", *faulty]:

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow  # every test launches torchrun
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # the helper scripts of tests/
 SMALL = [
     "data.name=synthetic",
     "data.subset=300",

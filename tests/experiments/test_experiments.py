@@ -17,7 +17,7 @@ import pytest
 
 from pyrovae.run import config
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def experiment_module(monkeypatch, name: str):
@@ -209,6 +209,7 @@ def test_rows_are_paired_image_by_image_with_the_first_baseline_that_has_per_ima
     assert (vamp["nll_iwae_vs_baseline"], vamp["paired_with"]) == (-4.0, "eA")  # as exported
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_a_study_stopped_by_sigterm_ends_every_run_it_holds_killed(store, tiny_overrides):
     sets = [arg for value in (*tiny_overrides, "train.epochs=100000") for arg in ("--set", value)]
     study = subprocess.Popen(

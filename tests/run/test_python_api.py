@@ -24,9 +24,9 @@ from pyrovae.cli import main
 from pyrovae.run import config
 from pyrovae.run.tracking import experiment_id
 
-ROOT = Path(__file__).parent.parent
-LEGACY = Path(__file__).parent / "fixtures" / "legacy_run_format1"
-RUN_0_2 = Path(__file__).parent / "fixtures" / "run_0_2"
+ROOT = Path(__file__).parents[2]
+LEGACY = Path(__file__).parents[1] / "fixtures" / "legacy_run_format1"
+RUN_0_2 = Path(__file__).parents[1] / "fixtures" / "run_0_2"
 TINY_0_2 = [
     "data.name=synthetic",
     "data.subset=200",
@@ -119,6 +119,7 @@ def test_the_getting_started_example_runs_and_its_run_is_a_normal_pyrovae_run(tm
     assert [m.step for m in client.get_metric_history(run_id, "val/loss")] == [1, 2]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_a_class_defined_in_main_trains_but_is_refused_for_tracking_in_one_line(tmp_path):
     script = """
 import pyro.distributions as dist, torch

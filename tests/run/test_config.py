@@ -83,7 +83,7 @@ def test_every_config_key_is_in_the_generated_reference_with_a_description():
     import typing
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent.parent / "docs" / "_ext"))
+    sys.path.insert(0, str(Path(__file__).parents[2] / "docs" / "_ext"))
     from reference_pages import config_page
 
     page = config_page()
@@ -103,7 +103,7 @@ def test_the_committed_reference_pages_are_the_generated_ones(page):
     import sys
     from pathlib import Path
 
-    docs = Path(__file__).parent.parent / "docs"
+    docs = Path(__file__).parents[2] / "docs"
     sys.path.insert(0, str(docs / "_ext"))
     import reference_pages
 
