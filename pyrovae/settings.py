@@ -28,6 +28,7 @@ _MESSAGES = {
     "greater_than_equal": "must be at least {ge}",
     "greater_than": "must be greater than {gt}",
     "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
     "literal_error": "must be one of {expected}",
 }
 

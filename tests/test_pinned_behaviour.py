@@ -107,6 +107,12 @@ OUTSIDE = {
     "data.num_classes": (-1, "must be at least 0"),
     "data.labelled": (-1, "must be at least 0"),
     "train.labelled_every": (-1, "must be at least 0"),
+    "train.renyi_alpha": (1.0, "must be less than 1.0"),
+    "train.free_bits": (-0.1, "must be at least 0.0"),
+    "train.beta": (0, "must be greater than 0.0"),
+    "train.beta_cycles": (0, "must be at least 1"),
+    "train.beta_ratio": (0, "must be greater than 0.0"),
+    "train.grad_clip": (-1, "must be at least 0.0"),
     "data.val_fraction": (0.91, "must be at most 0.9"),
     "data.test_fraction": (-0.01, "must be at least 0.0"),
     "model.latent_dim": (0, "must be at least 1"),
@@ -131,7 +137,8 @@ OUTSIDE = {
     "mlflow.images_every": (-1, "must be at least 0"),
 }
 ALSO_ABOVE = {
-    "train.beta_start": (1.01, "must be at most 1.0"),
+    "train.renyi_alpha": (-0.1, "must be at least 0.0"),
+    "train.beta_ratio": (1.01, "must be at most 1.0"),
     "train.lr_decay": (0, "must be greater than 0.0"),
     "data.val_fraction": (-0.01, "must be at least 0.0"),
     "data.test_fraction": (0.91, "must be at most 0.9"),
@@ -238,8 +245,8 @@ def test_apply_schedule_sets_the_rates_the_scheduler_reports():
 def test_make_elbo_passes_its_options_and_the_loss_defaults_to_beta_one(jit):
     elbo = make_elbo("meanfield", num_particles=3, jit=jit)
     assert elbo.num_particles == 3 and getattr(elbo, "ignore_jit_warnings", jit) is jit
-    with pytest.raises(ValueError, match=r"^elbo must be one of trace, meanfield, enum, got 'renyi'$"):
-        make_elbo("renyi", jit=jit)
+    with pytest.raises(ValueError, match=r"^elbo must be one of trace, meanfield, enum, iwae, renyi, got 'vimco'$"):
+        make_elbo("vimco")
     loss, x = ELBOLoss(tiny_vae(), make_elbo("trace", jit=jit)), batch()
     loss(x)  # a JIT ELBO traces at its first call, which draws random numbers of its own
     pyro.set_rng_seed(1)

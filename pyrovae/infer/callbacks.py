@@ -27,6 +27,10 @@ class Callback:
 
     def on_epoch_begin(self, trainer: Trainer) -> None: ...
 
+    def on_after_backward(self, trainer: Trainer) -> None:
+        """The step's gradients are in the parameters' ``.grad`` (before clipping and the optimizer
+        step): read or change them here (only for callbacks that override it)."""
+
     def on_step_end(self, trainer: Trainer, loss: float) -> None:
         """After every optimizer step (only for callbacks that override it: the loop stays lean)."""
 

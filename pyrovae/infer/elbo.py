@@ -50,19 +50,38 @@ from pyro.infer import (
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
+from pyrovae.errors import UserError
 from pyrovae.infer.traces import parameters_of, takes_labels
 
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "enum": TraceEnum_ELBO}
 JIT_ELBOS = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO, "enum": JitTraceEnum_ELBO}
 
 
-def make_elbo(kind: str = "trace", num_particles: int = 1, jit: bool = False) -> ELBO:
+#: objectives of pyrovae's own, built from traces (:mod:`pyrovae.infer.objectives`)
+OBJECTIVES = ("iwae", "renyi")
+
+
+def make_elbo(kind: str = "trace", num_particles: int = 1, jit: bool = False, alpha: float = 0.5,
+              free_bits: float = 0.0):  # fmt: skip
     """``Trace_ELBO`` (Monte Carlo KL), ``TraceMeanField_ELBO`` (closed-form KL where it exists) or
     ``TraceEnum_ELBO`` (discrete guide sites marked ``infer={"enumerate": "parallel"}`` summed out
-    exactly), optionally their ``torch.jit``-traced versions."""
+    exactly), optionally their ``torch.jit``-traced versions; or the importance-weighted (``iwae``,
+    K = ``num_particles``) and Rényi (``renyi``, ``alpha``) bounds, or the ELBO with ``free_bits``
+    (:mod:`pyrovae.infer.objectives`)."""
+    from pyrovae.infer.objectives import FreeBits, ImportanceWeighted
+
+    if (kind in OBJECTIVES or free_bits) and jit:
+        other = kind if kind in OBJECTIVES else "free bits"
+        raise UserError(f"train.jit compiles Pyro's ELBOs (trace, meanfield, enum), not {other}: set train.jit = false")
+    if free_bits:
+        if kind not in ("trace", "meanfield"):
+            raise UserError(f"train.free_bits floors the KL of the ELBO (train.elbo trace or meanfield), not of {kind}")
+        return FreeBits(free_bits)
+    if kind in OBJECTIVES:
+        return ImportanceWeighted(num_particles, 0.0 if kind == "iwae" else alpha)
     table = JIT_ELBOS if jit else ELBOS
     if kind not in table:
-        raise ValueError(f"elbo must be one of {', '.join(table)}, got {kind!r}")
+        raise ValueError(f"elbo must be one of {', '.join([*table, *OBJECTIVES])}, got {kind!r}")
     options = {"num_particles": num_particles}
     if kind == "enum":  # every model pyrovae trains has its own plates; enumeration goes left of them
         options["strict_enumeration_warning"] = False
@@ -71,12 +90,32 @@ def make_elbo(kind: str = "trace", num_particles: int = 1, jit: bool = False) ->
     return table[kind](**options)
 
 
-def annealing_beta(step: int, start: float, warmup_epochs: float, steps_per_epoch: int) -> float:
-    """The KL weight at a (0-based) step: linear from ``start`` to 1 over ``warmup_epochs`` epochs
-    (Bowman et al. 2016; Sønderby et al. 2016), ``start`` throughout without a warm-up."""
-    if warmup_epochs <= 0:
+def annealing_beta(step: int, settings, steps_per_epoch: int) -> float:
+    r"""The KL weight :math:`\beta` at a (0-based) step under the ``[train]`` ``settings``:
+
+    - ``linear`` (the default): from ``beta_start`` to ``beta`` over ``warmup_epochs`` (Bowman et al.
+      2016; Sønderby et al. 2016), ``beta_start`` throughout without a warm-up;
+    - ``constant``: ``beta`` at every step (a beta-VAE when ``beta > 1``, Higgins et al. 2017);
+    - ``cyclical``: the run's steps cut into ``beta_cycles`` cycles, each rising linearly from
+      ``beta_start`` to ``beta`` over its first ``beta_ratio``, then holding ``beta`` (Fu et al. 2019).
+    """
+    start, target = settings.beta_start, settings.beta
+    if settings.beta_schedule == "constant":
+        return target
+    if settings.beta_schedule == "cyclical":
+        length = settings.epochs * steps_per_epoch / settings.beta_cycles
+        position = (step % length) / length
+        return start + (target - start) * min(1.0, position / settings.beta_ratio)
+    if settings.warmup_epochs <= 0:
         return start
-    return min(1.0, start + (1.0 - start) * step / (warmup_epochs * steps_per_epoch))
+    return start + (target - start) * min(1.0, step / (settings.warmup_epochs * steps_per_epoch))
+
+
+def validation_elbo(kind: str = "trace", num_particles: int = 1) -> ELBO:
+    """The ELBO that validates a run trained with objective ``kind``: that ELBO itself for Pyro's
+    (trace, meanfield, enum), ``Trace_ELBO`` for the importance-weighted and Rényi objectives, never
+    the free-bits floor: ``val/loss`` is the negative ELBO at beta = 1 whatever trained."""
+    return Trace_ELBO() if kind in OBJECTIVES else make_elbo(kind, num_particles)
 
 
 class ScaleLatents(Messenger):

@@ -32,26 +32,48 @@ from collections.abc import Iterable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from pyrovae.errors import UserError
+
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SCHEDULES = ("constant", "cosine", "step")
 
 
-def make_optimizer(
-    params: Iterable[torch.Tensor],
-    name: str = "adam",
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    kernel: str = "auto",
-) -> torch.optim.Optimizer:
-    """``torch.optim.Adam``/``AdamW`` over ``params`` with the ``fused`` or ``foreach`` kernel.
+def make_optimizer(params: Iterable[torch.Tensor], name: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
+                   kernel: str = "auto", args: dict | None = None) -> torch.optim.Optimizer:  # fmt: skip
+    """``torch.optim.Adam``/``AdamW`` over ``params`` with the ``fused`` or ``foreach`` kernel, or any
+    torch optimizer named by import path (``"torch.optim.SGD"``, ``"package.module:Class"``) built
+    with ``lr`` and ``args``.
 
     ``kernel = "auto"`` takes ``fused`` when every parameter is a float tensor on a CPU or CUDA
     device (where torch has the fused kernel), else ``foreach``.
     """
     params = list(params)
+    if name not in OPTIMIZERS:
+        cls = import_by_path(name, "train.optimizer")
+        try:
+            return cls(params, lr=lr, **(args or {}))
+        except (TypeError, ValueError) as err:
+            raise UserError(f"train.optimizer {name} could not be built with lr = {lr} and train.optimizer_args "
+                            f"{args or {}}: {err}") from None  # fmt: skip
     if kernel == "auto":
         fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
         kernel = "fused" if fusable else "foreach"
-    return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, **{kernel: True})
+    try:
+        return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, **{kernel: True}, **(args or {}))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"train.optimizer {name} could not be built with train.optimizer_args {args}: {err}") from None
+
+
+def import_by_path(name: str, key: str) -> type:
+    """The class ``"package.module:Class"`` or ``"package.module.Class"`` names (one line when it cannot)."""
+    import importlib
+
+    module_name, _, attr = name.rpartition(":") if ":" in name else name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise UserError(f"{key} = '{name}' is not a class pyrovae can import: give adam, adamw or an import "
+                        f"path such as torch.optim.SGD") from None  # fmt: skip
 
 
 def lr_factor(
@@ -77,12 +99,20 @@ def lr_factor(
     raise ValueError(f"lr_schedule must be constant, cosine or step, got {schedule!r}")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, settings, steps_per_epoch: int) -> LambdaLR:
-    """``LambdaLR`` stepping once per optimizer step over ``settings.epochs`` epochs.
+def make_scheduler(optimizer: torch.optim.Optimizer, settings, steps_per_epoch: int):
+    """``LambdaLR`` stepping once per optimizer step over ``settings.epochs`` epochs, or the torch
+    scheduler ``settings.lr_schedule`` names by import path, built with ``lr_schedule_args``.
 
     The factor is a closure, which ``LambdaLR.state_dict`` leaves out: a checkpoint keeps the
     position (``last_epoch``), and the schedule's shape always comes from the settings in force.
     """
+    if settings.lr_schedule not in SCHEDULES:
+        cls = import_by_path(settings.lr_schedule, "train.lr_schedule")
+        try:
+            return cls(optimizer, **settings.lr_schedule_args)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"train.lr_schedule {settings.lr_schedule} could not be built with "
+                            f"train.lr_schedule_args {settings.lr_schedule_args}: {err}") from None  # fmt: skip
     total = settings.epochs * steps_per_epoch
     options = dict(
         lr=settings.lr, lr_min=settings.lr_min, lr_decay=settings.lr_decay, lr_decay_epochs=settings.lr_decay_epochs
@@ -94,9 +124,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings, steps_per_epoch: 
     return LambdaLR(optimizer, factor)
 
 
-def apply_schedule(scheduler: LambdaLR) -> None:
+def apply_schedule(scheduler) -> None:
     """Set each group's rate to the schedule's value at the scheduler's position (after loading a
-    state, whose saved rates belong to the schedule it was saved under)."""
+    state, whose saved rates belong to the schedule it was saved under); a scheduler of the user's
+    keeps the rates it saved."""
+    if not isinstance(scheduler, LambdaLR):
+        return
     rates = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
     for group, rate in zip(scheduler.optimizer.param_groups, rates):
         group["lr"] = rate

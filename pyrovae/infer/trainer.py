@@ -22,7 +22,7 @@ import torch
 from pyrovae.data import Splits
 from pyrovae.infer import distributed, resumable
 from pyrovae.infer.callbacks import Callback, default_callbacks, overrides
-from pyrovae.infer.elbo import ELBOLoss, annealing_beta, make_elbo
+from pyrovae.infer.elbo import ELBOLoss, annealing_beta, make_elbo, validation_elbo
 from pyrovae.infer.faults import Interrupted, NonFiniteLoss, StopRequest, validate_first_step_only
 from pyrovae.infer.interface import check_labels, check_model
 from pyrovae.infer.optim import make_optimizer, make_scheduler
@@ -57,10 +57,11 @@ class Trainer:
         self.labelled, self.semi_supervised = check_labels(vae, data)
         check_model(vae, data.evaluation_data("val"), data.labels("val") if self.labelled else None, jit=s.jit,
                     enumerate_guide=s.elbo == "enum")  # fmt: skip
-        self.elbo = make_elbo(s.elbo, s.num_particles, s.jit)
+        self.elbo = make_elbo(s.elbo, s.num_particles, s.jit, s.renyi_alpha, s.free_bits)
+        self.validation_elbo = validation_elbo(s.elbo, s.num_particles)  # the ELBO at beta = 1, whatever trains
         self.loss = ELBOLoss(vae, self.elbo)
         self._forward = self.strategy.prepare(self.loss, self.device, s.seed)
-        self.optimizer = make_optimizer(vae.parameters(), s.optimizer, s.lr, s.weight_decay, s.adam)
+        self.optimizer = make_optimizer(vae.parameters(), s.optimizer, s.lr, s.weight_decay, s.adam, s.optimizer_args)
         self.steps_per_epoch = self.strategy.steps_per_epoch(data, s.batch_size, self.semi_supervised, s.labelled_every)
         self.scheduler = make_scheduler(self.optimizer, s, self.steps_per_epoch)
         self.callbacks = list(default_callbacks(self.evaluation, progress) if callbacks is None else callbacks)
@@ -70,6 +71,8 @@ class Trainer:
         self.mid_epoch: dict | None = None  # where inside an epoch an interrupt stopped it
         self.reseeded = ""  # says why the random streams could not continue, after load_state_dict
         self._loss_sum, self._count, self.stop = 0.0, 0, StopRequest()
+        self._backward_hooks: list[Callback] = []
+        self._grad_norms: list[float] = []
         self._rng_per_rank: list | None = None
 
     # -- state (pyrovae.infer.resumable) -------------------------------------------------
@@ -89,7 +92,7 @@ class Trainer:
     # -- what the loop is made of -------------------------------------------------------
     def beta(self, step: int) -> float:
         """KL weight at a (0-based) step (:func:`~pyrovae.infer.elbo.annealing_beta`)."""
-        return annealing_beta(step, self.settings.beta_start, self.settings.warmup_epochs, self.steps_per_epoch)
+        return annealing_beta(step, self.settings, self.steps_per_epoch)
 
     def running_loss(self) -> float:
         """Mean ``train/loss`` of the epoch so far."""
@@ -103,7 +106,8 @@ class Trainer:
         """``{split}/loss, recon, kl, kl/<site>, mse`` at beta = 1, plus what callbacks add for the split."""
         y = evaluation_labels(self.vae, self.data.labels(split))
         x, ev = self.data.evaluation_data(split), self.evaluation
-        metrics = {f"{split}/{k}": v for k, v in evaluate(self.vae, self.elbo, x, ev.batch_size, ev.seed, y).items()}
+        terms = evaluate(self.vae, self.validation_elbo, x, ev.batch_size, ev.seed, y)
+        metrics = {f"{split}/{k}": v for k, v in terms.items()}
         for cb in self.callbacks:
             cb.add_metrics(self, split, metrics)
         return metrics
@@ -123,6 +127,8 @@ class Trainer:
         beta_list = [self.beta(self.step - done + i) for i in range(self.steps_per_epoch)]
         betas = torch.tensor(beta_list, device=self.device)  # on the device once, not a copy per step
         step_hooks = [cb for cb in self.callbacks if overrides(cb, "on_step_end")]  # the callbacks as they are now
+        self._backward_hooks = [cb for cb in self.callbacks if overrides(cb, "on_after_backward")]
+        self._grad_norms = []
         for cb in self.callbacks:
             cb.on_epoch_begin(self)
         started = time.perf_counter()
@@ -146,13 +152,18 @@ class Trainer:
         self.batches_done = 0
         seconds, beta = time.perf_counter() - started, sum(beta_list) / self.steps_per_epoch
         lr = self.scheduler.get_last_lr()[0]
-        loss = self._loss_sum / self._count
-        return {"train/loss": loss, "train/beta": beta, "train/lr": lr, "train/seconds": seconds}
+        out = {"train/loss": self._loss_sum / self._count, "train/beta": beta, "train/lr": lr, "train/seconds": seconds}
+        return out | ({"train/grad_norm": sum(self._grad_norms) / len(self._grad_norms)} if self._grad_norms else {})
 
     def _step(self, x: torch.Tensor, y: torch.Tensor | None, beta: torch.Tensor) -> tuple[float, int]:
         """One optimizer step; the loss summed over the (global) batch and its number of rows."""
         loss = self._forward(x, beta, y)
-        self.strategy.backward(loss)
+        self.strategy.backward(loss / x.shape[0] if self.settings.loss_reduction == "mean" else loss)
+        for cb in self._backward_hooks:
+            cb.on_after_backward(self)
+        if self.settings.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.settings.grad_clip)
+            self._grad_norms.append(float(norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()

@@ -45,7 +45,7 @@ import torch
 from pyrovae.data import load_data
 from pyrovae.devices import select_device
 from pyrovae.errors import UserError
-from pyrovae.infer.elbo import make_elbo
+from pyrovae.infer.elbo import validation_elbo
 from pyrovae.infer.estimators.ais import AISSettings, ais, bdmc, check_ais
 from pyrovae.infer.estimators.diagnostics import active_units_per_site
 from pyrovae.infer.estimators.iwae import iwae
@@ -156,7 +156,7 @@ def evaluate_run(
 
     child = MlflowRun.create_in(run, f"evaluation {split} {weights}", tags={"pyrovae.kind": "evaluation"})
     with child.lifecycle(system_metrics=False), tempfile.TemporaryDirectory() as tmp:
-        elbo = make_elbo(config["train"]["elbo"], config["train"]["num_particles"])
+        elbo = validation_elbo(config["train"]["elbo"], config["train"]["num_particles"])  # whatever trained
         with measure(torch_device) as cost:
             terms = datapoint_terms(vae, elbo, x, batch_size, seed=seed, y=y)
         metrics[f"{split}/nll_elbo"], metrics[f"{split}/nll_elbo_se"] = mean_and_se(terms["loss"])

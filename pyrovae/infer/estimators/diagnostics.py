@@ -45,7 +45,7 @@ class KLPerDimensionUnavailable(UserError):
     """KL per dimension needs a factorized q(z|x) and p(z) with a closed-form univariate KL."""
 
 
-def _univariate_factors(d: Distribution) -> Distribution | None:
+def univariate_factors(d: Distribution) -> Distribution | None:
     """The univariate base of ``Independent(base, 1)`` (event shape ``(D,)``), else ``None``."""
     while isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1:
         if d.base_dist.event_shape == ():
@@ -56,7 +56,7 @@ def _univariate_factors(d: Distribution) -> Distribution | None:
 
 def _factor_kl(q: Distribution, p: Distribution) -> torch.Tensor:
     """Elementwise KL of the factors, shape ``(B, D)``; raises when it does not exist."""
-    q_factors, p_factors = _univariate_factors(q), _univariate_factors(p)
+    q_factors, p_factors = univariate_factors(q), univariate_factors(p)
     if q_factors is None or p_factors is None:
         raise KLPerDimensionUnavailable(
             f"KL per latent dimension is not available for q = {type(q).__name__}, p = {type(p).__name__}: "

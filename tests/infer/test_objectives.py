@@ -1,0 +1,161 @@
+"""The modeller's knobs: objectives (IWAE, Rényi, free bits), beta schedules, any torch optimizer and
+scheduler, gradient clipping, the loss reduction. Each checked by value against an independent
+computation (Pyro's own RenyiELBO, a hand-written floor), so a planted bug in a gradient fails."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pyro
+import pytest
+import torch
+from pyro.infer import RenyiELBO
+
+from pyrovae import UserError, load_data
+from pyrovae.infer.callbacks import Callback
+from pyrovae.infer.elbo import ELBOLoss, annealing_beta, make_elbo
+from pyrovae.infer.estimators.diagnostics import univariate_factors
+from pyrovae.infer.trainer import Trainer
+from pyrovae.model.vae import VAE
+
+SHAPE = (1, 4, 4)
+
+
+def tiny_vae(seed: int = 0) -> VAE:
+    torch.manual_seed(seed)
+    return VAE(guide={"name": "diagonal_normal", "hidden": [8]}, likelihood={"name": "bernoulli", "hidden": [8]},
+               latent_dim=3, data_shape=SHAPE)  # fmt: skip
+
+
+def batch(n: int = 6) -> torch.Tensor:
+    return torch.bernoulli(torch.full((n, *SHAPE), 0.4), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("kind, alpha", [("iwae", 0.0), ("renyi", 0.5), ("renyi", 0.2)])
+def test_importance_weighted_objectives_equal_pyros_renyi_elbo_in_value_and_gradient(kind, alpha):
+    x, k = batch(), 7
+    grads = {}
+    for who in ("pyrovae", "pyro"):
+        vae = tiny_vae()
+        vae.zero_grad()
+        torch.manual_seed(3)
+        if who == "pyrovae":
+            loss = ELBOLoss(vae, make_elbo(kind, k, alpha=alpha))(x, torch.tensor(1.0))
+            loss.backward()
+            value = float(loss)
+        else:  # the same draws: Pyro's vectorized particles plate sits where pyrovae's does (dim -2)
+            elbo = RenyiELBO(alpha=alpha, num_particles=k, vectorize_particles=True, max_plate_nesting=1)
+            value = elbo.loss_and_grads(vae.model, vae.guide, x)
+        grads[who] = (value, [p.grad.clone() for p in vae.parameters()])
+    assert grads["pyrovae"][0] == pytest.approx(grads["pyro"][0], rel=1e-5)
+    for ours, theirs in zip(grads["pyrovae"][1], grads["pyro"][1]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_free_bits_floors_the_batch_mean_kl_of_each_dimension():
+    vae, x, lam = tiny_vae(), batch(), 0.22  # batch means of the KL: 0.20, 0.24, 1.95
+    with torch.no_grad():
+        vae.posterior.head.bias[:3] = torch.tensor([0.0, 0.0, 2.0])  # the third dimension carries KL, the others little
+    torch.manual_seed(1)
+    loss = ELBOLoss(vae, make_elbo("trace", free_bits=lam))(x, torch.tensor(1.0))
+    # by hand, with the same draw: recon from the decoder at z, KL per dimension in closed form
+    torch.manual_seed(1)
+    q = vae.posterior(x)
+    z = q.rsample()
+    recon = -vae.likelihood(z).log_prob(x).sum()
+    kl = torch.distributions.kl_divergence(univariate_factors(q), univariate_factors(vae.prior().expand((6,))))
+    floored = kl.mean(0).clamp(min=lam)  # the batch mean, then the floor: not the floor per datapoint
+    assert (kl.mean(0) < lam).any() and (kl.mean(0) > lam).any()
+    assert float(loss) == pytest.approx(float(recon + x.shape[0] * floored.sum()), rel=1e-5)
+    assert float(loss) != pytest.approx(float(recon + kl.clamp(min=lam).sum()), rel=1e-4)
+    # a dimension under the floor sends no KL gradient to its mean: only the reconstruction moves it
+    loss.backward()
+    grad_with_floor = vae.posterior.head.bias.grad[:3].clone()
+    vae.zero_grad()
+    torch.manual_seed(1)
+    ELBOLoss(vae, make_elbo("trace", free_bits=1e9))(x, torch.tensor(1.0)).backward()  # every KL floored away
+    torch.testing.assert_close(grad_with_floor[:1], vae.posterior.head.bias.grad[:1])
+    assert not torch.allclose(grad_with_floor[1:], vae.posterior.head.bias.grad[1:3])
+
+
+def test_objectives_that_cannot_be_combined_are_refused_in_one_line():
+    with pytest.raises(UserError, match=r"^train.jit compiles Pyro's ELBOs .* not iwae"):
+        make_elbo("iwae", 5, jit=True)
+    with pytest.raises(UserError, match=r"^train.free_bits floors the KL of the ELBO .* not of iwae$"):
+        make_elbo("iwae", 5, free_bits=0.1)
+
+
+def settings(**keys):
+    base = dict(beta_start=0.1, beta=1.0, warmup_epochs=0.0, beta_schedule="linear", beta_cycles=2,
+                beta_ratio=0.5, epochs=4)  # fmt: skip
+    return SimpleNamespace(**{**base, **keys})
+
+
+def test_beta_schedules_by_value():
+    steps = 10  # per epoch: 40 steps in 4 epochs
+    linear = settings(warmup_epochs=2, beta=4.0)  # a beta-VAE after the warm-up
+    assert [annealing_beta(t, linear, steps) for t in (0, 10, 20, 35)] == pytest.approx([0.1, 2.05, 4.0, 4.0])
+    assert annealing_beta(7, settings(), steps) == 0.1  # no warm-up: beta_start throughout, as runs of 0.2 read it
+    assert annealing_beta(0, settings(beta_schedule="constant", beta=2.5), steps) == 2.5
+    cyclical = settings(beta_schedule="cyclical")  # 2 cycles of 20 steps, rising over the first 10 of each
+    values = [annealing_beta(t, cyclical, steps) for t in (0, 5, 10, 15, 20, 25, 39)]
+    assert values == pytest.approx([0.1, 0.55, 1.0, 1.0, 0.1, 0.55, 1.0])
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_data("synthetic", subset=120)
+
+
+class Grads(Callback):
+    def __init__(self):
+        self.norms = []
+
+    def on_after_backward(self, trainer):
+        self.norms.append(math.sqrt(sum(float(p.grad.pow(2).sum()) for p in trainer.vae.parameters())))
+
+
+def test_any_torch_optimizer_and_scheduler_by_import_path_clipping_and_the_backward_hook(data):
+    vae, grads = small_vae(data), Grads()
+    trainer = Trainer(vae, data, epochs=1, batch_size=40, lr=0.01, optimizer="torch.optim.SGD",
+                      optimizer_args={"momentum": 0.9}, lr_schedule="torch.optim.lr_scheduler:ExponentialLR",
+                      lr_schedule_args={"gamma": 0.5}, grad_clip=1.0, loss_reduction="mean",
+                      callbacks=[grads])  # fmt: skip
+    assert type(trainer.optimizer) is torch.optim.SGD and trainer.optimizer.param_groups[0]["momentum"] == 0.9
+    metrics = trainer.train_epoch()
+    assert len(grads.norms) == 3 and metrics["train/grad_norm"] == pytest.approx(sum(grads.norms) / 3, rel=1e-5)
+    assert metrics["train/lr"] == pytest.approx(0.01 * 0.5**3)  # stepped after every optimizer step
+    state = trainer.state_dict()
+    again = Trainer(vae, data, settings=trainer.settings, callbacks=[])
+    again.load_state_dict(state)
+    assert again.optimizer.state_dict()["state"].keys() == trainer.optimizer.state_dict()["state"].keys()
+
+
+def small_vae(data) -> VAE:
+    pyro.set_rng_seed(0)  # the same weights every call
+    return VAE(guide={"name": "diagonal_normal", "hidden": [8]}, likelihood={"name": "bernoulli", "hidden": [8]},
+               latent_dim=2, data_shape=data.data_shape)  # fmt: skip
+
+
+def test_a_mean_reduction_divides_the_gradient_by_the_batch(data):
+    x, grads = data.evaluation_data("train")[:30], {}
+    for reduction in ("sum", "mean"):
+        grads[reduction] = Grads()
+        trainer = Trainer(small_vae(data), data, loss_reduction=reduction, callbacks=[grads[reduction]])
+        trainer._backward_hooks = [grads[reduction]]  # as train_epoch sets them
+        torch.manual_seed(5)
+        trainer._step(x, None, torch.tensor(1.0))
+    assert grads["mean"].norms[0] == pytest.approx(grads["sum"].norms[0] / 30, rel=1e-5)
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"optimizer": "torch.optim.NoSuchThing"}, r"^train.optimizer = 'torch.optim.NoSuchThing' is not a class"),
+    ({"optimizer": "torch.optim.SGD", "optimizer_args": {"momentun": 0.9}},
+     r"^train.optimizer torch.optim.SGD could not be built"),
+    ({"lr_schedule": "torch.optim.lr_scheduler.StepLR"},
+     r"^train.lr_schedule torch.optim.lr_scheduler.StepLR could not be built"),
+])  # fmt: skip
+def test_an_optimizer_or_scheduler_that_cannot_be_built_is_one_line(data, keys, message):
+    with pytest.raises(UserError, match=message):
+        Trainer(small_vae(data), data, callbacks=[], **keys)
