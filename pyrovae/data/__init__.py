@@ -11,8 +11,10 @@ from typing import Any
 
 import torch
 
+from pyrovae.data import archives
 from pyrovae.data.arrays import load_arrays
-from pyrovae.data.mnist import load_fashion_mnist, load_mnist
+from pyrovae.data.datasets import load_named, splits_of
+from pyrovae.data.mnist import data_root, load_emnist, load_fashion_mnist, load_kmnist, load_mnist
 from pyrovae.data.settings import DataSettings
 from pyrovae.data.splits import Splits
 from pyrovae.data.synthetic import PPCA, load_ppca, load_synthetic
@@ -21,9 +23,15 @@ from pyrovae.errors import UserError
 LOADERS = {
     "mnist": load_mnist,
     "fashion_mnist": load_fashion_mnist,
+    "kmnist": load_kmnist,
+    "emnist": load_emnist,
+    "omniglot": lambda cfg: archives.load_omniglot(cfg, data_root(cfg["root"])),
+    "cifar10": lambda cfg: archives.load_cifar10(cfg, data_root(cfg["root"])),
+    "binarized_mnist": lambda cfg: archives.load_binarized_mnist(cfg, data_root(cfg["root"])),
     "synthetic": load_synthetic,
     "ppca": load_ppca,
     "arrays": load_arrays,
+    "dataset": load_named,
 }
 
 __all__ = ["LOADERS", "PPCA", "DataSettings", "Splits", "keep_labels", "load_data"]
@@ -64,15 +72,20 @@ def load_data(
     examples, after ``subset``), move it to ``device``.
 
     ``name`` is a data set name with the other ``[data]`` keys as keyword arguments, or a whole
-    ``[data]`` section (a :class:`DataSettings` or a mapping).
+    ``[data]`` section (a :class:`DataSettings` or a mapping), or a torch ``Dataset`` of your own --
+    or three, ``load_data(train=..., val=..., test=...)`` (:mod:`pyrovae.data.datasets`).
     """
+    objects = [name] if not isinstance(name, (str, Mapping, DataSettings)) else []
+    objects += [keys.pop(k) for k in ("train", "val", "test") if k in keys and not isinstance(keys[k], str)]
     if isinstance(name, DataSettings):
         base = name.as_dict()
     else:
-        base = dict(name) if isinstance(name, Mapping) else {"name": name}
+        base = dict(name) if isinstance(name, Mapping) else {"name": name if isinstance(name, str) else "dataset"}
+    if objects:
+        base["name"] = "dataset"
     settings = DataSettings(**{**base, **keys})
     cfg = settings.as_dict()
-    splits = LOADERS[settings.name](cfg)
+    splits = splits_of(*objects, name=type(objects[0]).__name__, cfg=cfg) if objects else LOADERS[settings.name](cfg)
     for split in ("train", "val", "test"):
         x = getattr(splits, split)
         if not torch.isfinite(x).all():

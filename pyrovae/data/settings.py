@@ -14,11 +14,13 @@ class DataSettings(Settings):
 
     section = "data"
 
-    name: Literal["mnist", "fashion_mnist", "synthetic", "ppca", "arrays"] = Field(
+    name: Literal["mnist", "fashion_mnist", "kmnist", "emnist", "omniglot", "cifar10", "binarized_mnist",
+                  "synthetic", "ppca", "arrays", "dataset"] = Field(
         "mnist",
-        description="MNIST, Fashion-MNIST, a synthetic image set, linear-Gaussian data (exact log p(x)), "
-        "or your arrays",
-    )
+        description="MNIST, Fashion-MNIST, KMNIST, EMNIST, the 28x28 Omniglot of Burda et al., CIFAR-10 (binary "
+        "version), the fixed binarized MNIST of Larochelle & Murray, a synthetic image set, linear-Gaussian data "
+        "(exact log p(x)), your arrays, or your torch Dataset (data.dataset)",
+    )  # fmt: skip
     root: str = Field("", description="folder holding MNIST/raw; '' = $PYROVAE_DATA_DIR, else ~/.cache/pyrovae")
     binarize: bool = Field(True, description="binary pixels: dynamic for training, fixed-seed for val/test")
     seed: int = Field(0, ge=0, description="seed of the fixed val/test binarization, the split and synthetic data")
@@ -28,6 +30,12 @@ class DataSettings(Settings):
         ge=0,
         description="keep at most this many training examples; validation and "
         "test stay whole (0 = all): a small training set that overfits",
+    )
+    emnist_split: Literal["byclass", "bymerge", "balanced", "letters", "digits", "mnist"] = Field(
+        "balanced", description="emnist: which of its splits"
+    )
+    dataset: str = Field(
+        "", description="dataset: 'package.module:function' returning a torch Dataset or (train, val, test) Datasets"
     )
     train: str = Field("", description="arrays: training file (.npy or .pt)")
     val: str = Field("", description="arrays: validation file")

@@ -46,17 +46,26 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def spec(kind: str, name: str) -> dict:
+def spec(kind: str, name: str, net: str = "mlp") -> dict:
     params = signature(TABLES[kind][name])
-    return {"name": name, **{k: v for k, v in TINY.items() if k in params}}
+    tiny = {**TINY, "net": net, "conv_channels": [4, 8]} if net != "mlp" else TINY
+    return {"name": name, **{k: v for k, v in tiny.items() if k in params}}
 
 
-def make_vae(prior=BASE["prior"], guide=BASE["guide"], likelihood=BASE["likelihood"]) -> VAE:
-    """The VAE with tiny networks, built through the same builder a config goes through."""
+def make_vae(prior=BASE["prior"], guide=BASE["guide"], likelihood=BASE["likelihood"], net="mlp") -> VAE:
+    """The VAE with tiny networks (``net``: the guide's and the likelihood's), built through the same
+    builder a config goes through."""
     pyro.set_rng_seed(0)  # the same initial weights whatever ran before
     return VAE(
-        spec("prior", prior), spec("guide", guide), spec("likelihood", likelihood), latent_dim=LATENT, data_shape=SHAPE
+        spec("prior", prior),
+        spec("guide", guide, net),
+        spec("likelihood", likelihood, net),
+        latent_dim=LATENT,
+        data_shape=SHAPE,
     )
+
+
+NETS = ["mlp", "conv"]
 
 
 def binary_batch(n=BATCH, seed=0) -> torch.Tensor:
@@ -85,9 +94,10 @@ def test_prior_shapes_samples_and_log_probs(name):
     assert torch.isfinite(p.log_prob(torch.randn(BATCH, LATENT))).all()
 
 
+@pytest.mark.parametrize("net", NETS)
 @pytest.mark.parametrize("name", sorted(GUIDES))
-def test_guide_shapes_samples_and_log_probs(name):
-    vae, x = make_vae(guide=name), binary_batch()
+def test_guide_shapes_samples_and_log_probs(name, net):
+    vae, x = make_vae(guide=name, net=net), binary_batch()
     q = vae.posterior(x)
     assert tuple(q.batch_shape) == (BATCH,) and tuple(q.event_shape) == (LATENT,)
     assert q.has_rsample  # the ELBOs reparametrize; TraceMeanField_ELBO insists on it
@@ -102,9 +112,10 @@ def test_guide_shapes_samples_and_log_probs(name):
     assert vae.likelihood(z).log_prob(x).shape == (K, BATCH)
 
 
+@pytest.mark.parametrize("net", NETS)
 @pytest.mark.parametrize("name", sorted(LIKELIHOODS))
-def test_likelihood_shapes_samples_and_log_probs(name):
-    vae, x = make_vae(likelihood=name), binary_batch()
+def test_likelihood_shapes_samples_and_log_probs(name, net):
+    vae, x = make_vae(likelihood=name, net=net), binary_batch()
     lik = vae.likelihood(torch.randn(K, BATCH, LATENT))
     assert tuple(lik.batch_shape) == (K, BATCH) and tuple(lik.event_shape) == SHAPE
     log_p = lik.log_prob(x)
@@ -167,9 +178,10 @@ def test_a_likelihood_that_handles_two_dimensional_z_only_is_refused_before_trai
 COMPONENTS = [(kind, name) for kind, table in TABLES.items() for name in sorted(table)]
 
 
+@pytest.mark.parametrize("net", NETS)
 @pytest.mark.parametrize("kind,name", COMPONENTS)
-def test_every_parameter_gets_a_gradient_through_the_elbo(kind, name):
-    vae = make_vae(**{kind: name})
+def test_every_parameter_gets_a_gradient_through_the_elbo(kind, name, net):
+    vae = make_vae(**{kind: name}, net=net)
     loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, binary_batch())
     loss.backward()
     for pname, param in vae.named_parameters():

@@ -12,7 +12,8 @@ from pyrovae.run import config
 
 def test_defaults_resolve_with_component_defaults_filled_in():
     cfg = config.load()
-    assert cfg["model"]["guide"] == {"name": "diagonal_normal", "hidden": [400], "activation": "relu"}
+    assert cfg["model"]["guide"] == {"name": "diagonal_normal", "hidden": [400], "activation": "relu", "net": "mlp",
+                                     "conv_channels": [32, 64]}  # fmt: skip
     flat = config.flatten(cfg)
     assert flat["train.lr"] == 0.001 and isinstance(flat["train.warmup_epochs"], float)
 

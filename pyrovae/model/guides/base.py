@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from pyrovae.model.nets import Encoder
+from pyrovae.model.nets import encoder
 
 
 def context_order(latent_dim, data_shape) -> tuple[int, tuple[int, ...]]:
@@ -29,15 +29,17 @@ def context_order(latent_dim, data_shape) -> tuple[int, tuple[int, ...]]:
 
 
 class EncoderGuide(nn.Module):
-    r"""An MLP encoder ``h = Encoder(x)`` plus a linear head from h to ``outputs`` numbers.
+    r"""An encoder ``h = encoder(x)`` (an MLP, or with ``net = "conv"`` strided convolutions then an MLP:
+    :mod:`pyrovae.model.nets`) plus a linear head from h to ``outputs`` numbers.
 
     Shapes: ``x`` is ``(B, *data_shape)``, ``h`` is ``(B, features)``, the head's output
     ``(B, outputs)``. Subclasses turn the head's numbers (and h, for flows) into q(z|x).
     """
 
-    def __init__(self, data_shape: tuple[int, ...], hidden: list[int], activation: str, outputs: int):
+    def __init__(self, data_shape: tuple[int, ...], hidden: list[int], activation: str, outputs: int,
+                 net: str = "mlp", conv_channels: list[int] = (32, 64)):  # fmt: skip
         super().__init__()
-        self.encoder = Encoder(data_shape, list(hidden), activation)
+        self.encoder = encoder(net, data_shape, list(hidden), activation, list(conv_channels))
         self.head = nn.Linear(self.encoder.out_features, outputs)
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pyro.distributions as dist
 import torch
 
@@ -19,10 +21,16 @@ class DiagonalNormal(EncoderGuide):
     """
 
     def __init__(
-        self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,), activation: str = "relu"
+        self,
+        latent_dim: int,
+        data_shape: tuple[int, ...],
+        hidden: list[int] = (400,),
+        activation: str = "relu",
+        net: Literal["mlp", "conv"] = "mlp",
+        conv_channels: list[int] = (32, 64),
     ):
         latent_dim, data_shape = context_order(latent_dim, data_shape)
-        super().__init__(data_shape, hidden, activation, outputs=2 * latent_dim)
+        super().__init__(data_shape, hidden, activation, 2 * latent_dim, net, conv_channels)
 
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:
         loc, raw_scale = self.head(self.encoder(x)).chunk(2, dim=-1)

@@ -41,11 +41,13 @@ class ConditionalFlowGuide(EncoderGuide):
         activation: str,
         steps: int,
         flow_hidden: list[int],
+        net: str = "mlp",
+        conv_channels: list[int] = (32, 64),
     ):
         latent_dim, data_shape = context_order(latent_dim, data_shape)
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        super().__init__(data_shape, hidden, activation, outputs=2 * latent_dim)
+        super().__init__(data_shape, hidden, activation, 2 * latent_dim, net, conv_channels)
         self.latent_dim = latent_dim
         self.steps = nn.ModuleList(
             self.make_step(latent_dim, self.features, list(flow_hidden), self.order(latent_dim, t))

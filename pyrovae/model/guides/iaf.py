@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 
@@ -37,8 +39,10 @@ class InverseAutoregressiveFlow(ConditionalFlowGuide):
         activation: str = "relu",
         steps: int = 2,
         flow_hidden: list[int] = (128,),
+        net: Literal["mlp", "conv"] = "mlp",
+        conv_channels: list[int] = (32, 64),
     ):
-        super().__init__(latent_dim, data_shape, hidden, activation, steps, flow_hidden)
+        super().__init__(latent_dim, data_shape, hidden, activation, steps, flow_hidden, net, conv_channels)
 
     def make_step(self, latent_dim, context_dim, hidden, permutation):
         net = ConditionalAutoRegressiveNN(latent_dim, context_dim, hidden, permutation=permutation)

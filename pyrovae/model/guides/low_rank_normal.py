@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pyro.distributions as dist
 import torch
 
@@ -28,11 +30,13 @@ class LowRankNormal(EncoderGuide):
         hidden: list[int] = (400,),
         activation: str = "relu",
         rank: int = 2,
+        net: Literal["mlp", "conv"] = "mlp",
+        conv_channels: list[int] = (32, 64),
     ):
         latent_dim, data_shape = context_order(latent_dim, data_shape)
         if rank < 1:
             raise ValueError(f"rank must be at least 1, got {rank}")
-        super().__init__(data_shape, hidden, activation, outputs=latent_dim * (2 + rank))
+        super().__init__(data_shape, hidden, activation, latent_dim * (2 + rank), net, conv_channels)
         self.latent_dim, self.rank = latent_dim, rank
 
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pyro.distributions.transforms import ConditionalSplineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 
@@ -36,11 +38,13 @@ class NeuralSplineFlow(ConditionalFlowGuide):
         flow_hidden: list[int] = (128,),
         bins: int = 8,
         bound: float = 3.0,
+        net: Literal["mlp", "conv"] = "mlp",
+        conv_channels: list[int] = (32, 64),
     ):
         if bins < 2:
             raise ValueError(f"bins must be at least 2, got {bins}")
         self.bins, self.bound = bins, float(bound)
-        super().__init__(latent_dim, data_shape, hidden, activation, steps, flow_hidden)
+        super().__init__(latent_dim, data_shape, hidden, activation, steps, flow_hidden, net, conv_channels)
 
     def make_step(self, latent_dim, context_dim, hidden, permutation):
         # knots' widths, heights, inner derivatives and the linear-order weights, per coordinate

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.distributions import constraints
 
 from pyrovae.errors import UserError
-from pyrovae.model.nets import Decoder
+from pyrovae.model.nets import decoder
 
 
 class Likelihood(nn.Module):
@@ -54,10 +55,16 @@ class DecodedLikelihood(Likelihood):
     """
 
     def __init__(
-        self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,), activation: str = "relu"
+        self,
+        latent_dim: int,
+        data_shape: tuple[int, ...],
+        hidden: list[int] = (400,),
+        activation: str = "relu",
+        net: Literal["mlp", "conv"] = "mlp",
+        conv_channels: list[int] = (32, 64),
     ):
         super().__init__()
-        self.decoder = Decoder(latent_dim, data_shape, list(hidden), activation)
+        self.decoder = decoder(net, latent_dim, data_shape, list(hidden), activation, 1, list(conv_channels))
         self.event_dims = len(data_shape)
 
     def distribution(self, output: torch.Tensor):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution
@@ -9,7 +11,7 @@ from torch.distributions import constraints
 from torch.nn.functional import logsigmoid, softplus
 
 from pyrovae.model.likelihoods.base import Likelihood
-from pyrovae.model.nets import Decoder
+from pyrovae.model.nets import decoder
 
 LEVELS = 256
 HALF_BIN = 0.5 / (LEVELS - 1)
@@ -106,9 +108,11 @@ class DiscretizedLogistic(Likelihood):
         hidden: list[int] = (400,),
         activation: str = "relu",
         min_log_scale: float = -7.0,
+        net: Literal["mlp", "conv"] = "mlp",
+        conv_channels: list[int] = (32, 64),
     ):
         super().__init__()
-        self.decoder = Decoder(latent_dim, data_shape, list(hidden), activation, channels=2)
+        self.decoder = decoder(net, latent_dim, data_shape, list(hidden), activation, 2, list(conv_channels))
         self.event_dims = len(data_shape)
         self.min_log_scale = float(min_log_scale)
 

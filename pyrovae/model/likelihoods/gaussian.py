@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.functional import softplus
 
 from pyrovae.model.likelihoods.base import Likelihood
-from pyrovae.model.nets import Decoder
+from pyrovae.model.nets import decoder
 
 
 class Gaussian(Likelihood):
@@ -34,11 +34,13 @@ class Gaussian(Likelihood):
         activation: str = "relu",
         scale: Literal["global", "per_pixel"] = "global",
         init_scale: float = 1.0,
+        net: Literal["mlp", "conv"] = "mlp",
+        conv_channels: list[int] = (32, 64),
     ):
         super().__init__()
         if init_scale <= 0:
             raise ValueError(f"init_scale must be positive, got {init_scale}")
-        self.decoder = Decoder(latent_dim, data_shape, list(hidden), activation)
+        self.decoder = decoder(net, latent_dim, data_shape, list(hidden), activation, 1, list(conv_channels))
         shape = () if scale == "global" else tuple(data_shape)
         # softplus^-1(init_scale): the scale starts where the user asked
         raw = torch.full(shape, float(init_scale)).expm1().log()
