@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import pyro
 import torch
 
+from pyrovae.errors import UserError
 from pyrovae.infer.optim import apply_schedule
 from pyrovae.infer.rng import get_rng_state, set_rng_state
 
@@ -31,7 +32,14 @@ def capture(trainer) -> dict:
 def restore(trainer, state: Mapping) -> None:
     """``trainer`` continues from ``state``: at the same world size, with the same random streams."""
     trainer.vae.load_state_dict(state["module"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    try:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, ValueError, RuntimeError) as err:  # the state of another optimizer (or other groups)
+        raise UserError(
+            f"the checkpoint's optimizer state does not fit train.optimizer = {trainer.settings.optimizer} "
+            f"({type(err).__name__}: {err}); was the optimizer replaced during training? Name the optimizer the run "
+            f"was trained with in train.optimizer (an import path and train.optimizer_args) and train again"
+        ) from None
     trainer.scheduler.load_state_dict(state["scheduler"])
     apply_schedule(trainer.scheduler)  # the rate of the schedule in force (train.epochs may have changed)
     trainer.epoch, trainer.step = state["epoch"], state["step"]

@@ -159,3 +159,12 @@ def test_a_mean_reduction_divides_the_gradient_by_the_batch(data):
 def test_an_optimizer_or_scheduler_that_cannot_be_built_is_one_line(data, keys, message):
     with pytest.raises(UserError, match=message):
         Trainer(small_vae(data), data, callbacks=[], **keys)
+
+
+def test_a_checkpoint_of_another_optimizer_is_one_line_on_resume(data):
+    sgd = Trainer(small_vae(data), data, epochs=1, batch_size=40, optimizer="torch.optim.SGD",
+                  optimizer_args={"momentum": 0.9}, callbacks=[])  # fmt: skip
+    sgd.train_epoch()
+    adam = Trainer(small_vae(data), data, epochs=1, batch_size=40, callbacks=[])  # the run's config says adam
+    with pytest.raises(UserError, match=r"^the checkpoint's optimizer state does not fit train.optimizer = adam"):
+        adam.load_state_dict(sgd.state_dict())
