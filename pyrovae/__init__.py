@@ -85,7 +85,7 @@ _EXPORTS = {
     # run: tracked training, runs read back, MLflow
     "train": "pyrovae.run.pipeline",
     "train_config": "pyrovae.run.pipeline",
-    "resume": "pyrovae.run.pipeline",
+    "resume": "pyrovae.run.resume",
     "RunResult": "pyrovae.run.pipeline",
     "train_study": "pyrovae.run.study",
     "load_vae": "pyrovae.run.restore",

@@ -34,15 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def say_on_stdout() -> None:
-    """What pyrovae's library code logs (``logging.getLogger("pyrovae")``, INFO and up) printed as
-    ``pyrovae: ...`` lines on the command's standard output."""
+    """What pyrovae's library code logs (``logging.getLogger("pyrovae")``) printed as ``pyrovae: ...``
+    lines: INFO on the command's standard output, warnings on standard error (so that ``compare
+    --format json`` stays JSON)."""
     logger = logging.getLogger("pyrovae")
     for handler in [h for h in logger.handlers if getattr(h, "pyrovae_cli", False)]:
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("pyrovae: %(message)s"))
-    handler.pyrovae_cli = True
-    logger.addHandler(handler)
+    infos = logging.StreamHandler(sys.stdout)
+    infos.addFilter(lambda record: record.levelno < logging.WARNING)
+    warnings = logging.StreamHandler(sys.stderr)
+    warnings.setLevel(logging.WARNING)
+    for handler in (infos, warnings):
+        handler.setFormatter(logging.Formatter("pyrovae: %(message)s"))
+        handler.pyrovae_cli = True
+        logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
 

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one download: no bar
     from pyrovae.cli.train import print_result
-    from pyrovae.run.pipeline import resume
+    from pyrovae.run.resume import resume
 
     print_result(resume(args.run_id, args.set, progress=not args.no_progress))
     return 0

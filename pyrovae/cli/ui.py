@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         raise UserError(f"MLFLOW_TRACKING_URI points at a server already: open {uri} in a browser")
-    existing_store(uri)
+    from pyrovae.run.lease import end_stale_runs
+
+    end_stale_runs(existing_store(uri))  # the UI shows a dead job KILLED, not training
     db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
     artifacts = Path(db).parent / "artifacts" if db else Path(DEFAULT_STORE) / "artifacts"
     server = MlflowServer(uri, artifacts, host=args.host, port=args.port or None)

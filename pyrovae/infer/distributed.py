@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -126,3 +129,22 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+#: what the backends say when a peer is gone: gloo's closed or reset connections, NCCL, a timed-out collective
+LOST_PEER = re.compile(r"gloo|nccl|connection (closed|reset|refused)|broken pipe|timed out|timeout", re.IGNORECASE)
+
+
+@contextmanager
+def lost_contact(world: World) -> Iterator[None]:
+    """Turn a collective's failure under ``world`` into one :class:`~pyrovae.infer.faults.WorkerLost`."""
+    from pyrovae.errors import first_line
+    from pyrovae.infer.faults import WorkerLost
+
+    try:
+        yield
+    except RuntimeError as err:  # DistBackendError and gloo's plain RuntimeError alike
+        if not world.distributed or not (isinstance(err, dist.DistError) or LOST_PEER.search(str(err))):
+            raise
+        why = re.sub(r"^\[[^\]]+\]\s*", "", first_line(err, 1000)).split(". ")[0]  # gloo's "[file.cc:561] " off
+        raise WorkerLost(world.rank, world.size, why[:160]) from err

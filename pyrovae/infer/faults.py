@@ -1,4 +1,4 @@
-"""What stops a training run early, and how: signals and non-finite losses.
+"""What stops a training run early, and how: signals, non-finite losses, a lost worker.
 
 SIGINT (Ctrl-C) and SIGTERM do not kill the process mid-step: :class:`StopOnSignals` records
 the signal, the trainer finishes the step it is in, its callbacks write a checkpoint of that
@@ -8,6 +8,10 @@ happens stops at once.
 
 A NaN or infinite loss raises :class:`NonFiniteLoss` at the step where it appears, before any
 checkpoint is written from the broken state, so the last checkpoint is the last good one.
+
+Under torchrun, a collective that fails because another process died raises :class:`WorkerLost`
+(:func:`pyrovae.infer.distributed.lost_contact`) on the survivors, one line instead of the backend's
+traceback; what they do about the MLflow run is :mod:`pyrovae.run.ranks`'s job.
 """
 
 from __future__ import annotations
@@ -56,6 +60,43 @@ class NonFiniteLoss(UserError):
             f"the loss became {self.value} at epoch {self.epoch}, batch {self.batch}; training stopped and "
             f"{kept}; try a lower train.lr or a longer KL warm-up"
         )
+
+
+class WorkerLost(UserError):
+    """A collective failed: another process of the torchrun job ended or stopped answering.
+
+    Raised on every surviving rank instead of the backend's ``RuntimeError`` (gloo's "Connection
+    closed by peer", NCCL's errors, a timeout); whoever holds the MLflow run fills in
+    :attr:`run_id`, :attr:`fate` and :attr:`last_good_epoch`, so the one line says what was kept.
+    """
+
+    exit_code = 1
+
+    def __init__(self, rank: int, size: int, why: str):
+        self.rank, self.size, self.why = rank, size, why
+        self.run_id, self.fate = "", "ends FAILED"
+        self.last_good_epoch: int | None = None
+        super().__init__()
+
+    @property
+    def lost(self) -> str:
+        others = [r for r in range(self.size) if r != self.rank]
+        return f"rank {others[0]}" if len(others) == 1 else "another rank"
+
+    def __str__(self) -> str:
+        text = (
+            f"rank {self.rank} of {self.size} lost contact with {self.lost} ({self.why}): that process ended or "
+            f"stopped answering (torchrun's report names it and its exit code)"
+        )
+        if not self.run_id:
+            return text
+        if self.last_good_epoch is None:
+            kept = "its last checkpoint is kept"
+        elif self.last_good_epoch:
+            kept = f"its last checkpoint (epoch {self.last_good_epoch}) is kept"
+        else:
+            kept = "no epoch had finished"
+        return f"{text}; run '{self.run_id}' {self.fate} and {kept}: 'pyrovae resume {self.run_id}' continues"
 
 
 class StopRequest:

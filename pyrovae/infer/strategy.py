@@ -73,7 +73,15 @@ class Distributed(OneProcess):
                 "semi-supervised training (data.labelled) runs in one process: its labelled and unlabelled "
                 "batches are not sharded across ranks; run it without torchrun"
             )
-        return data.num_shard_batches(batch_size, self.world.size)
+        w, rows = self.world.size, data.train.shape[0]
+        if batch_size < w or rows < w:  # a rank with no rows: pyro.plate cannot be empty
+            too_small = f"train.batch_size = {batch_size}" if batch_size < w else f"the training split ({rows} rows)"
+            raise UserError(
+                f"{too_small} cannot give each of the {w} processes of this torchrun job a row of every batch; "
+                f"use train.batch_size >= {w} (the global batch, split over the processes) and at least {w} "
+                f"training rows, or fewer processes (--nproc-per-node)"
+            )
+        return data.num_shard_batches(batch_size, w)
 
     def batches(self, data, settings, epoch, done, labelled, semi_supervised):
         """This rank's slices, the ``done`` first ones left out (None placeholders keep batch indices global)."""

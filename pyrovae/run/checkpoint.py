@@ -13,11 +13,15 @@ Pyro's ``{param store name: torch state_dict}`` form and the mid-epoch position 
 ``partial``; :func:`upgrade` turns it into format 2 for a given trainer, so those runs resume.
 
 :class:`Checkpointer` logs ``checkpoints/last.pt`` every ``train.checkpoint_every`` epochs, at
-an interrupt and at the end, and ``checkpoints/best.pt`` whenever val/loss improves.
+an interrupt and at the end, and ``checkpoints/best.pt`` whenever val/loss improves. Each goes to
+two slots in turn (``last.pt`` and ``last-b.pt``; ``best.pt`` and ``best-b.pt``): an artifact
+store copies files in place, so a write cut short (a full disk, a SIGKILL) spoils the slot it was
+writing and never the other; :func:`newest` reads the newest whole one.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -83,54 +87,102 @@ def load(path: str | Path, what: str = "checkpoint") -> dict:
     return state
 
 
-def log(run: MlflowRun, state: dict, name: str) -> None:
-    """Log ``state`` as the run artifact ``checkpoints/<name>.pt`` (replacing the previous one)."""
+def slots(name: str) -> tuple[str, str]:
+    """The two files a checkpoint ``name`` is written to in turn: ``name.pt`` and ``name-b.pt``."""
+    return name, f"{name}-b"
+
+
+def log(run: MlflowRun, state: dict, slot: str) -> None:
+    """Log ``state`` as the run artifact ``checkpoints/<slot>.pt`` (replacing the previous one)."""
     with tempfile.TemporaryDirectory() as tmp:
-        run.log_artifact(save(state, Path(tmp) / f"{name}.pt"), "checkpoints")
+        run.log_artifact(save(state, Path(tmp) / f"{slot}.pt"), "checkpoints")
+
+
+def newest(run: MlflowRun, name: str = "last") -> tuple[dict, str]:
+    """The newest readable checkpoint ``name`` of a run (of its two slots) and the slot it came from.
+
+    Newest is the most optimizer steps (the finished one first at a tie). A slot that is damaged (a
+    write cut short by a full disk or a kill) is passed over with a warning; when no slot can be
+    read, one :class:`UserError` line says why.
+    """
+    readable, problems = [], []
+    for slot in slots(name):
+        try:
+            local = run.download(f"checkpoints/{slot}.pt")
+        except Exception:
+            continue  # never written: a run of one checkpoint, or one older than the slots
+        try:
+            readable.append((load(local, f"checkpoints/{slot}.pt of run '{run.run_id}'"), slot))
+        except UserError as err:
+            problems.append((slot, str(err)))
+    if problems and not readable:
+        raise UserError(problems[0][1])
+    if not readable:
+        raise UserError(
+            f"run '{run.run_id}' has no checkpoints/{name}.pt; "
+            f"it was trained before checkpoints existed or never finished an epoch"
+        )
+    state, slot = max(readable, key=lambda found: (found[0]["step"], found[0]["finished"]))
+    if problems:
+        logging.getLogger("pyrovae").warning(
+            f"checkpoints/{problems[0][0]}.pt is damaged (a write cut short?); "
+            f"using checkpoints/{slot}.pt (epoch {state['epoch']}) instead"
+        )
+    return state, slot
 
 
 def download(run: MlflowRun, name: str = "last") -> dict:
-    """``checkpoints/<name>.pt`` of a run, loaded (UserError when absent or damaged)."""
-    try:
-        local = run.download(f"checkpoints/{name}.pt")
-    except Exception as err:
-        raise UserError(
-            f"run '{run.run_id}' has no checkpoints/{name}.pt ({type(err).__name__}); "
-            f"it was trained before checkpoints existed or never finished an epoch"
-        ) from None
-    return load(local, f"checkpoints/{name}.pt of run '{run.run_id}'")
+    """The newest readable checkpoint ``name`` of a run (:func:`newest`)."""
+    return newest(run, name)[0]
 
 
 class Checkpointer(Callback):
     """``checkpoints/last.pt`` every ``train.checkpoint_every`` epochs and at the end; ``best.pt``
     at each new best val/loss; at the end, the best epoch's VAE as the logged model ``best_model``.
+    Each is written in two slots in turn (``last.pt``, ``last-b.pt``), so one cut short leaves the
+    one before it whole.
 
     ``best_module`` is the best state_dict so far (a resumed run passes its ``best.pt``'s);
-    ``last_epoch`` is the epoch of the last ``last.pt`` written (0: none yet).
+    ``last_epoch`` is the epoch of the last ``last.pt`` written (0: none yet); ``written`` the slot
+    each checkpoint was last written to (a resumed run's newest ones).
     """
 
-    def __init__(self, run: MlflowRun, model_config: dict, best_module: dict | None = None, last_epoch: int = 0):
+    def __init__(
+        self,
+        run: MlflowRun,
+        model_config: dict,
+        best_module: dict | None = None,
+        last_epoch: int = 0,
+        written: dict[str, str] | None = None,
+    ):
         self.run = run
         self.model_config = model_config
         self.best_module = best_module
         self.last_epoch = last_epoch
+        self.written = {"last": "last-b", "best": "best-b", **(written or {})}  # so the first write is last.pt
+
+    def log(self, state: dict, name: str) -> None:
+        """Write ``state`` to the slot of ``name`` not holding its newest checkpoint."""
+        slot = next(s for s in slots(name) if s != self.written[name])
+        log(self.run, state, slot)
+        self.written[name] = slot  # only once whole: a write that failed is retried in the same slot
 
     def on_epoch_end(self, trainer, epoch, metrics):
         state = None
         if trainer.improved:
             state = capture(trainer)
             self.best_module = state["module"]
-            log(self.run, state, "best")
+            self.log(state, "best")
         if epoch % trainer.settings.checkpoint_every == 0:
-            log(self.run, state or capture(trainer), "last")
+            self.log(state or capture(trainer), "last")
             self.last_epoch = epoch
 
     def on_interrupt(self, trainer):
         """A stop was requested between two steps: keep exactly this point."""
-        log(self.run, capture(trainer), "last")
+        self.log(capture(trainer), "last")
 
     def on_train_end(self, trainer, metrics):
-        log(self.run, capture(trainer, finished=True), "last")
+        self.log(capture(trainer, finished=True), "last")
         if self.best_module is not None:
             log_vae(
                 self.run,

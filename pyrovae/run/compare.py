@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pyrovae.errors import UserError, first_line
-from pyrovae.run import tracking
+from pyrovae.run import lease, tracking
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -163,6 +163,8 @@ def compare_runs(
             f"cannot filter runs by {list(where)}: {first_line(err)}; write key=value for a param, "
             f'or an MLflow filter such as "metrics.`val/loss` < 100"'
         ) from None
+    if [r for r in runs if lease.end_stale(client, r)]:  # a dead job shows as KILLED, not as training
+        runs = find_runs(client, experiment, parent, max_runs, list(where), all_experiments)
     if not runs:
         raise UserError(
             "no runs to compare"

@@ -51,6 +51,7 @@ from pyrovae.infer.estimators.diagnostics import active_units_per_site
 from pyrovae.infer.estimators.iwae import iwae
 from pyrovae.infer.terms import datapoint_terms
 from pyrovae.infer.traces import evaluation_labels
+from pyrovae.run import lease
 from pyrovae.run.costs import Cost, measure
 from pyrovae.run.restore import rebuild, run_config
 from pyrovae.run.tracking import MlflowRun
@@ -132,6 +133,7 @@ def evaluate_run(
         if value < (1 if name == "batch_size" else 0):
             raise UserError(f"--{name.replace('_', '-')} must be non-negative (batch size positive), got {value}")
     run = MlflowRun.existing(run_id, uri)
+    lease.end_stale(run.client, run.client.get_run(run.run_id))
     torch_device = select_device(device)
     config = run_config(run)
     vae = rebuild(run, config, weights, torch_device)

@@ -27,16 +27,17 @@ from pyrovae.errors import UserError
 from pyrovae.infer import distributed
 from pyrovae.infer.callbacks import Callback
 from pyrovae.infer.distributed import World, init_from_env
-from pyrovae.infer.faults import NonFiniteLoss, StopOnSignals
+from pyrovae.infer.faults import NonFiniteLoss, WorkerLost
 from pyrovae.infer.interface import check_data_support
 from pyrovae.infer.settings import TrainSettings
 from pyrovae.infer.traces import takes_labels
 from pyrovae.infer.trainer import Trainer
 from pyrovae.model.models import build_model, loggable
 from pyrovae.run import checkpoint
-from pyrovae.run.config import MlflowSettings, parse_override, resolve, to_toml
+from pyrovae.run.config import MlflowSettings, resolve
 from pyrovae.run.logger import MlflowLogger
-from pyrovae.run.restore import run_config
+from pyrovae.run.ranks import fit, share_run_id
+from pyrovae.run.storage import storage_faults
 from pyrovae.run.tracking import MlflowRun, experiment_id, tracking_uri
 from pyrovae.run.tracking import client as tracking_client
 
@@ -63,13 +64,6 @@ def prepare(config: dict):
     data = load_data(config["data"], device)
     model = build_model(config["model"], data.data_shape, data.num_classes).to(device)
     return model, data
-
-
-def fit(trainer: Trainer) -> dict[str, float]:
-    """``trainer.fit()`` with SIGINT and SIGTERM turned into a stop after the current step, so that
-    the last checkpoint is that exact point and the run ends KILLED (:mod:`pyrovae.infer.faults`)."""
-    with StopOnSignals(trainer.request_stop):
-        return trainer.fit()
 
 
 def run_tags(device: torch.device) -> dict[str, str]:
@@ -165,23 +159,28 @@ def train(
         }
     )
     tags = run_tags(trainer.device)  # a collective under torchrun: every rank
+    uri = tracking_uri(mlflow_settings.tracking_uri)
     if not trainer.world.is_main:  # only rank 0 talks to MLflow; every rank trains
-        fit(trainer)
-        return RunResult("", tracking_uri(mlflow_settings.tracking_uri))
-    run = MlflowRun.create(
-        mlflow_settings.tracking_uri,
-        mlflow_settings.experiment,
-        mlflow_settings.run_name,
-        tags=tags,
-        parent_run_id=parent_run_id,
-    )
-    with run.lifecycle():
+        fit(trainer, share_run_id(trainer.world), uri)
+        return RunResult("", uri)
+    try:
+        run = MlflowRun.create(uri, mlflow_settings.experiment, mlflow_settings.run_name, tags, parent_run_id)
+    except UserError as err:
+        share_run_id(trainer.world, error=str(err))  # the other ranks say the same line, not hang
+        raise
+    share_run_id(trainer.world, run.run_id)
+    with run.lifecycle(), storage_faults(run):
         run.log_config(config)
-        return _fit(trainer, run, config, callbacks)
+        return fit_into_run(trainer, run, config, callbacks)
 
 
-def _fit(
-    trainer: Trainer, run: MlflowRun, config: dict, callbacks: Sequence[Callback], best_module: dict | None = None
+def fit_into_run(
+    trainer: Trainer,
+    run: MlflowRun,
+    config: dict,
+    callbacks: Sequence[Callback],
+    best_module: dict | None = None,
+    written: dict[str, str] | None = None,
 ) -> RunResult:
     """Fit with ``callbacks``, the logger and the checkpointer, inside an open run.
 
@@ -189,7 +188,7 @@ def _fit(
     ``add_metrics`` or ``on_epoch_end``) is logged with them.
     """
     result = RunResult(run.run_id, run.uri)
-    checkpointer = checkpoint.Checkpointer(run, config["model"], best_module, last_epoch=trainer.epoch)
+    checkpointer = checkpoint.Checkpointer(run, config["model"], best_module, trainer.epoch, written)
     trainer.callbacks += [
         *callbacks,
         MlflowLogger(run, config["model"], config["mlflow"]["images_every"]),
@@ -197,9 +196,12 @@ def _fit(
         _LastMetrics(result),
     ]
     try:
-        fit(trainer)
-    except NonFiniteLoss as err:
+        with storage_faults(run, lambda: checkpointer.last_epoch):
+            fit(trainer, run.run_id, run.uri)
+    except (NonFiniteLoss, WorkerLost) as err:
         err.last_good_epoch = checkpointer.last_epoch
+        if isinstance(err, WorkerLost):
+            err.run_id = run.run_id
         raise
     return result
 
@@ -214,7 +216,9 @@ def train_config(
     """
     restarted = _restarted_run(config)
     if restarted:
-        return resume(restarted, progress=progress, callbacks=callbacks)
+        from pyrovae.run.resume import resume
+
+        return resume(restarted, progress=progress, callbacks=callbacks, taking_over=True)
     vae, data = prepare(config)
     return train(
         vae,
@@ -243,107 +247,3 @@ def _restarted_run(config: dict) -> str:
         )
         run_id = found[0].info.run_id if found else ""
     return distributed.broadcast_object(run_id) if world.distributed else run_id
-
-
-#: what ``pyrovae resume --set`` may change; anything else would not be the same run
-RESUMABLE = ("train.epochs", "train.patience", "train.checkpoint_every", "train.device", "mlflow.tracking_uri")
-
-
-def resume_config(run: MlflowRun, overrides: Sequence[str] = ()) -> dict:
-    """The run's logged config with the (few) keys a resumed run may change overridden."""
-    config = run_config(run)
-    for text in overrides:
-        keys, value = parse_override(text)
-        section, key = keys[0], ".".join(keys[1:])
-        config[section][key] = value
-    return resolve(config)
-
-
-def _check_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """``{"train.epochs": 20, ...}`` from ``--set`` texts; refuse keys a resume cannot change."""
-    values = {}
-    for text in overrides:
-        keys, value = parse_override(text)
-        if ".".join(keys) not in RESUMABLE:
-            raise UserError(
-                f"resume cannot change '{'.'.join(keys)}' (it would not be the same run); "
-                f"it can change {', '.join(RESUMABLE)}; train a new run instead"
-            )
-        values[".".join(keys)] = value
-    return values
-
-
-def _load_for_resume(run_id: str, uri: str, overrides: Sequence[str]) -> tuple[str, dict, dict, dict | None]:
-    """The full id, config, last checkpoint and best weights of a run to resume; says where it goes on from."""
-    run = MlflowRun.existing(run_id, uri)
-    run_id = run.run_id
-    config = resume_config(run, overrides)
-    state = checkpoint.download(run, "last")
-    epochs, changed = config["train"]["epochs"], {o.partition("=")[0].strip() for o in overrides}
-    if state["stopped_early"] and state["finished"] and "train.patience" not in changed:
-        raise UserError(
-            f"run '{run_id}' stopped early at epoch {state['epoch']} (val/loss last improved at "
-            f"epoch {state['best_epoch']}); to go on anyway: --set train.patience=0 (off) or more"
-        )
-    if state["finished"] and state["epoch"] >= epochs and not state["stopped_early"]:
-        raise UserError(
-            f"run '{run_id}' already finished its {state['epoch']} epochs; "
-            f"to train longer: pyrovae resume {run_id} --set train.epochs=N (N > {state['epoch']})"
-        )
-    status = run.info().status
-    position = state.get("mid_epoch") or state.get("partial")
-    where = f"epoch {state['epoch']}" + (
-        f", batch {position['batch']} of epoch {state['epoch'] + 1}" if position else ""
-    )
-    if status == "RUNNING":
-        log.warning(
-            f"run '{run_id}' was left RUNNING: its process ended without closing it (killed?); "
-            f"continuing from its last checkpoint ({where}), work after that is redone"
-        )
-    else:
-        log.info(f"resuming {status} run '{run_id}' from {where}")
-    best = checkpoint.download(run, "best")["module"] if state["best_epoch"] else None
-    return run_id, config, state, best
-
-
-def resume(
-    run_id: str,
-    overrides: Sequence[str] = (),
-    progress: bool = True,
-    callbacks: Sequence[Callback] = (),
-    tracking_uri: str = "",
-    **train_keys: Any,
-) -> RunResult:
-    """Continue run ``run_id`` from ``checkpoints/last.pt`` in the same MLflow run.
-
-    Weights, optimizer and schedule state, RNG states, the epoch and the beta schedule's step
-    come back as they were, so metrics continue at the next step with the values an
-    uninterrupted run would have logged (on CPU; CUDA kernels need not be deterministic). What a
-    resume may change is given as ``[train]`` keywords, as :func:`train` takes them
-    (``resume(run_id, epochs=20)``), or as ``--set`` texts (``overrides=["train.epochs=20"]``);
-    ``tracking_uri`` names the store.
-    """
-    overrides = [*overrides, *(f"train.{k}={v!r}".replace("'", '"') for k, v in train_keys.items())]
-    if tracking_uri:
-        overrides.append(f'mlflow.tracking_uri="{tracking_uri}"')
-    changes = _check_overrides(overrides)
-    uri = changes.get("mlflow.tracking_uri", "")
-    world, _ = init_from_env(changes.get("train.device", "auto"))
-    found = _load_for_resume(run_id, uri, overrides) if world.is_main else None
-    if world.distributed:  # rank 0 reads the store and hands the others what they need
-        found = distributed.broadcast_object(found)
-    run_id, config, state, best = found
-    vae, data = prepare(config)
-    check_data(vae, data)
-    trainer = Trainer(vae, data, settings=config["train"], evaluation=config["eval"], progress=progress)
-    trainer.load_state_dict(checkpoint.upgrade(state, trainer))
-    if trainer.reseeded and world.is_main:
-        log.warning(trainer.reseeded)
-    if not world.is_main:
-        fit(trainer)
-        return RunResult("", uri)
-    run = MlflowRun(run_id, uri)
-    with run.lifecycle():
-        run.set_tags({f"pyrovae.resumed.epoch_{state['epoch']}": " ".join(overrides) or "no overrides"})
-        run.log_text(to_toml(config), "config.toml")  # a later resume reads the extended config
-        return _fit(trainer, run, config, callbacks, best)

@@ -38,16 +38,15 @@ def rebuild(run: MlflowRun, config: dict, weights: str = "final", device: str | 
     from pyrovae.run import checkpoint
 
     path = WEIGHTS[weights]
-    try:
-        local = run.download(path)
-    except Exception as err:
-        raise UserError(
-            f"run '{run.run_id}' has no {path} ({type(err).__name__}); did the run finish (or reach a best epoch)?"
-        ) from None
-    if weights == "best":
-        saved = checkpoint.load(local, f"{path} of run '{run.run_id}'")
-        state, data_shape, num_classes = saved["module"], None, None
+    if weights == "best":  # the newest whole one of its two slots
+        state, data_shape, num_classes = checkpoint.download(run, "best")["module"], None, None
     else:
+        try:
+            local = run.download(path)
+        except Exception as err:
+            raise UserError(
+                f"run '{run.run_id}' has no {path} ({type(err).__name__}); did the run finish (or reach a best epoch)?"
+            ) from None
         saved = torch.load(local, map_location="cpu", weights_only=True)
         state, data_shape, num_classes = saved["state_dict"], tuple(saved["data_shape"]), saved.get("num_classes")
     if data_shape is None:

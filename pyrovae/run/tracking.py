@@ -367,18 +367,36 @@ class MlflowRun:
             yield from self._held_open(system_metrics, final_status, error_status, error_tag)
 
     def _held_open(self, system_metrics, final_status, error_status, error_tag) -> Iterator[MlflowRun]:
+        from pyrovae.run.lease import Lease
+
         mlflow = mlflow_module()
         outer = mlflow.active_run()
         mlflow.start_run(run_id=self.run_id, nested=outer is not None, log_system_metrics=system_metrics)
         try:
-            yield self
+            with Lease(self.client, self.run_id):  # tells a live run from one whose process was killed
+                yield self
         except KeyboardInterrupt as err:
-            self.set_tags({"pyrovae.stopped": str(err) or "interrupted by the user"})
-            mlflow.end_run("KILLED" if error_status == "FAILED" else error_status)
+            stopped = "KILLED" if error_status == "FAILED" else error_status
+            self._end(stopped, "pyrovae.stopped", str(err) or "interrupted by the user")
             raise
         except BaseException as err:
-            self.set_tags({error_tag: f"{type(err).__name__}: {err}"[:5000]})
-            mlflow.end_run(error_status)
+            self._end(error_status, error_tag, f"{type(err).__name__}: {err}"[:5000])
             raise
         else:
             mlflow.end_run(final_status)
+
+    def _end(self, status: str, tag: str, why: str) -> None:
+        """End the run ``status`` with ``why`` in ``tag``; a store that cannot take it any more (a full
+        disk) leaves the run RUNNING with a lease that runs out, so the next command ends it."""
+        mlflow = mlflow_module()
+        failures = []
+        for write in (lambda: self.set_tags({tag: why}), lambda: mlflow.end_run(status)):  # end_run pops the run first
+            try:
+                write()
+            except Exception as err:
+                failures.append(first_line(err, 200))
+        if failures:
+            logging.getLogger("pyrovae").warning(
+                f"could not mark run '{self.run_id}' {status} ({failures[-1]}); the next pyrovae command "
+                f"that reads the store will, once its lease runs out"
+            )

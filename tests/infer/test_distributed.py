@@ -14,65 +14,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
+
+from tests.processes import HERE, Store, overrides, torchrun
 
 pytestmark = pytest.mark.slow  # every test launches torchrun
-
-HERE = Path(__file__).parents[1]  # the helper scripts of tests/
-SMALL = [
-    "data.name=synthetic",
-    "data.subset=300",
-    "train.batch_size=40",
-    "model.latent_dim=3",
-    "model.guide.hidden=[16]",
-    "model.likelihood.hidden=[16]",
-    "eval.batch_size=300",
-    "mlflow.experiment=ddp",
-    "train.epochs=3",
-]  # 300 rows: 7 global batches of 40 and one of 20
-
-
-def overrides(*extra: str) -> list[str]:
-    return [arg for item in [*SMALL, *extra] for arg in ("--set", item)]
-
-
-def torchrun(*args: str, restarts: int = 0) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "--max-restarts",
-        str(restarts),
-        *args,
-    ]
-
-
-class Store:
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.uri = f"sqlite:///{folder}/mlruns/mlflow.db"
-        self.env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
-        self.client = MlflowClient(self.uri)
-
-    def run(self, command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(command, cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=timeout)
-
-    def named(self, name: str):
-        experiment = self.client.get_experiment_by_name("ddp")
-        (run,) = self.client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'")
-        return run
-
-    def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        return [
-            (m.step, m.value)
-            for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
-        ]
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +104,7 @@ def test_sigterm_checkpoints_every_rank_and_a_two_rank_resume_continues_bit_for_
     # at another world size the run goes on, and says that its random streams start anew
     longer = store.run([sys.executable, "-m", "pyrovae", "resume", run_id, "--no-progress", "--set", "train.epochs=4"])
     assert longer.returncode == 0, longer.stderr[-3000:]
-    assert "trained on 2 process(es), resumed on 1: random streams reseeded" in longer.stdout
+    assert "trained on 2 process(es), resumed on 1: random streams reseeded" in longer.stderr
     assert [step for step, _ in store.history(run_id, "val/loss")][-1] == 4
 
 

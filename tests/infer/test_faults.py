@@ -160,9 +160,12 @@ def test_sigterm_then_sigkill_then_resume_a_real_process(tmp_path, monkeypatch, 
     killed_at = checkpoint.download(MlflowRun(run_id), "last")["epoch"]
     assert killed_at >= stopped_at + 1
     capsys.readouterr()
+    assert main(["compare"]) == 0  # the next command that reads the run ends it: its process is gone
+    assert f"run '{run_id}' was left RUNNING (its process {resume.pid} " in capsys.readouterr().err
+    assert client.get_run(run_id).info.status == "KILLED"
     assert main(["resume", run_id, "--no-progress", "--set", f"train.epochs={killed_at + 1}"]) == 0
     mlflow.set_tracking_uri(None)
-    assert "was left RUNNING" in capsys.readouterr().out
+    assert f"resuming KILLED run '{run_id}'" in capsys.readouterr().out
     assert client.get_run(run_id).info.status == "FINISHED"
     steps = epochs_logged(run_id)
     # every epoch once; only an epoch whose metrics were logged just before the kill, and

@@ -13,8 +13,10 @@ from mlflow.tracking import MlflowClient
 
 from pyrovae.cli import main
 from pyrovae.infer.trainer import Callback
+from pyrovae.run import checkpoint
 from pyrovae.run import config as config_mod
 from pyrovae.run.pipeline import train_config
+from pyrovae.run.tracking import MlflowRun
 from tests.conftest import TINY, tracking_store
 
 pytestmark = pytest.mark.slow  # starts servers / trains several runs
@@ -135,16 +137,30 @@ def test_early_stopping_stops_when_val_loss_stops_improving(store, capsys):
     assert "stopped early at epoch 2" in error_line(capsys)
 
 
-def test_corrupt_checkpoint_is_one_line_and_bad_overrides_are_refused(store, uninterrupted_run, capsys):
+def test_a_damaged_checkpoint_falls_back_to_the_other_slot_and_two_are_one_line(
+    store, uninterrupted_run, capsys, caplog
+):
     run_id = uninterrupted_run[0]
     artifacts = Path(urlparse(MlflowClient(store).get_run(run_id).info.artifact_uri).path)
-    last = artifacts / "checkpoints" / "last.pt"
-    last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk or a killed copy
+    run = MlflowRun(run_id, store)
+    states = {slot: checkpoint.load(artifacts / "checkpoints" / f"{slot}.pt") for slot in checkpoint.slots("last")}
+    newest, other = sorted(states, key=lambda slot: (states[slot]["step"], states[slot]["finished"]), reverse=True)
+    assert states[newest]["finished"] and not states[other]["finished"]  # the end, and the epoch before it
+    assert checkpoint.newest(run, "last")[1] == newest
 
+    def truncate(slot):  # as by a full disk or a killed copy
+        path = artifacts / "checkpoints" / f"{slot}.pt"
+        path.write_bytes(path.read_bytes()[:1000])
+
+    truncate(newest)
+    state, slot = checkpoint.newest(run, "last")
+    assert slot == other and state["step"] == states[other]["step"]
+    assert f"checkpoints/{newest}.pt is damaged" in caplog.text and f"using checkpoints/{other}.pt" in caplog.text
+
+    truncate(other)
     assert resume(run_id, "train.epochs=4") == 2
-    assert error_line(capsys).startswith(
-        f"pyrovae: error: checkpoints/last.pt of run '{run_id}' is corrupt or truncated"
-    )
+    line = error_line(capsys)
+    assert line.startswith("pyrovae: error: checkpoints/last") and "is corrupt or truncated" in line
     assert MlflowClient(store).get_run(run_id).info.status == "FINISHED"  # untouched
 
     assert resume(run_id, "model.latent_dim=5") == 2
