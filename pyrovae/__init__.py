@@ -88,6 +88,7 @@ _EXPORTS = {
     "resume": "pyrovae.run.resume",
     "RunResult": "pyrovae.run.pipeline",
     "train_study": "pyrovae.run.study",
+    "compare": "pyrovae.run.compare",
     "load_vae": "pyrovae.run.restore",
     "evaluate_run": "pyrovae.run.evaluation",
     "MlflowRun": "pyrovae.run.tracking",

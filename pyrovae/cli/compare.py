@@ -3,16 +3,21 @@
 Reads the store training writes to ($MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db). Lists one
 experiment (default: the one with the newest run; ``--all-experiments`` for every one). Columns:
 the run, its name, the params (default: those that differ between the listed runs, as many as
-fit in 120 characters) and the metrics. Rows are best first by the first metric, lower is better
-(every pyrovae metric is a loss). ``--format csv|json`` for other programs (full run ids).
+fit in 120 characters, component names first) and the metrics. Rows are best first by the first
+metric, lower is better (every pyrovae metric is a loss). Each trained run is joined with its
+newest evaluation (``--evaluation eval.KEY=VALUE`` chooses which); ranked by an evaluation's
+number, runs scored with other settings are ranked apart, with the paired difference to the best
+(or ``--baseline``) and a mark where it is within 2 standard errors (:mod:`pyrovae.run.ranking`).
+``--format csv|json`` for other programs (full run ids).
 """
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "print a table of runs: the params that differ and chosen metrics, best first"
-DEFAULT_METRICS = ["val/loss", "test/loss"]
+from pyrovae.run.compare import DEFAULT_METRICS
+
+HELP = "print a table of runs, best first: the params that differ, each run's evaluation, paired differences"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"metric column (repeatable; the first sorts, lower is better); default: {' '.join(DEFAULT_METRICS)}",
     )
     parser.add_argument("--parent", metavar="RUN_ID", help="only the children of this sweep/study run")
+    parser.add_argument(
+        "--evaluation",
+        action="append",
+        default=[],
+        metavar="eval.KEY=VALUE",
+        help="join each run's newest evaluation with these settings (repeatable), e.g. eval.iwae_k=5000",
+    )
+    parser.add_argument(
+        "--baseline", metavar="RUN_ID", help="paired differences to this run (default: the best of each group)"
+    )
     parser.add_argument("--max-runs", type=int, default=1000, metavar="N", help="read at most N runs (newest first)")
 
 
@@ -55,27 +70,28 @@ def print_table(
     where: list[str] = (),
     all_experiments: bool = False,
     fmt: str = "text",
+    evaluation: list[str] = (),
+    baseline: str | None = None,
 ) -> None:
     """Print the runs of the store ``uri`` (default: :func:`pyrovae.run.tracking.tracking_uri`).
 
     ``metrics=None`` shows :data:`DEFAULT_METRICS`, leaving out those no run has logged.
     """
-    from pyrovae.run.compare import compare_runs, existing_store
-    from pyrovae.run.tracking import MlflowRun, tracking_uri
+    from pyrovae.run.compare import compare
+    from pyrovae.run.tracking import tracking_uri
 
     uri = tracking_uri(uri)
-    if parent:  # a prefix, as every command takes, names the full id the tag holds
-        parent = MlflowRun.existing(parent, uri).run_id
-    table = compare_runs(
-        existing_store(uri),
-        metrics or DEFAULT_METRICS,
+    table = compare(
+        metrics,
         experiment,
         parent,
-        max_runs,
-        optional=metrics is None,
-        params=params,
+        evaluation=evaluation,
+        baseline=baseline,
         where=where,
+        params=params,
         all_experiments=all_experiments,
+        max_runs=max_runs,
+        tracking_uri=uri,
     )
     if fmt != "text":
         print(table.render(fmt))
@@ -84,6 +100,15 @@ def print_table(
     where_from = f"experiment '{table.experiment}'" if table.experiment else "several experiments"
     print(f"{count} in {where_from}, best first by {table.metrics[0]} (lower is better)")
     print(table.render())
+    if "evaluation" in table.header:
+        chosen = f"the newest with {' and '.join(evaluation)}" if evaluation else "the newest"
+        print(f"evaluation: each run's {chosen} (--evaluation eval.KEY=VALUE chooses); [A], [B]: ranked apart")
+    if "vs_best" in table.header:
+        against = f"run {baseline}" if baseline else "the best of its group"
+        print(
+            f"vs_best: paired difference to {against} on the same points (+- vs_best_se); "
+            f"~: within 2 standard errors, so that ranking is noise"
+        )
     if table.hidden:
         print(f"{len(table.hidden)} more params differ (first: {table.hidden[0]}); --param KEY shows one")
     print(f"store: {uri}")
@@ -103,5 +128,7 @@ def run(args: argparse.Namespace) -> int:
         where=args.where,
         all_experiments=args.all_experiments,
         fmt=args.format,
+        evaluation=args.evaluation,
+        baseline=args.baseline,
     )
     return 0

@@ -37,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every estimator's random numbers")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="stop each pass once the evaluation has run this long, keeping the estimates over the "
+        "datapoints done (logged with their number, the run tagged pyrovae.evaluate.truncated)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         args.device,
         progress=not args.no_progress,
         weights="best" if args.best else "final",
+        time_limit=args.time_limit,
     )
     print(f"run {result.of}: {args.split} split, {result.n} datapoints; kept as evaluation run {result.run_id}")
     for key in sorted(result.metrics):

@@ -15,11 +15,12 @@ import csv
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pyrovae.errors import UserError, first_line
-from pyrovae.run import lease, tracking
+from pyrovae.run import lease, ranking, tracking
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -52,8 +53,56 @@ class Table:
     def width(self) -> int:
         return max(len(line) for line in self.render().splitlines())
 
+    def to_dataframe(self):
+        """The table as a pandas ``DataFrame`` (full run ids; numbers as numbers)."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self._full_ids(), columns=self.header)
+        for column in frame.columns[2:]:
+            converted = pd.to_numeric(frame[column].replace("", float("nan")), errors="coerce")
+            if converted.notna().sum() == (frame[column] != "").sum():  # every non-empty cell a number
+                frame[column] = converted
+        return frame
+
     def _full_ids(self) -> list[list[str]]:
         return [[run_id, *row[1:]] for run_id, row in zip(self.run_ids, self.rows)]
+
+
+def compare(
+    metrics: list[str] | None = None,
+    experiment: str | None = None,
+    parent: str | None = None,
+    *,
+    evaluation: list[str] = (),
+    baseline: str | None = None,
+    where: list[str] = (),
+    params: list[str] | None = None,
+    all_experiments: bool = False,
+    max_runs: int = 1000,
+    tracking_uri: str = "",
+) -> Table:
+    """``pyrovae compare`` from Python: the runs of the store ``tracking_uri`` (default: the project's),
+    best first, each joined with its evaluation (see :func:`compare_runs`); ``metrics=None`` shows the
+    default columns. ``.render("csv")``, ``.render("json")`` or ``.to_dataframe()`` for other programs."""
+    uri = tracking.tracking_uri(tracking_uri)
+    if parent:  # a prefix, as every command takes, names the full id the tag holds
+        parent = tracking.MlflowRun.existing(parent, uri).run_id
+    return compare_runs(
+        existing_store(uri),
+        metrics or DEFAULT_METRICS,
+        experiment,
+        parent,
+        max_runs,
+        optional=metrics is None,
+        params=params,
+        where=where,
+        all_experiments=all_experiments,
+        evaluation=evaluation,
+        baseline=baseline,
+    )
+
+
+DEFAULT_METRICS = ["val/loss", "test/loss"]
 
 
 def existing_store(uri: str) -> MlflowClient:
@@ -120,13 +169,20 @@ def find_runs(
     return runs[:max_runs]
 
 
+#: how a clause in MLflow's own filter syntax starts: ``params.`model.guide.name` = 'iaf'``
+MLFLOW_CLAUSE = re.compile(r"^\s*(params?|metrics?|tags?|attributes?|datasets?)\.", re.IGNORECASE)
+
+
 def param_clause(condition: str) -> str:
     """``data.name=mnist`` -> MLflow's ``params.`data.name` = 'mnist'``; a clause already in MLflow's
-    filter syntax (``metrics.`val/loss` < 100``) is passed on as it is."""
+    filter syntax (``metrics.`val/loss` < 100``, ``params.`model.guide.name` = 'iaf'``) is passed on
+    as it is."""
     key, sep, value = condition.partition("=")
-    if sep and not key.endswith(("<", ">", "!")) and not value.startswith("=") and " " not in key.strip():
-        return f"params.`{key.strip()}` = '{value.strip()}'"
-    return condition
+    if MLFLOW_CLAUSE.match(condition) or not sep or key.endswith(("<", ">", "!")) or value.startswith("="):
+        return condition
+    if " " in key.strip():
+        return condition
+    return f"params.`{key.strip()}` = '{value.strip()}'"
 
 
 def _fmt(value) -> str:
@@ -146,13 +202,19 @@ def compare_runs(
     where: list[str] = (),
     all_experiments: bool = False,
     width: int = 120,
+    evaluation: list[str] = (),
+    baseline: str | None = None,
 ) -> Table:
     """Build the table; raise :class:`UserError` for an unknown experiment, metric or filter.
 
     ``optional``: leave out the metrics no run has (for default columns such as ``test/loss``,
     which a run only logs when it finishes) instead of failing, unless none is left. ``params``:
-    the param columns (default: those whose values differ, as many as fit in ``width``
-    characters; the rest are named in ``Table.hidden``).
+    the param columns (default: those whose values differ, component names first, as many as fit in
+    ``width`` characters; the rest are named in ``Table.hidden``). Each trained run is joined with
+    its newest evaluation (``evaluation``: ``eval.KEY=VALUE`` conditions choose which); a metric
+    the runs have only through their evaluations ranks them within groups of comparable
+    evaluations, with the paired difference to the best run (or ``baseline``)
+    (:mod:`pyrovae.run.ranking`).
     """
     try:
         runs = find_runs(client, experiment, parent, max_runs, list(where), all_experiments)
@@ -171,37 +233,69 @@ def compare_runs(
             + (f" under parent run '{parent}'" if parent else "")
             + "; train some with 'pyrovae train' or 'pyrovae sweep'"
         )
-    known = sorted({k for r in runs for k in r.data.metrics})
+    experiment_ids = sorted({r.info.experiment_id for r in runs})
+    trained = [r for r in runs if r.data.tags.get("pyrovae.kind") != "evaluation"]
+    joined = ranking.join_evaluations(client, trained, experiment_ids, evaluation) if trained else []
+    joined += [ranking.Joined(r, metrics=dict(r.data.metrics)) for r in runs if r not in trained]
+    evaluated = any(j.evaluation is not None for j in joined)
+    if optional:  # the default columns: an evaluation's NLL first where there is one
+        nll = sorted({k for j in joined for k in j.metrics if NLL.search(k)}, key=nll_order)
+        metrics = [*nll[:1], *metrics] if evaluated or not trained else list(metrics)
+    known = sorted({k for j in joined for k in j.metrics})
     missing = [m for m in metrics if m not in known]
     if missing and (not optional or len(missing) == len(metrics)):
         ours = [k for k in known if not k.startswith("system/")]  # MLflow's CPU/memory readings: many
         extra = f" (and {len(known) - len(ours)} system/ metrics)" if len(ours) < len(known) else ""
         raise UserError(f"no run has metric '{missing[0]}'; metrics logged: {', '.join(ours) or 'none'}{extra}")
     metrics = [m for m in metrics if m in known]
+    from_evaluations = evaluated and not any(metrics[0] in r.data.metrics for r in trained)
+    if not from_evaluations:  # a run's own metric: one ranking, whatever scored the runs later
+        for entry in joined:
+            entry.group = ()
+    joined = ranking.rank(client, joined, metrics[0], baseline)
+    return _table(client, joined, metrics, params, width, evaluated)
+
+
+#: an evaluation's log-likelihood metrics, best estimator first
+NLL = re.compile(r"^(\w+)/nll_(ais|iwae|elbo)$")
+
+
+def nll_order(key: str) -> tuple:
+    split, estimator = NLL.search(key).groups()
+    return (split != "test", ("iwae", "ais", "elbo").index(estimator), key)
+
+
+def component_first(keys: list[str]) -> list[str]:
+    """Params with the component names first (``model.guide.name``...), then the rest as they were."""
+    return sorted(keys, key=lambda k: (not (k.startswith("model.") and k.endswith("name")), keys.index(k)))
+
+
+def _table(client, joined: list, metrics: list[str], params, width: int, evaluated: bool) -> Table:
+    runs = [j.run for j in joined]
     keys = sorted({k for r in runs for k in r.data.params} - set(SKIP_PARAMS))
-    differing = params if params is not None else [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
-
-    def order(run):
-        value = run.data.metrics.get(metrics[0], math.nan)
-        return (math.isnan(value), value)
-
-    runs = sorted(runs, key=order)
+    differing = (
+        params
+        if params is not None
+        else component_first([k for k in keys if len({r.data.params.get(k) for r in runs}) > 1])
+    )
     show_status = any(r.info.status != "FINISHED" for r in runs)  # a killed or running run stands out
+    compared = any(j.difference is not None for j in joined)
     experiments = {r.info.experiment_id for r in runs}
     name = client.get_experiment(experiments.pop()).name if len(experiments) == 1 else ""
 
     def table(columns: list[str], hidden: list[str]) -> Table:
-        header = ["run", "name", *(["status"] if show_status else []), *columns, *metrics]
-        rows = [
-            [
-                r.info.run_id[:8],
-                r.info.run_name or "",
-                *([r.info.status] if show_status else []),
-                *(r.data.params.get(k, "") for k in columns),
-                *(_fmt(r.data.metrics.get(m, math.nan)) for m in metrics),
-            ]
-            for r in runs
-        ]
+        header = ["run", "name", *(["status"] if show_status else []), *columns, *(["evaluation"] if evaluated else [])]
+        header += [*metrics, *(["vs_best", "vs_best_se", "within_2se"] if compared else [])]
+        rows = []
+        for j in joined:
+            r, difference = j.run, j.difference
+            row = [r.info.run_id[:8], r.info.run_name or "", *([r.info.status] if show_status else [])]
+            row += [r.data.params.get(k, "") for k in columns] + ([j.label] if evaluated else [])
+            row += [_fmt(j.metrics.get(m, math.nan)) for m in metrics]
+            if compared:
+                noise = "~" if ranking.within_noise(difference) else ""
+                row += [f"{difference[0]:+.4f}", f"{difference[1]:.4f}", noise] if difference else ["", "", ""]
+            rows.append(row)
         return Table(header, rows, [r.info.run_id for r in runs], metrics, name, hidden)
 
     shown = list(differing)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,9 @@ from pyrovae.infer.estimators.iwae import iwae
 from pyrovae.infer.terms import datapoint_terms
 from pyrovae.infer.traces import evaluation_labels
 from pyrovae.run import lease
+from pyrovae.run.budget import Budget
 from pyrovae.run.costs import Cost, measure
+from pyrovae.run.ranking import describe
 from pyrovae.run.restore import rebuild, run_config
 from pyrovae.run.tracking import MlflowRun
 
@@ -126,12 +129,17 @@ def evaluate_run(
     progress: bool = True,
     uri: str = "",
     weights: str = "final",
+    time_limit: float | None = None,
 ) -> Evaluation:
     """Estimate log p(x) of run ``run_id`` (any unique prefix of 8+ characters) on ``split`` with its
-    ``final`` or ``best`` weights, and keep it as a new evaluation run under that run."""
+    ``final`` or ``best`` weights, and keep it as a new evaluation run under that run, named after its
+    settings. Each long pass says its expected duration first; ``time_limit`` (seconds) stops the
+    passes and keeps the estimates over the datapoints done (:mod:`pyrovae.run.budget`)."""
     for name, value in (("iwae_k", iwae_k), ("subset", subset), ("ais_subset", ais_subset), ("batch_size", batch_size)):
         if value < (1 if name == "batch_size" else 0):
             raise UserError(f"--{name.replace('_', '-')} must be non-negative (batch size positive), got {value}")
+    if time_limit is not None and not time_limit > 0:
+        raise UserError(f"--time-limit must be a positive number of seconds, got {time_limit}")
     run = MlflowRun.existing(run_id, uri)
     lease.end_stale(run.client, run.client.get_run(run.run_id))
     torch_device = select_device(device)
@@ -154,14 +162,18 @@ def evaluate_run(
         "eval.weights_epoch": epoch,
         "eval.iwae_k": iwae_k,
     }
-    metrics, estimates, warnings = {}, {}, []
-
-    child = MlflowRun.create_in(run, f"evaluation {split} {weights}", tags={"pyrovae.kind": "evaluation"})
+    metrics, estimates, warnings, truncated = {}, {}, [], []
+    deadline = None if time_limit is None else time.monotonic() + time_limit
+    if ais_run:
+        params.update({**settings.as_tags(), "ais.subset": min(ais_subset, x.shape[0])})
+    name = f"evaluation {describe(params)}"
+    child = MlflowRun.create_in(run, name, tags={"pyrovae.kind": "evaluation"})
     with child.lifecycle(system_metrics=False), tempfile.TemporaryDirectory() as tmp:
         elbo = validation_elbo(config["train"]["elbo"], config["train"]["num_particles"])  # whatever trained
         with measure(torch_device) as cost:
             terms = datapoint_terms(vae, elbo, x, batch_size, seed=seed, y=y)
         metrics[f"{split}/nll_elbo"], metrics[f"{split}/nll_elbo_se"] = mean_and_se(terms["loss"])
+        estimates["ELBO"] = -terms["loss"]
         metrics.update({f"{split}/{k}": mean_and_se(v)[0] for k, v in terms.items() if k.startswith("kl")})
         metrics.update(cost_metrics(f"{split}/elbo", cost, x.shape[0]))
         units = active_units_per_site(vae, x, y=y)
@@ -170,34 +182,34 @@ def evaluate_run(
             metrics.update({f"{split}/active_units/{site}": n for site, n in units.items()})
         if iwae_k:
             with _bar(x.shape[0], f"IWAE K={iwae_k}", quiet) as bar, measure(torch_device) as cost:
-                log_px = iwae(vae, x, iwae_k, batch_size, seed=seed, progress=bar.update, y=y)
+                budget = Budget(f"IWAE K={iwae_k}", x.shape[0], x.shape[0], bar, deadline)
+                log_px = iwae(vae, x, iwae_k, batch_size, seed=seed, progress=budget.progress, y=y, stop=budget.stop)
+            if log_px.shape[0] < x.shape[0]:
+                params["eval.iwae_n"] = log_px.shape[0]
+                truncated.append(f"IWAE on {log_px.shape[0]} of {x.shape[0]} datapoints")
             metrics[f"{split}/nll_iwae"], metrics[f"{split}/nll_iwae_se"] = mean_and_se(-log_px)
             metrics.update(cost_metrics(f"{split}/iwae", cost, x.shape[0]))
             estimates[f"IWAE K={iwae_k}"] = log_px
         if ais_run:
             xs = x[:ais_subset]
-            params.update({**settings.as_tags(), "ais.subset": xs.shape[0]})
-            with (
-                _bar(math.ceil(xs.shape[0] / batch_size) * settings.steps, "AIS", quiet) as bar,
-                measure(torch_device) as cost,
-            ):
-                log_px_ais = ais(
-                    vae,
-                    xs,
-                    settings,
-                    batch_size,
-                    seed=seed,
-                    progress=bar.update,
-                    y=None if y is None else y[:ais_subset],
-                )
+            steps = math.ceil(xs.shape[0] / batch_size) * settings.steps
+            with _bar(steps, "AIS", quiet) as bar, measure(torch_device) as cost:
+                budget = Budget(f"AIS T={settings.steps}", steps, xs.shape[0], bar, deadline)
+                labels = None if y is None else y[:ais_subset]
+                log_px_ais = ais(vae, xs, settings, batch_size, seed, budget.progress, labels, budget.stop)
+            if log_px_ais.shape[0] < xs.shape[0]:
+                truncated.append(f"AIS on {log_px_ais.shape[0]} of {xs.shape[0]} datapoints")
+                xs = xs[: log_px_ais.shape[0]]
+                params["ais.subset"] = xs.shape[0]
             metrics[f"{split}/nll_ais"], metrics[f"{split}/nll_ais_se"] = mean_and_se(-log_px_ais)
             metrics.update(cost_metrics(f"{split}/ais", cost, xs.shape[0]))
             loss = terms["loss"][: xs.shape[0]]
             metrics[f"{split}/ais_subset/nll_elbo"], metrics[f"{split}/ais_subset/nll_elbo_se"] = mean_and_se(loss)
             if iwae_k:
-                same = log_px[: xs.shape[0]]
+                common = min(log_px.shape[0], log_px_ais.shape[0])  # a time limit may have stopped IWAE sooner
+                same = log_px[:common]
                 metrics[f"{split}/ais_subset/nll_iwae"], metrics[f"{split}/ais_subset/nll_iwae_se"] = mean_and_se(-same)
-                check, warnings = ais_check(log_px_ais, same, settings)
+                check, warnings = ais_check(log_px_ais[:common], same, settings)
                 metrics.update({f"{split}/ais_subset/{k}": v for k, v in check.items()})
             estimates[f"AIS ({xs.shape[0]} points)"] = log_px_ais
         if bdmc_run:
@@ -222,6 +234,9 @@ def evaluate_run(
         child.log_metrics(metrics, step=epoch)
         if warnings:
             child.set_tags({"pyrovae.evaluate.warning": " | ".join(warnings)})
+        if truncated:
+            child.set_tags({"pyrovae.evaluate.truncated": f"time limit {time_limit} s: {', '.join(truncated)}"})
+            warnings.append(f"the time limit ({time_limit} s) stopped {' and '.join(truncated)}")
         if estimates:
             png = Path(tmp) / f"loglik_hist_{split}.png"
             histogram_png(

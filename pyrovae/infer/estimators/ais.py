@@ -146,13 +146,14 @@ def ais(
     seed: int | None = 0,
     progress: Callable[[int], None] | None = None,
     y: torch.Tensor | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """AIS estimate (a stochastic lower bound) of log p(x) for each row of ``x``, shape ``(N,)``, float64.
 
     Batches of ``batch_size`` datapoints, each with ``settings.chains`` chains, run together
     as ``(C, B, D)`` tensors. ``progress(n)`` is called with ``n = 1`` after each annealing step
     of each batch (``ceil(N / batch_size) * steps`` calls in all). ``y``: the labels of ``x``, for a
-    model that needs them.
+    model that needs them. When ``stop()`` says True after a batch, the estimates so far are returned.
     """
     betas = schedule(settings.steps, settings.schedule)
     y = evaluation_labels(model, y)
@@ -167,6 +168,8 @@ def ais(
                 potential.parts(settings.start), z0, betas, settings, on_step=progress and (lambda: progress(1))
             )
             out.append(logmeanexp(log_w))
+            if stop is not None and stop():
+                break
     return torch.cat(out)
 
 

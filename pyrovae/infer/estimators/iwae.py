@@ -135,6 +135,7 @@ def iwae(
     seed: int | None = 0,
     progress: Callable[[int], None] | None = None,
     y: torch.Tensor | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     r"""Per-datapoint IWAE bound :math:`\log \hat p_K(x_n)` for every row of ``x``, shape ``(N,)``, float64.
 
@@ -143,7 +144,8 @@ def iwae(
     as keep ``chunk_size * batch_size`` near :func:`default_chunk_rows` (1,024 on a CPU, 50,000 on
     a GPU: 3 and 160 MB of decoder output for MNIST). No gradients, ``eval()`` mode, a forked RNG
     seeded with ``seed`` (see :func:`pyrovae.infer.terms.evaluation_mode`); ``progress(n)`` is
-    called after each batch of ``n`` datapoints (a progress bar's ``update``).
+    called after each batch of ``n`` datapoints (a progress bar's ``update``); when ``stop()`` then
+    says True, the bounds of the datapoints done so far are returned (the first rows of ``x``).
     """
     if chunk_size is None:
         chunk_size = max(1, min(k, default_chunk_rows(x.device) // max(1, min(batch_size, x.shape[0]))))
@@ -158,4 +160,6 @@ def iwae(
             out.append(iwae_batch(model, batch, k, chunk_size, nesting, labels, draw_numel))
             if progress is not None:
                 progress(batch.shape[0])
+            if stop is not None and stop():
+                break
     return torch.cat(out)
