@@ -114,8 +114,10 @@ class ExampleVAE(nn.Module):
 class ExamplePipeline:
     """DataLoader + ``SVI.step`` + ``pyro.optim.Adam``, looping over ``max_batches`` batches."""
 
-    def __init__(self, images: torch.Tensor, batch_size: int, device: torch.device, lr: float = 1e-3):
-        self.vae = ExampleVAE().to(device)
+    def __init__(
+        self, images: torch.Tensor, batch_size: int, device: torch.device, lr: float = 1e-3, hidden=400, latent=50
+    ):
+        self.vae = ExampleVAE(hidden=hidden, latent=latent).to(device)
         self.device = device
         self.loader = DataLoader(UInt8Images(images), batch_size=batch_size, shuffle=True)
         self.svi = SVI(self.vae.model, self.vae.guide, pyro.optim.Adam({"lr": lr}), Trace_ELBO())

@@ -5,6 +5,8 @@ One command, one process, interleaved rounds (A B C A B C ...)::
     .venv/bin/python benchmarks/speed.py                          # synthetic 784-dim data
     .venv/bin/python benchmarks/speed.py --data-root ../shared/data  # real MNIST
     .venv/bin/python benchmarks/speed.py --scaling                # + cost vs batch, latent, K
+    .venv/bin/python benchmarks/speed.py --hidden 16 --latent 2 --batch-size 16 --batches 600 --skip-eval \
+        --variant jit:train.jit=true                              # the host-bound regime (issue 29)
 
 Training: images/s of ``Trainer.train_epoch`` (default config: 784-400-50 MLP, batch 128,
 ``Trace_ELBO``) over ``--batches`` batches, of :class:`baselines.HandVAE` (the floor) and of
@@ -86,13 +88,15 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 def bench_training(splits: Splits, args, device: torch.device) -> dict[str, list[float]]:
     n = args.batches * args.batch_size
-    base = [f"train.batch_size={args.batch_size}", *args.set]
+    size = [f"model.latent_dim={args.latent}", f"model.guide.hidden=[{args.hidden}]"]
+    size.append(f"model.likelihood.hidden=[{args.hidden}]")
+    base = [f"train.batch_size={args.batch_size}", *size, *args.set]
     trainers = {"pyrovae": pyrovae_trainer(splits, n, base)}
     for text in args.variant:
         name, sets = parse_variant(text)
         trainers[f"pyrovae[{name}]"] = pyrovae_trainer(splits, n, [*base, *sets])
-    hand = HandVAE().to(device)
-    example = ExamplePipeline(splits.train[:n], args.batch_size, device)
+    hand = HandVAE(hidden=args.hidden, latent=args.latent).to(device)
+    example = ExamplePipeline(splits.train[:n], args.batch_size, device, hidden=args.hidden, latent=args.latent)
     sub = trainers["pyrovae"].data
     contenders = {name: own_store(t) for name, t in trainers.items()}
     contenders["hand-written PyTorch"] = lambda: hand.train_batches(sub.train_batches(args.batch_size))
@@ -152,6 +156,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, default=40, help="training batches per round")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--hidden", type=int, default=400, help="hidden units of every MLP (16: the host-bound regime)")
+    parser.add_argument("--latent", type=int, default=50, help="latent dimensions")
     parser.add_argument(
         "--set", action="append", default=[], help="pyrovae config override for every pyrovae contender"
     )

@@ -36,6 +36,8 @@ References: Ranganath et al. 2014, "Black Box Variational Inference"; Bingham et
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from pyro.infer import (
@@ -176,4 +178,20 @@ class ELBOLoss(nn.Module):
         if self._surrogate_form:
             loss, surrogate = self.elbo.loss_and_surrogate_loss(self._model, self._guide, *args)
             return loss.detach() + (surrogate - surrogate.detach())
-        return self.elbo.differentiable_loss(self._model, self._guide, *args)
+        if self._traced:  # the compiled loss takes the parameters it found registered as its inputs
+            return self.elbo.differentiable_loss(self._model, self._guide, *args)
+        with _unregistered(self.vae):
+            return self.elbo.differentiable_loss(self._model, self._guide, *args)
+
+
+@contextmanager
+def _unregistered(vae: nn.Module) -> Iterator[None]:
+    """The eager loss differentiates the module's parameters directly: no Pyro store to fill."""
+    if getattr(vae, "registers", None) is not True:  # a user's model registers as it likes
+        yield
+        return
+    vae.registers = False
+    try:
+        yield
+    finally:
+        vae.registers = True

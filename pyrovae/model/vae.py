@@ -54,11 +54,16 @@ class ComponentModel(Model):
     #: ``vae1``, a third ``vae2``..., so that two models never share (or shadow) stored parameters
     pyro_name = "vae"
 
+    #: whether :meth:`register` registers: the trainer's eager step turns it off while it runs
+    #: (:class:`~pyrovae.infer.elbo.ELBOLoss`): its torch optimizer holds the module's parameters and
+    #: nothing reads Pyro's store, and registering in both model and guide cost 15% of a small model's step
+    registers = True
+
     def register(self) -> None:
         """``pyro.module(name, self)`` in training mode: Pyro's SVI and the JIT ELBOs find the
         parameters through it. Evaluation (``eval()``: validation, IWAE, AIS) needs no parameter
         store, and registering every parameter at each call was a third of an IWAE chunk's Pyro time."""
-        if self.training:
+        if self.training and self.registers:
             pyro.module(self.store_name, self)
 
     @property
