@@ -10,7 +10,9 @@ multiplied by the world size W before ``backward``:
 
 .. math:: \frac{1}{W}\sum_{r=1}^{W} \nabla (W\,L_r) = \nabla \sum_{r} L_r,
 
-the gradient of the whole global batch: the learning rate keeps its single-process meaning. At
+the gradient of the whole global batch: the learning rate keeps its single-process meaning. With
+``train.loss_reduction = "mean"`` each rank divides by the rows of the *global* batch, not its own
+share (a share's mean made the gradient W times too large; Adam's scale invariance hid it). At
 world size 1 none of this runs.
 """
 
@@ -33,10 +35,14 @@ class OneProcess:
     def prepare(self, loss: torch.nn.Module, device: torch.device, seed: int) -> torch.nn.Module:
         return loss
 
-    def steps_per_epoch(self, data, batch_size: int, semi_supervised: bool, labelled_every: int) -> int:
+    def steps_per_epoch(self, data, settings, semi_supervised: bool) -> int:
         if semi_supervised:
-            return data.num_semi_supervised_batches(batch_size, labelled_every)
-        return data.num_batches(batch_size)
+            return data.num_semi_supervised_batches(settings.batch_size, settings.labelled_every)
+        return data.num_batches(settings.batch_size)
+
+    def global_rows(self, data, batch_size: int, index: int, rows: int) -> int:
+        """How many rows batch ``index`` holds over all processes (``rows``: this process's)."""
+        return rows
 
     def batches(self, data, settings, epoch: int, done: int, labelled: bool, semi_supervised: bool):
         """This epoch's ``(x, y)`` batches, ``y`` None without labels."""
@@ -67,13 +73,18 @@ class Distributed(OneProcess):
         pyro.set_rng_seed(seed + self.world.rank)  # each rank its own noise and binarization
         return DistributedDataParallel(loss, device_ids=[device] if device.type == "cuda" else None)
 
-    def steps_per_epoch(self, data, batch_size, semi_supervised, labelled_every):
+    def steps_per_epoch(self, data, settings, semi_supervised):
         if semi_supervised:
             raise UserError(
                 "semi-supervised training (data.labelled) runs in one process: its labelled and unlabelled "
                 "batches are not sharded across ranks; run it without torchrun"
             )
-        w, rows = self.world.size, data.train.shape[0]
+        if settings.free_bits:
+            raise UserError(
+                f"train.free_bits floors the KL's batch mean, which each of the {self.world.size} processes would "
+                f"take over its own share of the batch (another objective); train with free bits in one process"
+            )
+        batch_size, w, rows = settings.batch_size, self.world.size, data.train.shape[0]
         if batch_size < w or rows < w:  # a rank with no rows: pyro.plate cannot be empty
             too_small = f"train.batch_size = {batch_size}" if batch_size < w else f"the training split ({rows} rows)"
             raise UserError(
@@ -82,6 +93,9 @@ class Distributed(OneProcess):
                 f"training rows, or fewer processes (--nproc-per-node)"
             )
         return data.num_shard_batches(batch_size, w)
+
+    def global_rows(self, data, batch_size, index, rows):
+        return min(batch_size, data.train.shape[0] - index * batch_size)
 
     def batches(self, data, settings, epoch, done, labelled, semi_supervised):
         """This rank's slices, the ``done`` first ones left out (None placeholders keep batch indices global)."""

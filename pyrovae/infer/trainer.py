@@ -62,7 +62,7 @@ class Trainer:
         self.loss = ELBOLoss(vae, self.elbo)
         self._forward = self.strategy.prepare(self.loss, self.device, s.seed)
         self.optimizer = make_optimizer(vae.parameters(), s.optimizer, s.lr, s.weight_decay, s.adam, s.optimizer_args)
-        self.steps_per_epoch = self.strategy.steps_per_epoch(data, s.batch_size, self.semi_supervised, s.labelled_every)
+        self.steps_per_epoch = self.strategy.steps_per_epoch(data, s, self.semi_supervised)
         self.scheduler = make_scheduler(self.optimizer, s, self.steps_per_epoch)
         self.callbacks = list(default_callbacks(self.evaluation, progress) if callbacks is None else callbacks)
         self.best = BestEpoch()
@@ -139,7 +139,7 @@ class Trainer:
                 continue
             if i == done and resumed:
                 set_rng_state(resumed["rng"])
-            loss, rows = self._step(*batch, betas[i])
+            loss, rows = self._step(*batch, betas[i], i)
             if not math.isfinite(loss):
                 raise NonFiniteLoss(loss, self.epoch + 1, i + 1)
             self._loss_sum, self._count, self.batches_done = self._loss_sum + loss, self._count + rows, i + 1
@@ -155,10 +155,13 @@ class Trainer:
         out = {"train/loss": self._loss_sum / self._count, "train/beta": beta, "train/lr": lr, "train/seconds": seconds}
         return out | ({"train/grad_norm": sum(self._grad_norms) / len(self._grad_norms)} if self._grad_norms else {})
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor | None, beta: torch.Tensor) -> tuple[float, int]:
-        """One optimizer step; the loss summed over the (global) batch and its number of rows."""
+    def _step(self, x: torch.Tensor, y: torch.Tensor | None, beta: torch.Tensor, index: int) -> tuple[float, int]:
+        """One optimizer step on batch ``index``; the loss summed over the (global) batch and its number of rows."""
         loss = self._forward(x, beta, y)
-        self.strategy.backward(loss / x.shape[0] if self.settings.loss_reduction == "mean" else loss)
+        if self.settings.loss_reduction == "mean":  # the mean over the global batch, whoever holds which rows
+            self.strategy.backward(loss / self.strategy.global_rows(self.data, self.settings.batch_size, index, len(x)))
+        else:
+            self.strategy.backward(loss)
         for cb in self._backward_hooks:
             cb.on_after_backward(self)
         if self.settings.grad_clip:

@@ -16,6 +16,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from tests.processes import HERE, Store, overrides, torchrun
 
@@ -47,6 +48,25 @@ def test_ddp_gradient_is_the_global_batch_gradient_and_ranks_stay_equal(tmp_path
         assert result["world_size"] == 2 and result["backend"] == "gloo"
         assert result["gradient_relative_difference"] < 1e-6
         assert result["parameters_equal_across_ranks"]
+
+
+def test_the_trainer_s_own_steps_on_two_ranks_equal_one_process_for_every_objective(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    for command in (
+        torchrun(str(HERE / "ddp_trainer.py"), str(tmp_path)),
+        [sys.executable, str(HERE / "ddp_trainer.py"), str(tmp_path)],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    two, one = (torch.load(tmp_path / f"world-{w}.pt") for w in (2, 1))
+    assert "train.free_bits floors the KL's batch mean" in two.pop("free_bits")["refused"]  # one process only
+    one.pop("free_bits")
+    for objective in one:
+        assert two[objective]["losses"] == pytest.approx(one[objective]["losses"], rel=1e-5), objective
+        for name, value in one[objective]["params"].items():
+            torch.testing.assert_close(two[objective]["params"][name], value, rtol=1e-4, atol=1e-6, msg=objective)
+    moved = [(one[o]["params"][n] - one["trace"]["params"][n]).abs().max() for o in one for n in one[o]["params"]]
+    assert max(moved) > 1e-4  # the objectives train differently: each comparison means something
 
 
 def test_two_ranks_make_one_run_like_a_single_process_run(store):

@@ -107,9 +107,9 @@ def test_m2_trains_semi_supervised_with_balanced_labels_and_logs_accuracy():
     seen = []
 
     class Watch(Trainer):
-        def _step(self, x, y, beta):
+        def _step(self, x, y, beta, index):
             seen.append(None if y is None else y.tolist())
-            return super()._step(x, y, beta)
+            return super()._step(x, y, beta, index)
 
     trainer = Watch(model, data, epochs=1, batch_size=500, elbo="enum", progress=False)
     assert trainer.semi_supervised and trainer.steps_per_epoch == 6 + 1
