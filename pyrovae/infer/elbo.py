@@ -60,7 +60,7 @@ JIT_ELBOS = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO, "enum"
 
 
 #: objectives of pyrovae's own, built from traces (:mod:`pyrovae.infer.objectives`)
-OBJECTIVES = ("iwae", "renyi")
+OBJECTIVES = ("iwae", "renyi", "tracegraph")
 
 
 def make_elbo(kind: str = "trace", num_particles: int = 1, jit: bool = False, alpha: float = 0.5,
@@ -68,9 +68,10 @@ def make_elbo(kind: str = "trace", num_particles: int = 1, jit: bool = False, al
     """``Trace_ELBO`` (Monte Carlo KL), ``TraceMeanField_ELBO`` (closed-form KL where it exists) or
     ``TraceEnum_ELBO`` (discrete guide sites marked ``infer={"enumerate": "parallel"}`` summed out
     exactly), optionally their ``torch.jit``-traced versions; or the importance-weighted (``iwae``,
-    K = ``num_particles``) and Rényi (``renyi``, ``alpha``) bounds, or the ELBO with ``free_bits``
+    K = ``num_particles``) and Rényi (``renyi``, ``alpha``) bounds, the ELBO with score-function
+    gradients for sites without ``rsample`` (``tracegraph``), or the ELBO with ``free_bits``
     (:mod:`pyrovae.infer.objectives`)."""
-    from pyrovae.infer.objectives import FreeBits, ImportanceWeighted
+    from pyrovae.infer.objectives import FreeBits, ImportanceWeighted, TraceGraph
 
     if (kind in OBJECTIVES or free_bits) and jit:
         other = kind if kind in OBJECTIVES else "free bits"
@@ -79,6 +80,8 @@ def make_elbo(kind: str = "trace", num_particles: int = 1, jit: bool = False, al
         if kind not in ("trace", "meanfield"):
             raise UserError(f"train.free_bits floors the KL of the ELBO (train.elbo trace or meanfield), not of {kind}")
         return FreeBits(free_bits)
+    if kind == "tracegraph":
+        return TraceGraph(num_particles)
     if kind in OBJECTIVES:
         return ImportanceWeighted(num_particles, 0.0 if kind == "iwae" else alpha)
     table = JIT_ELBOS if jit else ELBOS
@@ -115,7 +118,7 @@ def annealing_beta(step: int, settings, steps_per_epoch: int) -> float:
 
 def validation_elbo(kind: str = "trace", num_particles: int = 1) -> ELBO:
     """The ELBO that validates a run trained with objective ``kind``: that ELBO itself for Pyro's
-    (trace, meanfield, enum), ``Trace_ELBO`` for the importance-weighted and Rényi objectives, never
+    (trace, meanfield, enum), ``Trace_ELBO`` for the importance-weighted, Rényi and TraceGraph objectives, never
     the free-bits floor: ``val/loss`` is the negative ELBO at beta = 1 whatever trained."""
     return Trace_ELBO() if kind in OBJECTIVES else make_elbo(kind, num_particles)
 

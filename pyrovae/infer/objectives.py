@@ -19,6 +19,12 @@ noise for the encoder falls as K grows: Rainforth et al. 2018; the doubly repara
 of Tucker et al. 2019 is not offered). A discrete guide site marked for enumeration is summed out
 exactly, as in :mod:`pyrovae.infer.estimators.iwae`.
 
+**TraceGraph** (``train.elbo = "tracegraph"``; Schulman et al. 2015): the ELBO with the score-function
+(REINFORCE) gradient for latent sites that cannot be reparameterized (a Bernoulli or categorical z
+the guide samples), Rao-Blackwellized by the dependency structure of the traces, as Pyro's
+``TraceGraph_ELBO`` computes it (its surrogate loss; baselines declared in the guide's ``infer``
+are honoured). Its value is the ELBO's; its gradient that surrogate's.
+
 **Free bits** (``train.free_bits = λ``; Kingma et al. 2016): the KL term of the ELBO is replaced by
 
 .. math:: \sum_{j} \max\big(\lambda,\ \tfrac1B \textstyle\sum_b \mathrm{KL}_j(x_b)\big)
@@ -48,6 +54,24 @@ def _nesting(model, guide, args) -> int:
         guide_trace = poutine.trace(guide).get_trace(*args)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     return max(nesting_of(guide_trace), nesting_of(model_trace))
+
+
+class TraceGraph:
+    """``-ELBO`` whose gradient is ``TraceGraph_ELBO``'s surrogate (score-function terms for sites that
+    have no ``rsample``): the value is detached, the surrogate carries the gradient."""
+
+    def __init__(self, num_particles: int = 1):
+        from pyro.infer import TraceGraph_ELBO
+
+        self.num_particles = num_particles
+        self._elbo = TraceGraph_ELBO(num_particles=num_particles)
+
+    def differentiable_loss(self, model, guide, *args) -> torch.Tensor:
+        # Pyro 1.9 keeps the surrogate behind loss_and_grads, which calls backward itself; this is
+        # the same computation without the backward, so the trainer's step (DDP included) takes it
+        elbo, surrogate = self._elbo._loss_and_surrogate_loss(model, guide, args, {})
+        value = torch.as_tensor(-elbo, dtype=surrogate.dtype, device=surrogate.device)
+        return value.detach() + (surrogate - surrogate.detach())
 
 
 class ImportanceWeighted:

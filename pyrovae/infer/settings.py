@@ -24,11 +24,12 @@ class TrainSettings(Settings):
     lr: float = Field(1e-3, gt=0.0, description="base learning rate")
     seed: int = Field(0, ge=0, description="seeds torch, NumPy and Python's RNGs")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
-    elbo: Literal["trace", "meanfield", "enum", "iwae", "renyi"] = Field(
+    elbo: Literal["trace", "meanfield", "enum", "iwae", "renyi", "tracegraph"] = Field(
         "trace",
         description="the training objective: Trace_ELBO (Monte Carlo KL), TraceMeanField_ELBO (closed-form KL "
         "where it exists), TraceEnum_ELBO (discrete guide sites marked for parallel enumeration summed out), "
-        "the importance-weighted bound with num_particles draws (iwae), or the Renyi bound of renyi_alpha (renyi); "
+        "the importance-weighted bound with num_particles draws (iwae), the Renyi bound of renyi_alpha (renyi), "
+        "or the ELBO with score-function gradients for latent sites without rsample (tracegraph); "
         "validation is the ELBO at beta = 1 whatever trains",
     )
     num_particles: int = Field(
