@@ -88,6 +88,8 @@ _EXPORTS = {
     "resume": "pyrovae.run.resume",
     "RunResult": "pyrovae.run.pipeline",
     "train_study": "pyrovae.run.study",
+    "search": "pyrovae.run.search",
+    "SearchResult": "pyrovae.run.search",
     "compare": "pyrovae.run.compare",
     "load_vae": "pyrovae.run.restore",
     "evaluate_run": "pyrovae.run.evaluation",

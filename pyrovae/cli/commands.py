@@ -4,7 +4,7 @@ Each module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(arg
 ``COMMANDS`` below is the whole list, in the order ``pyrovae --help`` shows them.
 """
 
-from pyrovae.cli import compare, evaluate, resume, sample, sweep, train, ui
+from pyrovae.cli import compare, evaluate, resume, sample, search, sweep, train, ui
 
 COMMANDS = {
     "train": train,
@@ -12,6 +12,7 @@ COMMANDS = {
     "resume": resume,
     "sample": sample,
     "sweep": sweep,
+    "search": search,
     "compare": compare,
     "ui": ui,
 }

@@ -1,14 +1,14 @@
-"""``pyrovae evaluate RUN_ID``: tighter estimates of log p(x) (IWAE, AIS, BDMC) logged into that run.
+"""``pyrovae evaluate RUN_ID``: tighter estimates of log p(x) (IWAE, AIS, BDMC), kept as an evaluation
+run of their own under the trained run (which is never reopened).
 
-A thin command over :func:`pyrovae.run.evaluation.evaluate_run`, whose docstring says what is
-computed and logged.
+A thin command over ``pyrovae.evaluate_run``, whose documentation says what is computed and logged.
 """
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "estimate log p(x) of a trained run (IWAE, AIS, BDMC) and log it into that run"
+HELP = "estimate log p(x) of a trained run (IWAE, AIS, BDMC), kept as an evaluation run under it"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

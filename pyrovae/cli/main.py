@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import traceback
 
@@ -25,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in COMMANDS.items():
+        description = re.sub(r":\w+:`~?([^`]+)`", r"\1", module.__doc__).replace("``", "")  # no RST in --help
         command = sub.add_parser(
-            name, help=module.HELP, description=module.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+            name, help=module.HELP, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )
         module.add_arguments(command)
         command.set_defaults(func=module.run)

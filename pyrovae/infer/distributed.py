@@ -81,9 +81,8 @@ def init_from_env(device_name: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_
             timeout=timedelta(seconds=timeout_s),
         )
         # PyTorch asks for destroy_process_group before exit: left to the interpreter's teardown,
-        # a gloo group aborted a rank that had finished its work ("terminate called without an
-        # active exception", 2 of 27 runs of tests/ddp_gradient.py here) and torchrun reported
-        # the job failed
+        # a gloo group can abort a rank that has finished its work ("terminate called without an
+        # active exception") and torchrun then reports the job failed
         atexit.register(_leave_process_group)
     return World.current(), device
 

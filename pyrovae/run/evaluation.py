@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+import warnings as python_warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,17 +131,22 @@ def evaluate_run(
     uri: str = "",
     weights: str = "final",
     time_limit: float | None = None,
+    tracking_uri: str = "",
 ) -> Evaluation:
     """Estimate log p(x) of run ``run_id`` (any unique prefix of 8+ characters) on ``split`` with its
     ``final`` or ``best`` weights, and keep it as a new evaluation run under that run, named after its
     settings. Each long pass says its expected duration first; ``time_limit`` (seconds) stops the
-    passes and keeps the estimates over the datapoints done (:mod:`pyrovae.run.budget`)."""
+    passes and keeps the estimates over the datapoints done (:mod:`pyrovae.run.budget`).
+    ``tracking_uri``: the store, as everywhere (``uri`` is its old name)."""
+    if uri:
+        renamed = "evaluate_run(uri=...) is now evaluate_run(tracking_uri=...)"
+        python_warnings.warn(renamed, DeprecationWarning, stacklevel=2)
     for name, value in (("iwae_k", iwae_k), ("subset", subset), ("ais_subset", ais_subset), ("batch_size", batch_size)):
         if value < (1 if name == "batch_size" else 0):
             raise UserError(f"--{name.replace('_', '-')} must be non-negative (batch size positive), got {value}")
     if time_limit is not None and not time_limit > 0:
         raise UserError(f"--time-limit must be a positive number of seconds, got {time_limit}")
-    run = MlflowRun.existing(run_id, uri)
+    run = MlflowRun.existing(run_id, tracking_uri or uri)
     lease.end_stale(run.client, run.client.get_run(run.run_id))
     torch_device = select_device(device)
     config = run_config(run)
