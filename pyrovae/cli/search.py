@@ -63,5 +63,6 @@ def run(args: argparse.Namespace) -> int:
     if result.best_trial is not None:
         values = " ".join(f"{k}={v}" for k, v in result.best_params.items())
         print(f"best: trial {result.best_trial}, {args.objective} {result.best_value:.4f} ({values})")
-    print_table(parent=result.parent_run_id, uri=result.tracking_uri)
+    searched = list(result.best_params) or None  # the searched keys as columns, the rest as compare picks
+    print_table(parent=result.parent_run_id, uri=result.tracking_uri, params=searched)
     return 0

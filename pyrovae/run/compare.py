@@ -279,17 +279,20 @@ def _table(client, joined: list, metrics: list[str], params, width: int, evaluat
         else component_first([k for k in keys if len({r.data.params.get(k) for r in runs}) > 1])
     )
     show_status = any(r.info.status != "FINISHED" for r in runs)  # a killed or running run stands out
+    show_pruned = any("pyrovae.pruned" in r.data.tags for r in runs)  # a search's trial stopped by its pruner
     compared = any(j.difference is not None for j in joined)
     experiments = {r.info.experiment_id for r in runs}
     name = client.get_experiment(experiments.pop()).name if len(experiments) == 1 else ""
 
     def table(columns: list[str], hidden: list[str]) -> Table:
-        header = ["run", "name", *(["status"] if show_status else []), *columns, *(["evaluation"] if evaluated else [])]
+        header = ["run", "name", *(["status"] if show_status else []), *(["pruned"] if show_pruned else [])]
+        header += [*columns, *(["evaluation"] if evaluated else [])]
         header += [*metrics, *(["vs_best", "vs_best_se", "within_2se"] if compared else [])]
         rows = []
         for j in joined:
             r, difference = j.run, j.difference
             row = [r.info.run_id[:8], r.info.run_name or "", *([r.info.status] if show_status else [])]
+            row += [r.data.tags.get("pyrovae.pruned", "")] if show_pruned else []
             row += [r.data.params.get(k, "") for k in columns] + ([j.label] if evaluated else [])
             row += [_fmt(j.metrics.get(m, math.nan)) for m in metrics]
             if compared:

@@ -125,6 +125,10 @@ def test_two_workers_count_each_trial_once_and_pruned_trials_log_their_last_epoc
             values = [m.value for m in history(runs[trial.number].info.run_id, "val/loss")]
             assert trial.value == pytest.approx(min(values), rel=1e-9)  # the best epoch's val/loss
 
+    table = pyrovae.compare(parent=result.parent_run_id, tracking_uri=store)
+    pruned = {row[1]: row[table.header.index("pruned")] for row in table.rows}  # compare says which were pruned
+    assert pruned == {f"trial {t.number}": "epoch 1" if t.state == TrialState.PRUNED else "" for t in trials}
+
     parent = MlflowClient(store).get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["pyrovae.study"] == "two"
     assert parent.data.tags["pyrovae.best_trial"] == str(result.best_trial)
