@@ -65,22 +65,6 @@ def pyrovae_trainer(splits: Splits, n_train: int, overrides: list[str]) -> Train
     return Trainer(vae, sub, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
 
 
-def own_store(trainer: Trainer):
-    """One epoch with the param store holding this trainer's VAE only.
-
-    Every pyrovae VAE registers under the name "vae"; two in one store would share
-    parameters (DESIGN.md). Re-registering after a clear keeps the same tensors, so the
-    optimizer's state carries on (and a JIT-compiled loss finds its parameters by name).
-    """
-
-    def run():
-        pyro.clear_param_store()
-        pyro.module("vae", trainer.vae)
-        trainer.train_epoch()
-
-    return run
-
-
 def parse_variant(text: str) -> tuple[str, list[str]]:
     name, _, sets = text.partition(":")
     return name.strip(), [s.strip() for s in sets.split(",") if s.strip()]
@@ -98,7 +82,8 @@ def bench_training(splits: Splits, args, device: torch.device) -> dict[str, list
     hand = HandVAE(hidden=args.hidden, latent=args.latent).to(device)
     example = ExamplePipeline(splits.train[:n], args.batch_size, device, hidden=args.hidden, latent=args.latent)
     sub = trainers["pyrovae"].data
-    contenders = {name: own_store(t) for name, t in trainers.items()}
+    # each VAE registers under a store name of its own (vae, vae1, ...): the trainers share one store safely
+    contenders = {name: t.train_epoch for name, t in trainers.items()}
     contenders["hand-written PyTorch"] = lambda: hand.train_batches(sub.train_batches(args.batch_size))
     contenders["Pyro example style"] = example.train_epoch
     seconds = interleave(contenders, args.rounds)
@@ -144,7 +129,7 @@ def bench_scaling(splits: Splits, args) -> None:
         for latent in (10, 50, 200):
             n = max(args.batches * 128, 4 * batch)
             t = pyrovae_trainer(splits, n, [f"train.batch_size={batch}", f"model.latent_dim={latent}", *args.set])
-            s = interleave({"t": own_store(t)}, max(2, args.rounds // 2))["t"]
+            s = interleave({"t": t.train_epoch}, max(2, args.rounds // 2))["t"]
             rows.append([batch, latent, fmt([n / x for x in s])])
     print("\n## Scaling: pyrovae training images/s, median [min, max]\n")
     print(table(["batch", "latent", "images/s"], rows))

@@ -22,7 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import make_splits, own_store, pyrovae_trainer  # noqa: E402
+from speed import make_splits, pyrovae_trainer  # noqa: E402
 from timing import interleave, spread, synchronize  # noqa: E402
 
 from pyrovae.devices import describe, select_device  # noqa: E402
@@ -30,7 +30,7 @@ from pyrovae.devices import describe, select_device  # noqa: E402
 
 def profile_steps(device: torch.device, batch_size: int, steps: int, rounds: int) -> None:
     splits = make_splits("", device, steps * batch_size)
-    epoch = own_store(pyrovae_trainer(splits, steps * batch_size, [f"train.batch_size={batch_size}"]))
+    epoch = pyrovae_trainer(splits, steps * batch_size, [f"train.batch_size={batch_size}"]).train_epoch
     wall = spread(interleave({"epoch": epoch}, rounds)["epoch"])[0] / steps
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:

@@ -132,18 +132,29 @@ def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float] | None:
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
 
 
+#: what runs without the ranking metric are ordered by
+VALIDATION_LOSS = "val/loss"
+
+
 def rank(client, joined: list[Joined], metric: str, baseline: str | None = None) -> list[Joined]:
-    """Sort by ``metric`` within each group (groups in order of their best), runs without it last;
+    """Sort by ``metric`` within each group (groups in order of their best), runs without it last
+    (by ``val/loss``);
     fill in each evaluated run's paired difference to its group's best run (or ``baseline``)."""
 
     def value(entry: Joined) -> float:
         return entry.metrics.get(metric, math.nan)
 
+    def order(entry: Joined) -> tuple[bool, float]:
+        """By ``metric``; runs without it after, by their own validation loss (a search's
+        unevaluated trials in the order that chose the evaluated ones)."""
+        fallback = entry.metrics.get(VALIDATION_LOSS, math.inf)
+        return math.isnan(value(entry)), fallback if math.isnan(value(entry)) else value(entry)
+
     by_group: dict[tuple, list[Joined]] = {}
     for entry in joined:
         by_group.setdefault(entry.group, []).append(entry)
     for members in by_group.values():
-        members.sort(key=lambda e: (math.isnan(value(e)), value(e)))
+        members.sort(key=order)
     ordered = sorted(by_group.values(), key=lambda m: (m[0].group == (), math.isnan(value(m[0])), value(m[0])))
     for members in ordered:
         evaluated = [e for e in members if e.evaluation is not None and not math.isnan(value(e))]

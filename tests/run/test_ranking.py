@@ -19,6 +19,7 @@ from pyrovae.run.compare import component_first, param_clause
 from pyrovae.run.config import load
 from pyrovae.run.evaluation import evaluate_run
 from pyrovae.run.pipeline import train_config
+from pyrovae.run.ranking import Joined, rank
 from tests.conftest import TINY, tracking_store
 
 pytestmark = pytest.mark.slow  # trains and evaluates several runs
@@ -114,6 +115,15 @@ def test_a_run_s_own_metric_ranks_all_runs_together(scored):
     table = pyrovae.compare(["val/loss"], experiment="rank", tracking_uri=uri)
     values = [float(row[table.header.index("val/loss")]) for row in table.rows]
     assert values == sorted(values) and "vs_best" not in table.header  # no grouping by evaluation
+
+
+def test_runs_without_the_ranking_metric_come_last_in_order_of_their_validation_loss():
+    def entry(name, **metrics):
+        return Joined(run=name, metrics={k.replace("_", "/", 1): v for k, v in metrics.items()})
+
+    unscored = [entry("c", val_loss=150.0), entry("none"), entry("b", val_loss=140.0)]
+    ranked = rank(None, [*unscored, entry("a", test_nll_iwae=130.0, val_loss=145.0)], "test/nll_iwae")
+    assert [e.run for e in ranked] == ["a", "b", "c", "none"]
 
 
 def test_mlflow_filter_syntax_passes_as_it_is_and_component_names_lead():
