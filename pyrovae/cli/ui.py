@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from pyrovae.run.server import MlflowServer, runs_table_url
     from pyrovae.run.tracking import DEFAULT_STORE, tracking_uri
 
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be between 1 and 65535 (or 0 for a free one), got {args.port}")
     if args.host not in LOOPBACK and not args.allow_remote:
         raise UserError(
             f"--host {args.host} lets other machines read and change every run: the MLflow server "

@@ -121,3 +121,19 @@ def test_sigmoid_schedule_runs_from_0_to_1_and_increases():
     assert betas[0] == 0 and betas[-1] == 1 and len(betas) == 101
     assert (betas.diff() > 0).all()
     assert betas.diff()[0] < betas.diff()[50]  # sigmoid: small steps at the ends
+
+
+@pytest.mark.parametrize(
+    "wrong, said",
+    [
+        (dict(steps=0), "steps = 0, step_size = 0.05"),
+        (dict(chains=-2, leapfrog_steps=0), "chains = -2, leapfrog_steps = 0, step_size = 0.05"),
+        (dict(step_size=0.0), "got step_size = 0.0"),
+    ],
+)
+def test_ais_settings_name_the_count_that_is_wrong(wrong, said):
+    from pyrovae.errors import UserError
+
+    with pytest.raises(UserError, match="^AIS needs steps, chains and leapfrog steps >= 1") as err:
+        AISSettings(**wrong)
+    assert str(err.value).endswith(said)

@@ -241,3 +241,6 @@ def test_ui_refuses_a_folder_without_a_store_or_a_server_uri(tmp_path, monkeypat
     assert "points at a server already: open http://127.0.0.1:5000" in capsys.readouterr().err
     assert main(["ui", "--host", "0.0.0.0"]) == 2  # reachable by others, no authentication: opt in
     assert "add --allow-remote" in capsys.readouterr().err
+    for port in ("65536", "-1"):  # the socket would raise OverflowError: a traceback, not a line
+        assert main(["ui", "--port", port]) == 2
+        assert f"--port must be between 1 and 65535 (or 0 for a free one), got {port}" in capsys.readouterr().err

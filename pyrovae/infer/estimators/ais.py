@@ -77,10 +77,11 @@ class AISSettings:
     start: Literal["prior", "posterior"] = "prior"
 
     def __post_init__(self):
-        if self.steps < 1 or self.chains < 1 or self.leapfrog_steps < 1 or self.step_size <= 0:
-            raise UserError(
-                f"AIS needs steps, chains and leapfrog steps >= 1 and a positive step size, got {asdict(self)}"
-            )
+        counts = {"steps": self.steps, "chains": self.chains, "leapfrog_steps": self.leapfrog_steps}
+        wrong = {name: value for name, value in counts.items() if value < 1}
+        if wrong or self.step_size <= 0:
+            given = ", ".join(f"{name} = {value}" for name, value in {**wrong, "step_size": self.step_size}.items())
+            raise UserError(f"AIS needs steps, chains and leapfrog steps >= 1 and a positive step size, got {given}")
         if (
             self.schedule not in ("sigmoid", "linear")
             or self.start not in ("prior", "posterior")
