@@ -113,13 +113,16 @@ def stale_reason(run, now: float | None = None) -> str:
     return holder.gone(time.time() if now is None else now) if holder else ""
 
 
-def end_stale(client, run) -> str:
-    """End ``run`` KILLED if it is stale, with the reason in ``pyrovae.stale``, and say so; the reason ('' if not)."""
+def end_stale(client, run, say: bool = True) -> str:
+    """End ``run`` KILLED if it is stale, with the reason in ``pyrovae.stale``, and say so unless
+    ``say`` is false (``resume``, continuing that very run, says it in its own line); the reason
+    ('' if not)."""
     reason = stale_reason(run)
     if reason:
         run_id = run.info.run_id
         client.set_tag(run_id, STALE_TAG, f"left RUNNING: {reason}; ended KILLED by pyrovae")
         client.set_terminated(run_id, "KILLED")
+    if reason and say:
         logging.getLogger("pyrovae").warning(
             f"run '{run_id}' was left RUNNING ({reason}); ended it KILLED: 'pyrovae resume {run_id}' continues it"
         )

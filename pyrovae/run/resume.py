@@ -105,7 +105,7 @@ def _take_over(run: MlflowRun, where: str, taking_over: bool) -> None:
             f"{holder.until - time.time():.0f} s more); stop that process first, or wait for its lease to run out"
         )
     if holder:
-        lease.end_stale(run.client, found)
+        lease.end_stale(run.client, found, say=False)  # the line below says it
     log.warning(
         f"run '{run.run_id}' was left RUNNING: {gone or 'its torchrun job restarted'}; "
         f"continuing from its last checkpoint ({where}), work after that is redone"

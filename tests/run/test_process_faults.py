@@ -45,6 +45,24 @@ def resume_one_more_epoch(store: Store, run_id: str) -> None:
     assert [step for step, _ in store.history(run_id, "val/loss")][-1] == last + 1
 
 
+def test_a_single_process_killed_with_sigkill_is_ended_killed_by_resume_which_continues(tmp_path):
+    store = Store(tmp_path)
+    trainer = subprocess.Popen(pyrovae("train", "--no-progress", *overrides(*LONG)), cwd=tmp_path, env=store.env)
+    run_id = wait_for(lambda: logged(store, 2)).info.run_id
+    trainer.kill()  # SIGKILL: nothing of ours runs, the run stays RUNNING
+    trainer.wait(timeout=30)
+    assert store.client.get_run(run_id).info.status == "RUNNING"
+
+    last = checkpoint.download(MlflowRun(run_id, store.uri), "last")["epoch"]
+    done = store.run(pyrovae("resume", run_id, "--no-progress", "--set", f"train.epochs={last + 1}"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [line for line in done.stderr.splitlines() if "was left RUNNING" in line]  # one line, not two
+    assert f"run '{run_id}' was left RUNNING: its process {trainer.pid}" in line and "continuing from" in line
+    run = store.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and f"its process {trainer.pid}" in run.data.tags["pyrovae.stale"]
+    assert [step for step, _ in store.history(run_id, "val/loss")][-1] == last + 1
+
+
 @pytest.mark.parametrize("victim", [0, 1])
 def test_a_worker_killed_with_sigkill_ends_the_run_and_resume_continues(tmp_path, victim):
     store = Store(tmp_path)
