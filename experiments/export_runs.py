@@ -4,6 +4,7 @@ of every metric, the per-epoch history of a few curves, and each run's evaluatio
 (``pyrovae evaluate`` keeps them as child runs).
 
     python experiments/export_runs.py PARENT_RUN_ID experiments/results/NAME.json
+    python experiments/export_runs.py experiments/results/NAME.json --runs RUN_ID [RUN_ID ...]
 """
 
 from __future__ import annotations
@@ -19,48 +20,50 @@ from mlflow.tracking import MlflowClient
 from pyrovae.run.evaluation import mean_and_se
 from pyrovae.run.tracking import MlflowRun
 
-CURVES = ("train/loss", "val/loss", "val/recon", "val/kl", "train/seconds")
+CURVES = ("train/loss", "val/loss", "val/recon", "val/kl", "train/seconds", "test/accuracy")  # the last: M2
+
+
+def run_record(client: MlflowClient, run) -> dict:
+    """One run as exported: ids, status, params, last metrics, curves and its evaluations."""
+    return {
+        "run_id": run.info.run_id,
+        "name": run.info.run_name,
+        "status": run.info.status,
+        "params": dict(run.data.params),
+        "metrics": {k: v for k, v in run.data.metrics.items() if not k.startswith("system/")},
+        "curves": {key: [[m.step, m.value] for m in client.get_metric_history(run.info.run_id, key)] for key in CURVES},
+        "evaluations": [
+            {
+                "run_id": e.info.run_id,
+                "status": e.info.status,
+                "params": dict(e.data.params),
+                "metrics": {k: v for k, v in e.data.metrics.items() if not k.startswith("system/")},
+            }
+            for e in client.search_runs(
+                [run.info.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}' AND tags.`pyrovae.kind` = 'evaluation'",
+            )
+        ],
+    }
 
 
 def collect(parent_id: str, uri: str = "") -> dict:
     """The record of a parent run's children: what :func:`export` writes."""
     parent = MlflowRun.existing(parent_id, uri)
     client: MlflowClient = parent.client
-    experiment = parent.info().experiment_id
     children = client.search_runs(
-        [experiment],
+        [parent.info().experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}'",
         order_by=["attributes.start_time ASC"],
     )
-    record = {"parent_run_id": parent.run_id, "store": parent.uri, "runs": []}
-    for run in children:
-        record["runs"].append(
-            {
-                "run_id": run.info.run_id,
-                "name": run.info.run_name,
-                "status": run.info.status,
-                "params": dict(run.data.params),
-                "metrics": {k: v for k, v in run.data.metrics.items() if not k.startswith("system/")},
-                "curves": {
-                    key: [[m.step, m.value] for m in client.get_metric_history(run.info.run_id, key)] for key in CURVES
-                },
-                "evaluations": [
-                    {
-                        "run_id": e.info.run_id,
-                        "status": e.info.status,
-                        "params": dict(e.data.params),
-                        "metrics": {k: v for k, v in e.data.metrics.items() if not k.startswith("system/")},
-                    }
-                    for e in client.search_runs(
-                        [experiment],
-                        filter_string=(
-                            f"tags.mlflow.parentRunId = '{run.info.run_id}' AND tags.`pyrovae.kind` = 'evaluation'"
-                        ),
-                    )
-                ],
-            }
-        )
-    return record
+    return {"parent_run_id": parent.run_id, "store": parent.uri, "runs": [run_record(client, r) for r in children]}
+
+
+def collect_runs(run_ids: list[str], uri: str = "") -> dict:
+    """The record of runs that share no parent (one run per model family, say)."""
+    runs = [MlflowRun.existing(run_id, uri) for run_id in run_ids]
+    client: MlflowClient = runs[0].client
+    return {"store": runs[0].uri, "runs": [run_record(client, client.get_run(r.run_id)) for r in runs]}
 
 
 def write(record: dict, out: Path) -> None:
@@ -105,11 +108,15 @@ def experiment_of(run: MlflowRun) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parent_run_id")
+    parser.add_argument("parent_run_id", nargs="?", help="export this parent run's children")
     parser.add_argument("out", type=Path)
+    parser.add_argument("--runs", nargs="+", metavar="RUN_ID", help="export these runs instead (no parent)")
     args = parser.parse_args()
-    record = export(args.parent_run_id, args.out)
-    print(f"{len(record['runs'])} runs of {record['parent_run_id']} -> {args.out}")
+    if bool(args.parent_run_id) == bool(args.runs):
+        parser.error("give a parent run id or --runs, not both")
+    record = collect_runs(args.runs) if args.runs else collect(args.parent_run_id)
+    write(record, args.out)
+    print(f"{len(record['runs'])} runs -> {args.out}")
 
 
 if __name__ == "__main__":
