@@ -235,3 +235,27 @@ def test_two_models_in_one_process_never_share_parameters_without_clearing_the_p
         assert all(not torch.equal(before[k], v) for k, v in vae.named_parameters())  # its own weights moved
     assert first_losses[1] == pytest.approx(first_losses[0], rel=1e-6)
     assert len({name.split("$$$")[0] for name in pyro.get_param_store().keys()}) == 2  # two names
+
+
+def test_early_stopping_and_the_best_epoch_follow_val_loss_through_the_trainer(tiny_overrides):
+    """The trainer's own loop, by value: a callback scripts each epoch's val/loss (a callback's
+    ``add_metrics`` may set it); patience 2 stops after two epochs without a new lowest value
+    (a tie is no improvement, NaN never is), and the best epoch is the lowest one."""
+    from pyrovae.infer.callbacks import Callback
+
+    scripted = iter([5.0, 4.0, 4.0, float("nan"), 3.0, 2.0])
+    seen = []
+
+    class Script(Callback):
+        def add_metrics(self, trainer, split, metrics):
+            if split == "val":
+                metrics["val/loss"] = next(scripted)
+
+        def on_epoch_end(self, trainer, epoch, metrics):
+            seen.append((epoch, trainer.improved, trainer.best.best_epoch))
+
+    cfg, vae, splits = tiny(tiny_overrides, "train.epochs=6", "train.patience=2")
+    trainer = Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], callbacks=[Script()], progress=False)
+    trainer.fit()
+    assert seen == [(1, True, 1), (2, True, 2), (3, False, 2), (4, False, 2)]  # stopped after epoch 4
+    assert trainer.epoch == 4 and trainer.best.stopped_early and trainer.best.best_val_loss == 4.0
