@@ -64,14 +64,10 @@ def default_chunk_rows(device: torch.device | str) -> int:
 GUIDE_ROWS = 2**17
 
 
-def log_weights(
-    model, x: torch.Tensor, k: int, nesting: int, y: torch.Tensor | None = None, guide_trace=None
-) -> torch.Tensor:
+def log_weights(model, x: torch.Tensor, k: int, nesting: int, y: torch.Tensor | None, guide_trace) -> torch.Tensor:
     r"""``(k, B)`` importance log-weights :math:`\log p(x, z_k) - \log q(z_k|x)` of one batch, the
-    guide's enumerated sites summed out; ``nesting`` from :func:`~pyrovae.infer.traces.plate_nesting`.
-    ``guide_trace``: k draws of the guide already traced (else the guide draws them)."""
-    if guide_trace is None:
-        guide_trace = trace_guide(model, x, y, particles=k, nesting=nesting, enumerate_guide=True)
+    guide's enumerated sites summed out; ``nesting`` from :func:`~pyrovae.infer.traces.plate_nesting`;
+    ``guide_trace`` holds the k draws of the guide (:func:`~pyrovae.infer.traces.trace_guide`)."""
     model_trace = replay_model(model, x, y, guide_trace, particles=k, nesting=nesting)
     scored = scores(model_trace, guide_trace, nesting, enumerated=True)
     log_w = scored.log_joint() - sum(v for n, v in scored.posterior.items() if n not in scored.enumerated)
