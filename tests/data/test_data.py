@@ -207,12 +207,15 @@ def test_labels_for_some_splits_only_are_refused(tmp_path):
         )
 
 
-def _partly_labelled(n: int = 23, labelled_rows=(1, 4, 6, 11, 17), binarize: bool = False):
+LABELLED_ROWS = [1, 4, 6, 11, 17]
+
+
+def _partly_labelled(n: int = 23, binarize: bool = False):
     from pyrovae.data import Splits
 
     x = torch.arange(n, dtype=torch.float32).unsqueeze(1).repeat(1, 3) / n  # row i holds i / n
     y = torch.full((n,), -1)
-    y[list(labelled_rows)] = torch.tensor([3, 1, 4, 1, 5])[: len(labelled_rows)]
+    y[LABELLED_ROWS] = torch.tensor([3, 0, 4, 1, 5])  # class 0 is a label too
     return Splits("partly", x, x[:2], x[:2], binarize=binarize, train_labels=y, classes=6)
 
 
@@ -220,28 +223,27 @@ def _rows(x: torch.Tensor, n: int) -> list[int]:
     return [round(v) for v in (x[:, 0] * n).tolist()]
 
 
-@pytest.mark.parametrize("every", [0, 2])
-def test_semi_supervised_batches_mix_labelled_and_unlabelled_rows_by_value(every):
-    n, batch = 23, 4
+@pytest.mark.parametrize("every, n", [(0, 23), (3, 39)])
+def test_semi_supervised_batches_mix_labelled_and_unlabelled_rows_by_value(every, n):
+    batch = 4
     data = _partly_labelled(n)
-    labelled = [1, 4, 6, 11, 17]
     torch.manual_seed(0)
     epoch = list(data.semi_supervised_batches(batch, every=every))
     assert len(epoch) == data.num_semi_supervised_batches(batch, every=every)
     flags = [y is not None for _, y in epoch]
     unlabelled = [r for x, y in epoch if y is None for r in _rows(x, n)]
-    assert sorted(unlabelled) == sorted(set(range(n)) - set(labelled))  # each unlabelled row once
-    assert all(len(x) <= batch for x, _ in epoch) and flags.count(False) == 5  # ceil(18 / 4) batches
+    assert sorted(unlabelled) == sorted(set(range(n)) - set(LABELLED_ROWS))  # each unlabelled row once
+    assert all(len(x) <= batch for x, _ in epoch) and flags.count(False) == -(-(n - 5) // batch)
     for x, y in epoch:
         if y is not None:  # a labelled batch carries its own rows' labels
             assert y.tolist() == data.train_labels[_rows(x, n)].tolist()
     seen = [r for x, y in epoch if y is not None for r in _rows(x, n)]
     if every == 0:  # each labelled row once, its 2 batches spread among the 5 unlabelled ones
-        assert sorted(seen) == labelled and flags == [False, False, True, False, False, True, False]
-    else:  # a full labelled batch after every 2nd unlabelled one, cycling: all 5 rows before any repeats
-        assert flags == [False, False, True, False, False, True, False]
-        assert [len(x) for x, y in epoch if y is not None] == [4, 4]
-        assert sorted(seen[:5]) == labelled and len(set(seen[:4])) == 4
+        assert sorted(seen) == LABELLED_ROWS and flags == [False, False, True, False, False, True, False]
+    else:  # a full labelled batch after every 3rd of the 9 unlabelled ones, cycling through the labelled rows
+        assert flags == [False, False, False, True] * 3
+        assert [len(x) for x, y in epoch if y is not None] == [4, 4, 4]
+        assert sorted(seen[:5]) == LABELLED_ROWS and sorted(seen[5:10]) == LABELLED_ROWS  # each once per pass
 
 
 def test_semi_supervised_batches_draw_a_bernoulli_binarization_of_each_row():
