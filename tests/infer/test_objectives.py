@@ -209,3 +209,38 @@ def test_a_checkpoint_of_another_optimizer_is_one_line_on_resume(data):
     adam = Trainer(small_vae(data), data, epochs=1, batch_size=40, callbacks=[])  # the run's config says adam
     with pytest.raises(UserError, match=r"^the checkpoint's optimizer state does not fit train.optimizer = adam"):
         adam.load_state_dict(sgd.state_dict())
+
+
+def test_validation_is_the_elbo_at_beta_one_whatever_trains():
+    from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+
+    from pyrovae.infer.elbo import validation_elbo
+
+    assert type(validation_elbo("trace")) is Trace_ELBO and type(validation_elbo("enum")) is TraceEnum_ELBO
+    meanfield = validation_elbo("meanfield", 3)
+    assert type(meanfield) is TraceMeanField_ELBO and meanfield.num_particles == 3
+    for kind in ("iwae", "renyi", "tracegraph"):  # a training device; validation stays the one-sample ELBO
+        assert type(validation_elbo(kind, 5)) is Trace_ELBO and validation_elbo(kind, 5).num_particles == 1
+    assert make_elbo("iwae", 5, alpha=0.5).alpha == 0.0 and make_elbo("renyi", 5, alpha=0.3).alpha == 0.3
+    assert make_elbo("enum").strict_enumeration_warning is False  # pyrovae's plates: no warning to give
+    assert make_elbo("trace").strict_enumeration_warning is True
+
+
+def test_a_model_written_for_0_2_that_takes_beta_receives_it_with_a_deprecation_warning():
+    class TakesBeta(torch.nn.Module):
+        seen: list = []
+
+        def model(self, x, beta=1.0):
+            self.seen.append(float(beta))
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0))
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+        def guide(self, x, beta=1.0):
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Normal(0.5, 1.0))
+
+    with pytest.warns(DeprecationWarning, match=r"^TakesBeta\.model takes 'beta': pyrovae now anneals every latent"):
+        loss = ELBOLoss(TakesBeta(), make_elbo("trace"))
+    loss(torch.zeros(3), 0.25)
+    assert TakesBeta.seen == [0.25]  # given to the model as it asked, not applied again by a handler
