@@ -244,6 +244,7 @@ def test_semi_supervised_batches_mix_labelled_and_unlabelled_rows_by_value(every
         assert flags == [False, False, False, True] * 3
         assert [len(x) for x, y in epoch if y is not None] == [4, 4, 4]
         assert sorted(seen[:5]) == LABELLED_ROWS and sorted(seen[5:10]) == LABELLED_ROWS  # each once per pass
+        assert data.num_semi_supervised_batches(batch, every=2) == len(list(data.semi_supervised_batches(batch, 2)))
 
 
 def test_semi_supervised_batches_draw_a_bernoulli_binarization_of_each_row():
