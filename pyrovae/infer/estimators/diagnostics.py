@@ -131,7 +131,9 @@ def posterior_means(
 ) -> dict[str, torch.Tensor]:
     r""":math:`E_q[z_s|x]` of every latent site for every row of ``x``: ``{site: (N, D_s)}`` (the event
     flattened). The mean of each site's q where it has one, else its draws, averaged over ``samples``
-    draws of the guide (seeded), which integrates over the site's latent parents."""
+    draws of the guide (seeded), which integrates over the site's latent parents. A site whose q has
+    no mean in its own space (a categorical over class indices, as M2's label: torch gives NaN) is
+    left out rather than reported as an inactive unit."""
     y = evaluation_labels(model, y)
     out: dict[str, list[torch.Tensor]] = {}
     with evaluation_mode(model, seed, x.device):
@@ -144,6 +146,8 @@ def posterior_means(
                     mean = site["fn"].mean
                 except NotImplementedError:
                     mean = site["value"]
+                if not bool(torch.isfinite(mean).all()):  # a class index has no mean
+                    continue
                 mean = mean.expand(site["value"].shape).double().mean(0)  # over the draws: (B, *event)
                 out.setdefault(name, []).append(mean.reshape(xb.shape[0], -1).float())
     return {name: torch.cat(parts) for name, parts in out.items()}
