@@ -335,3 +335,46 @@ def test_jit_compiles_once_whatever_beta_and_batch_and_anneals_every_latent_site
     kl = float(elbo_terms(model, Trace_ELBO(), x)["kl"].sum())
     torch.manual_seed(0)
     assert float(plain(x, torch.tensor(1.0))) - low == pytest.approx(0.9 * kl, rel=1e-4)  # both sites annealed
+
+
+class PixelPlate(Model):
+    """A Bernoulli VAE whose pixels are a plate of their own inside ``data`` (``nested = True``)
+    instead of one event: the same density, so every per-datapoint number must be the same."""
+
+    def __init__(self, nested: bool, pixels: int = 6, latent: int = 2):
+        super().__init__()
+        self.nested, self.latent = nested, latent
+        self.decoder, self.encoder = nn.Linear(latent, pixels), nn.Linear(pixels, 2 * latent)
+
+    def model(self, x):
+        pyro.module("pixel_plate", self)
+        with pyro.plate("data", x.shape[0], dim=-2 if self.nested else -1):
+            prior = dist.Normal(torch.zeros(self.latent), 1.0).to_event(1)
+            z = pyro.sample("z", prior.expand([1] if self.nested else []))
+            if self.nested:  # z carries the pixels plate's dimension (size 1): drop it before decoding
+                with pyro.plate("pixels", x.shape[-1], dim=-1):
+                    pyro.sample("x", dist.Bernoulli(logits=self.decoder(z.squeeze(-2))), obs=x)
+            else:
+                pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("pixel_plate", self)
+        loc, log_scale = self.encoder(x).chunk(2, -1)
+        if self.nested:  # the batch on dim -2, as the model's data plate
+            loc, log_scale = loc.unsqueeze(-2), log_scale.unsqueeze(-2)
+        with pyro.plate("data", x.shape[0], dim=-2 if self.nested else -1):
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+def test_a_plate_nested_inside_data_is_summed_per_datapoint_like_an_event():
+    torch.manual_seed(0)
+    flat = PixelPlate(nested=False)
+    nested = PixelPlate(nested=True)
+    nested.load_state_dict(flat.state_dict())
+    x = torch.bernoulli(torch.full((30, 6), 0.3))
+    check_model(nested, x)
+    a = datapoint_terms(flat, Trace_ELBO(), x, 10, seed=0)
+    b = datapoint_terms(nested, Trace_ELBO(), x, 10, seed=0)
+    for key in ("loss", "recon", "kl"):
+        assert b[key].shape == (30,) and torch.allclose(a[key], b[key], atol=1e-5), key
+    assert torch.allclose(iwae(flat, x, 7, batch_size=10), iwae(nested, x, 7, batch_size=10), atol=1e-5)
