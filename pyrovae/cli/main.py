@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if args.debug:
             traceback.print_exc()
-        print(f"pyrovae: error: {err}", file=sys.stderr)
+        # one write of the whole line: print() writes text and newline apart, and the ranks of a
+        # torchrun job, refusing at once, interleaved them into one line on the shared stderr
+        sys.stderr.write(f"pyrovae: error: {err}\n")
+        sys.stderr.flush()
         return err.exit_code
     except KeyboardInterrupt as err:
         return stopped(err, "pyrovae")

@@ -74,25 +74,33 @@ class Distributed(OneProcess):
         return DistributedDataParallel(loss, device_ids=[device] if device.type == "cuda" else None)
 
     def steps_per_epoch(self, data, settings, semi_supervised):
+        refusal = self._refusal(data, settings, semi_supervised)
+        if refusal:  # the same on every rank: let all reach it, so that none exits (and torchrun stops
+            torch.distributed.barrier()  # the others) before every rank can say it in its own line
+            raise UserError(refusal)
+        return data.num_shard_batches(settings.batch_size, self.world.size)
+
+    def _refusal(self, data, settings, semi_supervised) -> str:
+        """Why these settings cannot be split over the processes ('' when they can)."""
         if semi_supervised:
-            raise UserError(
+            return (
                 "semi-supervised training (data.labelled) runs in one process: its labelled and unlabelled "
                 "batches are not sharded across ranks; run it without torchrun"
             )
         if settings.free_bits:
-            raise UserError(
+            return (
                 f"train.free_bits floors the KL's batch mean, which each of the {self.world.size} processes would "
                 f"take over its own share of the batch (another objective); train with free bits in one process"
             )
         batch_size, w, rows = settings.batch_size, self.world.size, data.train.shape[0]
         if batch_size < w or rows < w:  # a rank with no rows: pyro.plate cannot be empty
             too_small = f"train.batch_size = {batch_size}" if batch_size < w else f"the training split ({rows} rows)"
-            raise UserError(
+            return (
                 f"{too_small} cannot give each of the {w} processes of this torchrun job a row of every batch; "
                 f"use train.batch_size >= {w} (the global batch, split over the processes) and at least {w} "
                 f"training rows, or fewer processes (--nproc-per-node)"
             )
-        return data.num_shard_batches(batch_size, w)
+        return ""
 
     def global_rows(self, data, batch_size, index, rows):
         return min(batch_size, data.train.shape[0] - index * batch_size)
