@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -22,6 +21,7 @@ from pyrovae.infer.trainer import Trainer
 from pyrovae.run import checkpoint, config
 from pyrovae.run.pipeline import prepare
 from pyrovae.run.tracking import MlflowRun
+from tests.processes import wait_for
 
 SMALL = [
     "data.name=synthetic",
@@ -106,16 +106,6 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(store, monkey
     assert all(torch.isfinite(v).all() for v in state["module"].values())
 
 
-def _wait_for(predicate, timeout=180.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError("timed out waiting")
-
-
 @pytest.mark.slow
 def test_sigterm_then_sigkill_then_resume_a_real_process(tmp_path, monkeypatch, capsys):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
@@ -139,7 +129,7 @@ def test_sigterm_then_sigkill_then_resume_a_real_process(tmp_path, monkeypatch, 
         return runs[0].info.run_id if runs and epochs_logged(runs[0].info.run_id) else None
 
     proc = subprocess.Popen(train, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    run_id = _wait_for(the_run)
+    run_id = wait_for(the_run)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err
@@ -151,7 +141,7 @@ def test_sigterm_then_sigkill_then_resume_a_real_process(tmp_path, monkeypatch, 
     resume = subprocess.Popen(
         [*base, "resume", run_id, "--no-progress"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
     )
-    _wait_for(lambda: len(epochs_logged(run_id)) >= stopped_at + 2)
+    wait_for(lambda: len(epochs_logged(run_id)) >= stopped_at + 2)
     resume.kill()  # SIGKILL: nothing gets to end the run
     out, _ = resume.communicate(timeout=60)
     assert "resuming KILLED run" in out
