@@ -54,6 +54,25 @@ def restore(trainer, state: Mapping) -> None:
         trainer.reseeded = f"trained on {saved} process(es), resumed on {world.size}: random streams reseeded"
 
 
+def enter_epoch(trainer) -> tuple[dict | None, dict]:
+    """Start an epoch, or re-enter the one an interrupt stopped (``trainer.mid_epoch``): its counters
+    restored and its start's random state set again, so that its order and binarization come out the
+    same. Returns that position (or None) and the random state at the epoch's start."""
+    resumed, trainer.mid_epoch = trainer.mid_epoch, None
+    trainer.batches_done = resumed["batch"] if resumed else 0
+    trainer._loss_sum, trainer._count = (resumed["loss_sum"], resumed["n"]) if resumed else (0.0, 0)
+    if resumed:
+        set_rng_state(resumed["epoch_rng"])
+    return resumed, get_rng_state()
+
+
+def position(trainer, epoch_rng: dict) -> dict:
+    """Where inside an epoch the trainer stands (for ``mid_epoch``): batches done, the summed loss and
+    rows so far, the random state at the epoch's start and now."""
+    return {"batch": trainer.batches_done, "loss_sum": trainer._loss_sum, "n": trainer._count,
+            "epoch_rng": epoch_rng, "rng": get_rng_state()}  # fmt: skip
+
+
 def _to_cpu(obj):
     """Tensors anywhere inside dicts/lists/tuples, detached copies on the CPU (loadable anywhere)."""
     if torch.is_tensor(obj):

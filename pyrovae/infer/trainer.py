@@ -25,9 +25,9 @@ from pyrovae.infer.callbacks import Callback, default_callbacks, overrides
 from pyrovae.infer.elbo import ELBOLoss, annealing_beta, make_elbo, validation_elbo
 from pyrovae.infer.faults import Interrupted, NonFiniteLoss, StopRequest, validate_first_step_only
 from pyrovae.infer.interface import check_labels, check_model
-from pyrovae.infer.optim import make_optimizer, make_scheduler
-from pyrovae.infer.rng import get_rng_state, set_rng_state
+from pyrovae.infer.rng import set_rng_state
 from pyrovae.infer.settings import EvalSettings, TrainSettings
+from pyrovae.infer.step import GradientStep
 from pyrovae.infer.stopping import BestEpoch
 from pyrovae.infer.strategy import strategy_for
 from pyrovae.infer.terms import evaluate
@@ -61,9 +61,9 @@ class Trainer:
         self.validation_elbo = validation_elbo(s.elbo, s.num_particles)  # the ELBO at beta = 1, whatever trains
         self.loss = ELBOLoss(vae, self.elbo)
         self._forward = self.strategy.prepare(self.loss, self.device, s.seed)
-        self.optimizer = make_optimizer(vae.parameters(), s.optimizer, s.lr, s.weight_decay, s.adam, s.optimizer_args)
         self.steps_per_epoch = self.strategy.steps_per_epoch(data, s, self.semi_supervised)
-        self.scheduler = make_scheduler(self.optimizer, s, self.steps_per_epoch)
+        self.gradient = GradientStep(vae.parameters(), s, self.steps_per_epoch, self.strategy)
+        self.optimizer, self.scheduler = self.gradient.optimizer, self.gradient.scheduler
         self.callbacks = list(default_callbacks(self.evaluation, progress) if callbacks is None else callbacks)
         self.best = BestEpoch()
         self.epoch = self.step = self.batches_done = 0
@@ -71,8 +71,6 @@ class Trainer:
         self.mid_epoch: dict | None = None  # where inside an epoch an interrupt stopped it
         self.reseeded = ""  # says why the random streams could not continue, after load_state_dict
         self._loss_sum, self._count, self.stop = 0.0, 0, StopRequest()
-        self._backward_hooks: list[Callback] = []
-        self._grad_norms: list[float] = []
         self._rng_per_rank: list | None = None
 
     # -- state (pyrovae.infer.resumable) -------------------------------------------------
@@ -118,17 +116,12 @@ class Trainer:
         Raises :class:`~pyrovae.infer.faults.NonFiniteLoss` at the first non-finite loss and
         :class:`~pyrovae.infer.faults.Interrupted` after the step during which a stop was requested.
         """
-        resumed, self.mid_epoch = self.mid_epoch, None
-        self.batches_done = done = resumed["batch"] if resumed else 0
-        self._loss_sum, self._count = (resumed["loss_sum"], resumed["n"]) if resumed else (0.0, 0)
-        if resumed:  # replay the epoch's start so that its order and binarization come out the same
-            set_rng_state(resumed["epoch_rng"])
-        epoch_rng = get_rng_state()
+        resumed, epoch_rng = resumable.enter_epoch(self)
+        done = self.batches_done
         beta_list = [self.beta(self.step - done + i) for i in range(self.steps_per_epoch)]
         betas = torch.tensor(beta_list, device=self.device)  # on the device once, not a copy per step
         step_hooks = [cb for cb in self.callbacks if overrides(cb, "on_step_end")]  # the callbacks as they are now
-        self._backward_hooks = [cb for cb in self.callbacks if overrides(cb, "on_after_backward")]
-        self._grad_norms = []
+        self.gradient.hooks = [cb for cb in self.callbacks if overrides(cb, "on_after_backward")]
         for cb in self.callbacks:
             cb.on_epoch_begin(self)
         started = time.perf_counter()
@@ -146,30 +139,17 @@ class Trainer:
             for cb in step_hooks:
                 cb.on_step_end(self, loss)
             if self.stop.agreed and i + 1 < self.steps_per_epoch:
-                self.mid_epoch = {"batch": i + 1, "loss_sum": self._loss_sum, "n": self._count,
-                                  "epoch_rng": epoch_rng, "rng": get_rng_state()}  # fmt: skip
+                self.mid_epoch = resumable.position(self, epoch_rng)
                 self._interrupt()
         self.batches_done = 0
         seconds, beta = time.perf_counter() - started, sum(beta_list) / self.steps_per_epoch
-        lr = self.scheduler.get_last_lr()[0]
-        out = {"train/loss": self._loss_sum / self._count, "train/beta": beta, "train/lr": lr, "train/seconds": seconds}
-        return out | ({"train/grad_norm": sum(self._grad_norms) / len(self._grad_norms)} if self._grad_norms else {})
+        out = {"train/loss": self._loss_sum / self._count, "train/beta": beta, "train/seconds": seconds}
+        return out | self.gradient.epoch_metrics()
 
     def _step(self, x: torch.Tensor, y: torch.Tensor | None, beta: torch.Tensor, index: int) -> tuple[float, int]:
         """One optimizer step on batch ``index``; the loss summed over the (global) batch and its number of rows."""
         loss = self._forward(x, beta, y)
-        if self.settings.loss_reduction == "mean":  # the mean over the global batch, whoever holds which rows
-            self.strategy.backward(loss / self.strategy.global_rows(self.data, self.settings.batch_size, index, len(x)))
-        else:
-            self.strategy.backward(loss)
-        for cb in self._backward_hooks:
-            cb.on_after_backward(self)
-        if self.settings.grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.settings.grad_clip)
-            self._grad_norms.append(float(norm))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        self.gradient.step(self, loss, index, len(x))
         self.step += 1
         total, rows, stop = self.strategy.reduce(loss.item(), x.shape[0], self.stop.requested, self.device)
         self.stop.agree(stop)

@@ -14,6 +14,7 @@ each one it names.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 from collections.abc import Mapping
@@ -82,15 +83,43 @@ def constructor_defaults(cls: type, context: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+class Checked(dict):
+    """A ``[model]`` or component table as :func:`check_arguments` checked it, every default filled in:
+    what the boundary (config loading, keyword arguments) hands down, so that building from it does
+    not check it again. A table edited after its check (``table["latent_dim"] = 8``, a nested list
+    appended to) no longer equals what was checked (:meth:`still_checked`) and is checked again."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._as_checked = copy.deepcopy(dict(self))
+
+    def still_checked(self) -> bool:
+        try:
+            return bool(dict.__eq__(self, self._as_checked))
+        except Exception:  # a value whose == is not a bool (a tensor): check again
+            return False
+
+    def __reduce__(self):  # pickle and deepcopy rebuild it from its items
+        return (type(self), (dict(self),))
+
+
+def is_checked(spec) -> bool:
+    """Whether ``spec`` is a :class:`Checked` table not edited since its check."""
+    return isinstance(spec, Checked) and spec.still_checked()
+
+
 def check_arguments(
     kind: str, spec: Mapping[str, Any], table: Mapping[str, type], context: Mapping[str, Any]
 ) -> tuple[type, dict[str, Any]]:
     """Validate a component section against its class's signature; return (class, kwargs).
 
     The kwargs returned are the user's, with the class's defaults filled in, so the resolved
-    config (and the params logged to MLflow) carry every value that was used.
+    config (and the params logged to MLflow) carry every value that was used. A :class:`Checked`
+    table is returned as it is.
     """
     name = spec.get("name")
+    if is_checked(spec):
+        return resolve_class(kind, name, table), {k: v for k, v in spec.items() if k != "name"}
     cls = resolve_class(kind, name, table)
     label = f"{kind} '{name if isinstance(name, str) else cls.__qualname__}' ({cls.__module__}.{cls.__qualname__})"
     params = signature(cls)

@@ -14,7 +14,7 @@ from typing import Any
 
 from pyrovae.errors import UserError
 from pyrovae.model.base import CONTEXT
-from pyrovae.model.components import build, check_arguments, resolve_class, signature, spec_name
+from pyrovae.model.components import Checked, build, check_arguments, is_checked, resolve_class, signature, spec_name
 from pyrovae.model.cvae import ConditionalVAE
 from pyrovae.model.hierarchical import HierarchicalVAE
 from pyrovae.model.semi_supervised import SemiSupervisedVAE
@@ -27,8 +27,11 @@ MODELS: dict[str, type] = {"vae": VAE, "cvae": ConditionalVAE, "m2": SemiSupervi
 COMPONENT_CONTEXT = ("latent_dim", "data_shape", "guide", "num_classes")
 
 
-def resolve_model(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """``spec`` checked against its class, every default filled in, components resolved."""
+def resolve_model(spec: Mapping[str, Any]) -> Checked:
+    """``spec`` checked against its class, every default filled in, components resolved: a
+    :class:`~pyrovae.model.components.Checked` table, which building and resolving take as it is."""
+    if is_checked(spec):
+        return spec
     spec = dict(spec)
     spec.setdefault("name", "vae")
     cls, kwargs = check_arguments("model", spec, MODELS, dict.fromkeys(CONTEXT))
@@ -36,6 +39,8 @@ def resolve_model(spec: Mapping[str, Any]) -> dict[str, Any]:
         if argument not in kwargs:
             continue
         given = kwargs[argument]
+        if is_checked(given):
+            continue
         component = dict(given) if isinstance(given, Mapping) else {"name": given}
         if "name" not in component:  # arguments only: for the component the model's class defaults to
             default = signature(cls)[argument].default
@@ -43,8 +48,8 @@ def resolve_model(spec: Mapping[str, Any]) -> dict[str, Any]:
                 raise UserError(f"[model.{argument}] needs a name")
             component["name"] = default
         _, component_kwargs = check_arguments(kind, component, TABLES[kind], dict.fromkeys(COMPONENT_CONTEXT))
-        kwargs[argument] = {"name": component["name"], **component_kwargs}
-    return {"name": spec["name"], **kwargs}
+        kwargs[argument] = Checked({"name": component["name"], **component_kwargs})
+    return Checked({"name": spec["name"], **kwargs})
 
 
 def build_model(spec: Mapping[str, Any], data_shape: Sequence[int], num_classes: int | None = None):
@@ -65,7 +70,7 @@ def build_model(spec: Mapping[str, Any], data_shape: Sequence[int], num_classes:
     return build("model", resolved, MODELS, **context)
 
 
-def loggable(spec: Mapping[str, Any]) -> dict[str, Any]:
+def loggable(spec: Mapping[str, Any]) -> Checked:
     """A resolved ``[model]`` table with every class replaced by the name a later process imports.
 
     A class defined in ``__main__`` or in a function cannot be imported again: one
@@ -75,5 +80,6 @@ def loggable(spec: Mapping[str, Any]) -> dict[str, Any]:
     out = {**spec, "name": spec_name("model", spec["name"], MODELS)}
     for argument, kind in getattr(cls, "components", {}).items():
         if isinstance(out.get(argument), Mapping):
-            out[argument] = {**out[argument], "name": spec_name(kind, out[argument]["name"], TABLES[kind])}
-    return out
+            named = {**out[argument], "name": spec_name(kind, out[argument]["name"], TABLES[kind])}
+            out[argument] = Checked(named) if isinstance(out[argument], Checked) else named
+    return Checked(out) if isinstance(spec, Checked) else out

@@ -24,7 +24,7 @@ from torch import nn
 
 from pyrovae.errors import UserError
 from pyrovae.model.base import Count, Model
-from pyrovae.model.components import build
+from pyrovae.model.components import Checked, build
 from pyrovae.model.guides import GUIDES
 from pyrovae.model.likelihoods import LIKELIHOODS
 from pyrovae.model.priors import PRIORS
@@ -47,7 +47,7 @@ class ComponentModel(Model):
     def _component(kind: str, given, context: dict) -> nn.Module:
         if isinstance(given, nn.Module):
             return given
-        spec = dict(given) if isinstance(given, Mapping) else {"name": given}
+        spec = given if isinstance(given, Checked) else dict(given) if isinstance(given, Mapping) else {"name": given}
         return build(kind, spec, TABLES[kind], **context)
 
     #: the name its parameters have in Pyro's parameter store; a second instance in a process gets

@@ -184,7 +184,7 @@ def test_a_mean_reduction_divides_the_gradient_by_the_batch(data):
     for reduction in ("sum", "mean"):
         grads[reduction] = Grads()
         trainer = Trainer(small_vae(data), data, loss_reduction=reduction, callbacks=[grads[reduction]])
-        trainer._backward_hooks = [grads[reduction]]  # as train_epoch sets them
+        trainer.gradient.hooks = [grads[reduction]]  # as train_epoch sets them
         torch.manual_seed(5)
         trainer._step(x, None, torch.tensor(1.0), 0)
     assert grads["mean"].norms[0] == pytest.approx(grads["sum"].norms[0] / 30, rel=1e-5)
