@@ -18,7 +18,8 @@ factors Gaussian posteriors *is* the exact posterior; ``perturb`` widens and shi
 so :math:`p(x) = \sum_y \pi_y N(x; B_y, WW^T + \sigma^2 I)`. Its guide enumerates y with
 :math:`q(y|x)` (exact, or ``label_guess`` mixed with uniform) and draws z from the exact
 :math:`p(z|x, y)`: then the ELBO is :math:`\log p(x) - \mathrm{KL}(q(y|x)\,\|\,p(y|x))` exactly, and
-every IWAE draw equals p(x) exactly (:math:`q(y|x)` cancels).
+every IWAE draw equals p(x) exactly (:math:`q(y|x)` cancels). :class:`ConditionalLinear` is the
+same model given y, a conditional model written as a CVAE: log p(x | y).
 """
 
 from __future__ import annotations
@@ -150,6 +151,33 @@ class LabelledLinear(Model):
         return z @ self.W.T + self.B[y] + self.sigma * torch.randn(
             n, self.W.shape[0], generator=g, dtype=torch.float64
         ), y
+
+
+class ConditionalLinear(LabelledLinear):
+    """:class:`LabelledLinear` made conditional (``y`` required: scored as log p(x | y)) and written
+    as a CVAE is: the decoder reads ``[z, one_hot(y)]`` and the encoder ``[x, one_hot(y)]``, each
+    through one linear map (``[W, B^T]`` and ``[G, -G B^T]``): the exact posterior p(z|x, y) again,
+    so every IWAE draw is p(x|y) = N(x; B_y, WW^T + sigma^2 I) exactly."""
+
+    def one_hot(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(y, len(self.pi)).to(self.W.dtype)
+
+    def model(self, x, y):
+        pyro.module("conditional", self)
+        with pyro.plate("data", x.shape[0]):
+            code = pyro.sample("code", dist.Normal(torch.zeros_like(self.W[0]), 1.0).to_event(1))
+            label = self.one_hot(y).expand(*code.shape[:-1], len(self.pi))  # beside each draw of z
+            mean = torch.cat([code, label], -1) @ torch.cat([self.W, self.B.T], -1).T
+            pyro.sample("x", dist.Normal(mean + 0 * self.dummy, self.sigma).to_event(1), obs=x)
+
+    def guide(self, x, y):
+        pyro.module("conditional", self)
+        with pyro.plate("data", x.shape[0]):
+            loc = torch.cat([x, self.one_hot(y)], -1) @ torch.cat([self.gain, -self.gain @ self.B.T], -1).T
+            pyro.sample("code", dist.MultivariateNormal(loc, scale_tril=self.tril))
+
+    def log_px_given_y(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.marginal().log_prob(x.unsqueeze(-2)).gather(-1, y.unsqueeze(-1)).squeeze(-1)
 
 
 class Tempered(VAE):

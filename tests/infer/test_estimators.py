@@ -10,14 +10,27 @@ by chance with probability below 0.2%, and seeds are fixed, so a run is reproduc
 
 from __future__ import annotations
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from exact_models import ConditionalLinear, LabelledLinear
 from linear_gaussian import exact_elbo, linear_vae
 from pyro.infer import RenyiELBO
+from torch import nn
 
+from pyrovae import Model
 from pyrovae.data import load_data
+from pyrovae.infer.estimators import iwae as iwae_module
 from pyrovae.infer.estimators.ais import AISSettings, ais, bdmc, schedule
-from pyrovae.infer.estimators.iwae import iwae, iwae_batch
+from pyrovae.infer.estimators.iwae import (
+    default_chunk_rows,
+    iwae,
+    iwae_batch,
+    log_weights,
+    random_numbers_per_draw,
+)
+from pyrovae.infer.traces import trace_guide
 from pyrovae.run import config
 
 
@@ -69,6 +82,138 @@ def test_iwae_reports_progress_per_batch_is_float64_and_seeded_with_zero_by_defa
     default = iwae(vae, x, 4, batch_size=4, progress=calls.append)
     assert calls == [4, 4, 2] and default.shape == (10,) and default.dtype == torch.float64
     assert torch.equal(default, iwae(vae, x, 4, batch_size=4, seed=0))
+
+
+class Logged(Model):
+    """A small Gaussian VAE whose guide and model log the (draws, datapoints) of every pass."""
+
+    def __init__(self, latent: int = 2, data: int = 3):
+        super().__init__()
+        self.latent, self.passes = latent, []
+        self.encoder, self.decoder = nn.Linear(data, 2 * latent), nn.Linear(latent, data)
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(self.latent), 1.0).to_event(1))
+            self.passes.append(("model", tuple(z.shape[:-1])))
+            pyro.sample("x", dist.Normal(self.decoder(z), 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        loc, raw = self.encoder(x).chunk(2, -1)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 0.1).to_event(1))
+        self.passes.append(("guide", tuple(z.shape[:-1])))
+
+    def draws(self, role: str, rows: int) -> list[int]:
+        """Draws per datapoint of each pass of ``role`` with a particle dimension over ``rows`` datapoints."""
+        return [shape[0] for who, shape in self.passes if who == role and shape[1:] == (rows,)]
+
+
+def test_iwae_runs_the_guide_once_per_block_and_the_model_once_per_chunk(monkeypatch):
+    model, x, k = Logged(), torch.randn(4, 3), 12
+    with torch.no_grad():
+        torch.manual_seed(0)
+        whole = iwae_batch(model, x, k)
+        # without draw_numel (the numbers a draw takes unknown) the guide runs per chunk
+        model.passes.clear()
+        torch.manual_seed(0)
+        chunked = iwae_batch(model, x, k, chunk_size=4)
+        assert model.draws("guide", 4) == model.draws("model", 4) == [4, 4, 4]
+        # with it, 2 per datapoint: a chunk of 4 x 4 x 2 = 32 numbers, a multiple of 16, so the guide
+        # draws one block of all 12 (GUIDE_ROWS is far more), the same numbers as chunk by chunk
+        model.passes.clear()
+        torch.manual_seed(0)
+        blocked = iwae_batch(model, x, k, chunk_size=4, draw_numel=2)
+        assert model.draws("guide", 4) == [12] and model.draws("model", 4) == [4, 4, 4]
+        assert torch.allclose(chunked, whole, atol=1e-9) and torch.allclose(blocked, whole, atol=1e-9)
+        monkeypatch.setattr(iwae_module, "GUIDE_ROWS", 24)
+        cases = [
+            (x, 2, 2, [6, 6], [2] * 6),  # 2 x 4 x 2 = 16 numbers: blocks of 24 // (4 x 2) = 3 chunks
+            (x, 3, 2, [3] * 4, [3] * 4),  # 3 x 4 x 2 = 24, no multiple of 16: no blocks
+            (x[:1], 1, 16, [24, 6], [1] * 30),  # 1 x 1 x 16: blocks of 24 // (1 x 1) chunks
+        ]
+        for rows, chunk, latent, blocks, chunks in cases:
+            model = Logged(latent=latent)
+            k = sum(blocks)
+            torch.manual_seed(0)
+            bound = iwae_batch(model, rows, k, chunk_size=chunk, draw_numel=latent)
+            assert model.draws("guide", len(rows)) == blocks and model.draws("model", len(rows)) == chunks
+            if chunk != 3:
+                torch.manual_seed(0)
+                assert torch.allclose(bound, iwae_batch(model, rows, k), atol=1e-9)
+
+
+def test_iwae_counts_the_numbers_a_draw_takes_and_blocks_only_where_chunks_keep_them(monkeypatch):
+    monkeypatch.setattr(iwae_module, "GUIDE_ROWS", 24)
+    model, x = Logged(), torch.randn(4, 3)
+    whole = iwae(model, x, 12, chunk_size=12)
+    for chunk, blocks in ((2, [6, 6]), (1, [1] * 12)):  # 2 x 4 x 2 = 16 numbers a chunk, 1 x 4 x 2 = 8
+        model.passes.clear()
+        bound = iwae(model, x, 12, chunk_size=chunk)
+        assert model.draws("guide", 4) == blocks
+        if chunk == 2:
+            assert torch.allclose(bound, whole, atol=1e-9)
+
+
+def test_iwae_chunks_default_to_1024_decoder_rows_on_a_cpu():
+    # as documented: chunk_size x batch_size near 1,024 rows on a CPU, 50,000 on a GPU
+    assert default_chunk_rows("cpu") == 1_024 and default_chunk_rows(torch.device("cuda")) == 50_000
+    for rows, k, batch_size, chunks in (
+        (4, 300, 100, [256, 44]),  # 1024 // 4 = 256 draws a chunk
+        (1, 1100, 100, [1024, 76]),
+        (1025, 2, 2000, [1, 1]),  # 1024 // 1025 = 0: at least one draw a chunk
+    ):
+        model = Logged()
+        iwae(model, torch.randn(rows, 3), k, batch_size=batch_size)
+        assert model.draws("model", rows) == chunks
+
+
+def test_iwae_stopped_early_returns_the_datapoints_done_so_far():
+    model, x = Logged(), torch.randn(10, 3)
+    full = iwae(model, x, 5, batch_size=4)
+    stops = iter([False, True])
+    assert torch.equal(iwae(model, x, 5, batch_size=4, stop=lambda: next(stops)), full[:8])
+
+
+class Switch(Model):
+    """A binary latent, sampled in the guide (not enumerated): no rsample."""
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            s = pyro.sample("s", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(s.unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("s", dist.Bernoulli(0.3))
+
+
+def test_random_numbers_per_draw_counts_the_sampled_values_of_one_datapoint():
+    labelled, gaussian, x = LabelledLinear(), Logged(latent=4), torch.randn(1, 3)
+    row, _ = labelled.sample(1)
+    state = torch.get_rng_state()
+    assert random_numbers_per_draw(gaussian, x, None, 1) == 4
+    # the label is enumerated, not drawn; z is drawn for each of its 3 values
+    assert random_numbers_per_draw(labelled, row, None, 1) == 3 * 2
+    assert random_numbers_per_draw(Switch(), x, None, 1) == 0  # not known without rsample
+    assert torch.equal(torch.get_rng_state(), state)  # under a forked RNG
+
+
+def test_log_weights_are_k_by_b_with_an_enumerated_label_summed_out():
+    model = LabelledLinear(label_guess=0.6)  # q(y|x) far from p(y|x); q(z|x, y) exact
+    x, _ = model.sample(5)
+    with torch.no_grad():
+        guide = trace_guide(model, x, particles=4, nesting=1, enumerate_guide=True)
+        lw = log_weights(model, x, 4, 1, None, guide)
+    assert lw.shape == (4, 5)
+    # each draw's weight, sum_y p(x, y, z_y) / q(z_y | x, y) with q(z|x, y) = p(z|x, y), is p(x)
+    assert torch.allclose(lw, model.log_px(x).expand(4, 5), atol=1e-6)
+
+
+def test_a_conditional_model_is_scored_with_each_row_s_own_label():
+    model = ConditionalLinear()
+    x, y = model.sample(12)
+    assert torch.allclose(iwae(model, x, 5, batch_size=5, y=y), model.log_px_given_y(x, y), atol=1e-6)
 
 
 def test_elbo_below_iwae_below_exact_and_iwae_grows_with_k(ppca):

@@ -3,7 +3,8 @@
 Models with a known log p(x) (:mod:`exact_models`): with the exact posterior every estimate is
 log p(x); with a label enumerated in the guide, the ELBO is log p(x) - KL(q(y|x) || p(y|x)) exactly
 and every IWAE draw is p(x). Renaming the default VAE's sites changes no number. Each broken rule
-of the interface is one line before anything trains.
+of the interface is one line before anything trains. Last, the traces these all read, function by
+function: their shapes, the data site, reconstructions and samples.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from exact_models import LabelledLinear, TwoLevelLinear
+from exact_models import ConditionalLinear, LabelledLinear, TwoLevelLinear
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from torch import nn
 
@@ -24,6 +25,22 @@ from pyrovae.infer.estimators.diagnostics import active_units_per_site, kl_per_d
 from pyrovae.infer.estimators.iwae import iwae
 from pyrovae.infer.interface import check_model
 from pyrovae.infer.terms import datapoint_terms, elbo_terms
+from pyrovae.infer.traces import (
+    data_site,
+    enumeration_weights,
+    expectation,
+    generate,
+    guide_trace,
+    latent_sites,
+    narrow_particles,
+    plate_nesting,
+    reconstruct,
+    replay_model,
+    run_traces,
+    sample_sites,
+    scores,
+    trace_guide,
+)
 from pyrovae.infer.trainer import Trainer
 
 
@@ -366,15 +383,238 @@ class PixelPlate(Model):
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
 
 
-def test_a_plate_nested_inside_data_is_summed_per_datapoint_like_an_event():
+@pytest.mark.parametrize("pixels", [2, 6])  # every plate size but 1 is summed, 2 included
+def test_a_plate_nested_inside_data_is_summed_per_datapoint_like_an_event(pixels):
     torch.manual_seed(0)
-    flat = PixelPlate(nested=False)
-    nested = PixelPlate(nested=True)
+    flat = PixelPlate(nested=False, pixels=pixels)
+    nested = PixelPlate(nested=True, pixels=pixels)
     nested.load_state_dict(flat.state_dict())
-    x = torch.bernoulli(torch.full((30, 6), 0.3))
+    x = torch.bernoulli(torch.full((30, pixels), 0.3))
     check_model(nested, x)
-    a = datapoint_terms(flat, Trace_ELBO(), x, 10, seed=0)
-    b = datapoint_terms(nested, Trace_ELBO(), x, 10, seed=0)
-    for key in ("loss", "recon", "kl"):
-        assert b[key].shape == (30,) and torch.allclose(a[key], b[key], atol=1e-5), key
+    for elbo in (Trace_ELBO(), TraceMeanField_ELBO()):  # sampled and closed-form KL
+        a = datapoint_terms(flat, elbo, x, 10, seed=0)
+        b = datapoint_terms(nested, elbo, x, 10, seed=0)
+        for key in ("loss", "recon", "kl"):
+            assert b[key].shape == (30,) and torch.allclose(a[key], b[key], atol=1e-5), key
     assert torch.allclose(iwae(flat, x, 7, batch_size=10), iwae(nested, x, 7, batch_size=10), atol=1e-5)
+
+
+# -- the traces, function by function (pyrovae.infer.traces) ----------------------------------------
+# Shapes are the contract: a latent site's value is (K, B, *event) under the particles plate, an
+# enumerated label takes a dimension of its own left of the plates, and every score is one number
+# per datapoint, (*leading, B), whatever plates a model nests inside data and in whichever order
+# Pyro gives them their dimensions.
+
+
+def test_one_draw_per_datapoint_needs_no_nesting_but_particles_and_enumeration_do():
+    model = TwoLevelLinear()
+    x = model.sample(5)
+    guide = trace_guide(model, x)
+    replayed = replay_model(model, x, None, guide)
+    assert guide.nodes["middle"]["value"].shape == (5, 3) and guide.nodes["top"]["log_prob"].shape == (5,)
+    assert {n: s["log_prob"].shape for n, s in sample_sites(replayed).items()} == {
+        "top": (5,),
+        "middle": (5,),
+        "pixels": (5,),
+    }
+    for option in ({"particles": 2}, {"enumerate_guide": True}):
+        with pytest.raises(ValueError, match="^particles and enumeration need the plate nesting$"):
+            trace_guide(model, x, **option)
+
+
+def test_particles_lead_the_plates_and_scores_read_the_nesting_without_them():
+    model = TwoLevelLinear()
+    x = model.sample(5)
+    alone = guide_trace(model, x, None, particles=3, nesting=1)  # the guide without the model
+    assert alone.nodes["middle"]["value"].shape == (3, 5, 3)  # (K, B, event)
+    model_trace, guide = run_traces(model, x, particles=3, nesting=1)
+    scored = scores(model_trace, guide)  # no nesting given: read from the plates, the particles' not counted
+    assert scored.nesting == 1
+    for kind in (scored.observed, scored.prior, scored.posterior):
+        assert {n: v.shape for n, v in kind.items()} == {n: (3, 5) for n in kind}
+
+
+def test_narrowed_particles_are_the_chosen_draws_of_a_scored_or_an_unscored_trace():
+    model = TwoLevelLinear()
+    x = model.sample(5)
+    unscored = guide_trace(model, x, None, particles=6, nesting=1)  # values only, no log_prob
+    part = narrow_particles(unscored, 2, 3, 6, 1)
+    assert torch.equal(part.nodes["middle"]["value"], unscored.nodes["middle"]["value"][2:5])
+    assert "log_prob" not in part.nodes["middle"]
+    scored = trace_guide(model, x, particles=6, nesting=1)
+    part = narrow_particles(scored, 2, 3, 6, 1)
+    for name in ("top", "middle"):
+        for key in ("value", "log_prob"):
+            assert torch.equal(part.nodes[name][key], scored.nodes[name][key][2:5]), (name, key)
+    replayed = replay_model(model, x, None, part, particles=3, nesting=1)
+    assert replayed.nodes["pixels"]["log_prob"].shape == (3, 5)  # the model sees the 3 draws
+
+
+def test_an_enumerated_label_takes_the_first_dimension_left_of_the_plates():
+    # Pyro's convention (TraceEnum_ELBO with max_plate_nesting = 1 enumerates at dim -2, or -3 left
+    # of vectorized particles): the label's 3 values in a dimension of their own, z drawn for each
+    model = LabelledLinear()
+    x, _ = model.sample(5)
+    plain = trace_guide(model, x, nesting=1, enumerate_guide=True)
+    drawn = trace_guide(model, x, particles=4, nesting=1, enumerate_guide=True)
+    assert plain.nodes["digit"]["value"].shape == (3, 1) and plain.nodes["code"]["value"].shape == (3, 5, 2)
+    assert drawn.nodes["digit"]["value"].shape == (3, 1, 1) and drawn.nodes["code"]["value"].shape == (3, 4, 5, 2)
+
+
+def test_a_label_sampled_rather_than_enumerated_is_an_ordinary_latent_site():
+    model = LabelledLinear()
+    x, _ = model.sample(5)
+    scored = scores(*run_traces(model, x))  # the guide samples its digit: no enumeration asked for
+    assert scored.latent == ["digit", "code"] and scored.enumerated == ()
+    assert enumeration_weights(scored) is None
+
+
+class Auxiliary(Model):
+    """A Gaussian VAE whose guide draws an auxiliary variable ``shift`` (``is_auxiliary``) first."""
+
+    def __init__(self, dim: int = 2):
+        super().__init__()
+        self.dim, self.net = dim, nn.Linear(dim, dim)
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(self.dim), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            shift = pyro.sample("shift", dist.Normal(0.0, 1.0), infer={"is_auxiliary": True})
+            pyro.sample("z", dist.Normal(self.net(x) + shift.unsqueeze(-1), 1.0).to_event(1))
+
+
+def test_an_auxiliary_guide_site_is_no_latent_site_of_the_model():
+    model, x = Auxiliary(), torch.randn(5, 2)
+    check_model(model, x)  # the interface allows it
+    model_trace, guide = run_traces(model, x)
+    assert latent_sites(model_trace, guide) == ["z"]
+    assert scores(model_trace, guide).latent == ["z"]
+
+
+class Density(Model):
+    """A Gaussian density with no latent site at all (its guide samples nothing)."""
+
+    def __init__(self, dim: int = 3):
+        super().__init__()
+        self.loc = nn.Parameter(torch.linspace(-1.0, 1.0, dim))
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(self.loc, 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        pass
+
+
+def test_a_model_without_latent_sites_has_one_plate_and_an_exact_iwae():
+    model, x = Density(), torch.randn(6, 3)
+    check_model(model, x)
+    assert plate_nesting(model, x) == 1
+    exact = dist.Normal(model.loc, 1.0).log_prob(x).sum(-1).double()
+    assert torch.allclose(iwae(model, x, 4, batch_size=4), exact, atol=1e-5)  # every weight is p(x)
+
+
+# -- one number per datapoint -------------------------------------------------------------------
+
+
+class Pixels(Model):
+    """A Bernoulli VAE whose pixels are a plate inside ``data`` (``plate = True``) with the dims
+    Pyro allocates itself: ``data`` -1, the nested ``pixels`` -2, so x is observed transposed and
+    the sites in ``data`` only have one dimension fewer than the plate nesting (2). The same density
+    as the pixels as one event (``plate = False``)."""
+
+    def __init__(self, plate: bool, pixels: int = 3, latent: int = 2):
+        super().__init__()
+        self.plate, self.latent = plate, latent
+        self.decoder, self.encoder = nn.Linear(latent, pixels), nn.Linear(pixels, 2 * latent)
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(self.latent), 1.0).to_event(1))
+            logits = self.decoder(z)
+            if not self.plate:
+                pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+                return
+            logits = logits.transpose(-1, -2)  # (..., P, B)
+            if logits.dim() > 2:  # particles: z is (K, 1, B, L), the 1 in the pixels' dimension
+                logits = logits.squeeze(-3)
+            with pyro.plate("pixels", x.shape[-1]):
+                pyro.sample("x", dist.Bernoulli(logits=logits), obs=x.T)
+
+    def guide(self, x):
+        loc, log_scale = self.encoder(x).chunk(2, -1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+def test_plates_pyro_gives_dimensions_itself_are_scored_per_datapoint_like_an_event():
+    torch.manual_seed(0)
+    event, plate = Pixels(plate=False), Pixels(plate=True)
+    plate.load_state_dict(event.state_dict())
+    x = torch.bernoulli(torch.full((5, 3), 0.3))
+    assert plate_nesting(plate, x) == 2
+    scored = {}
+    for model in (event, plate):
+        torch.manual_seed(1)  # the same z for both
+        scored[model] = scores(*run_traces(model, x))
+    for kind in ("observed", "prior", "posterior"):
+        a, b = getattr(scored[event], kind), getattr(scored[plate], kind)
+        for name in a:
+            assert b[name].shape == (5,) and torch.allclose(a[name], b[name], atol=1e-6), (kind, name)
+    assert torch.allclose(iwae(event, x, 4), iwae(plate, x, 4), atol=1e-6)
+
+
+def test_an_expectation_over_enumerated_values_weights_them_by_q_and_keeps_each_datapoint():
+    weights = torch.tensor([0.25, 0.75]).reshape(2, 1)  # q(e) of 2 enumerated values
+    per_value = torch.tensor([[1.0, 2.0, 3.0], [5.0, 6.0, 7.0]])  # (2, B = 3)
+    assert torch.equal(expectation(per_value, weights, 3), torch.tensor([4.0, 5.0, 6.0]))
+    # a term the same for every datapoint, (2, 1), is one number per datapoint all the same
+    assert torch.equal(expectation(torch.tensor([[1.0], [3.0]]), weights, 3), torch.full((3,), 2.5))
+    # with particles: (values, K, B) -> (K, B)
+    drawn, weights = torch.stack([per_value, 2 * per_value], 1), weights.unsqueeze(-1)  # (2, K = 2, 3)
+    expected = torch.tensor([[4.0, 5.0, 6.0], [8.0, 10.0, 12.0]])
+    assert torch.equal(expectation(drawn, weights, 3, particles=True), expected)
+    constant = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).unsqueeze(-1)  # (2, K, 1)
+    assert torch.equal(expectation(constant, weights, 3, particles=True), torch.tensor([[2.5], [3.5]]).expand(2, 3))
+    # nothing enumerated: the value itself, a constant broadcast over the batch
+    assert torch.equal(expectation(per_value[0], None, 3), per_value[0])
+    assert torch.equal(expectation(torch.ones(2, 1), None, 3, particles=True), torch.ones(2, 3))
+
+
+# -- the data site and pictures ----------------------------------------------------------------------
+
+
+class CastsTheData(LabelledLinear):
+    """Observes its own float64 copy of float32 data (no site observes ``x`` itself)."""
+
+    def model(self, x, y=None):
+        super().model(x.to(torch.float64), y)
+
+    def guide(self, x, y=None):
+        super().guide(x.to(torch.float64), y)
+
+
+def test_the_data_site_is_found_by_its_event_shape_when_the_model_observes_a_copy_of_x():
+    model = CastsTheData()
+    x, y = model.sample(5)
+    x = x.float()
+    model_trace, _ = run_traces(model, x, y)  # the label is observed first: an event shape of ()
+    assert data_site(model_trace, x)["name"] == "x"
+    assert reconstruct(model, x, y).shape == (5, 5)
+    with pytest.raises(ValueError, match="^no observed site of the model observes the data$"):
+        data_site(model_trace, x.unsqueeze(-1))  # nothing has the shape (5, 1)
+
+
+def test_reconstructions_and_samples_of_a_conditional_model_follow_its_labels():
+    model = ConditionalLinear()
+    x, y = model.sample(6)
+    projection = model.W @ torch.linalg.pinv(model.W)  # onto the column space of W
+    for mean in (reconstruct(model, x, y), generate(model, torch.zeros_like(x), y)):
+        assert mean.shape == x.shape
+        # the mean of p(x | z, y) is W z + B_y: less B_y, it lies in the column space of W
+        residual = mean - model.B[y]
+        assert torch.allclose(residual @ projection.T, residual, atol=1e-9)
