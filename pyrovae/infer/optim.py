@@ -49,7 +49,7 @@ def make_optimizer(params: Iterable[torch.Tensor], name: str = "adam", lr: float
     """
     params = list(params)
     if name not in OPTIMIZERS:
-        cls = import_by_path(name, "train.optimizer")
+        cls = import_by_path(name, "train.optimizer", "adam, adamw or an import path such as torch.optim.SGD")
         try:
             return cls(params, lr=lr, **(args or {}))
         except (TypeError, ValueError) as err:
@@ -64,16 +64,16 @@ def make_optimizer(params: Iterable[torch.Tensor], name: str = "adam", lr: float
         raise UserError(f"train.optimizer {name} could not be built with train.optimizer_args {args}: {err}") from None
 
 
-def import_by_path(name: str, key: str) -> type:
-    """The class ``"package.module:Class"`` or ``"package.module.Class"`` names (one line when it cannot)."""
+def import_by_path(name: str, key: str, choices: str) -> type:
+    """The class ``"package.module:Class"`` or ``"package.module.Class"`` names (one line when it cannot,
+    saying what ``key`` takes: ``choices``)."""
     import importlib
 
     module_name, _, attr = name.rpartition(":") if ":" in name else name.rpartition(".")
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError):
-        raise UserError(f"{key} = '{name}' is not a class pyrovae can import: give adam, adamw or an import "
-                        f"path such as torch.optim.SGD") from None  # fmt: skip
+        raise UserError(f"{key} = '{name}' is not a class pyrovae can import: give {choices}") from None
 
 
 def lr_factor(
@@ -107,7 +107,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings, steps_per_epoch: 
     position (``last_epoch``), and the schedule's shape always comes from the settings in force.
     """
     if settings.lr_schedule not in SCHEDULES:
-        cls = import_by_path(settings.lr_schedule, "train.lr_schedule")
+        cls = import_by_path(
+            settings.lr_schedule,
+            "train.lr_schedule",
+            "constant, cosine, step or an import path such as torch.optim.lr_scheduler.ExponentialLR",
+        )
         try:
             return cls(optimizer, **settings.lr_schedule_args)
         except (TypeError, ValueError) as err:

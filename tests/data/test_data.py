@@ -239,6 +239,7 @@ def test_semi_supervised_batches_mix_labelled_and_unlabelled_rows_by_value(every
             assert y.tolist() == data.train_labels[_rows(x, n)].tolist()
     seen = [r for x, y in epoch if y is not None for r in _rows(x, n)]
     if every == 0:  # each labelled row once, its 2 batches spread among the 5 unlabelled ones
+        assert data.num_semi_supervised_batches(batch) == len(epoch)  # every = 0 is the default
         assert sorted(seen) == LABELLED_ROWS and flags == [False, False, True, False, False, True, False]
     else:  # a full labelled batch after every 3rd of the 9 unlabelled ones, cycling through the labelled rows
         assert flags == [False, False, False, True] * 3
@@ -258,3 +259,17 @@ def test_semi_supervised_batches_draw_a_bernoulli_binarization_of_each_row():
     assert set(x.unique().tolist()) == {0.0, 1.0}
     assert bool(((p < 0.5) & (x == 1)).any()) and bool(((p > 0.5) & (x == 0)).any())  # drawn, not rounded
     assert x.shape == p.shape and len(_rows(p, n)) == n
+
+
+def test_batches_asked_for_with_labels_pair_each_with_none_when_the_data_have_none():
+    from pyrovae.data import Splits
+
+    x = torch.arange(10.0).unsqueeze(1)  # row i holds i
+    data = Splits("unlabelled", x, x[:2], x[:2])
+    torch.manual_seed(0)
+    pairs = list(data.train_batches(4, labelled=True))
+    assert [len(b) for b, _ in pairs] == [4, 4, 2] and all(y is None for _, y in pairs)
+    assert sorted(torch.cat([b for b, _ in pairs]).flatten().tolist()) == x.flatten().tolist()
+    for rank in (0, 1):
+        shards = list(data.shard_batches(4, rank=rank, world_size=2, seed=0, epoch=0, labelled=True))
+        assert [len(b) for b, _ in shards] == [2, 2, 1] and all(y is None for _, y in shards)

@@ -618,3 +618,44 @@ def test_reconstructions_and_samples_of_a_conditional_model_follow_its_labels():
         # the mean of p(x | z, y) is W z + B_y: less B_y, it lies in the column space of W
         residual = mean - model.B[y]
         assert torch.allclose(residual @ projection.T, residual, atol=1e-9)
+
+
+class LabelsToTheModel(nn.Module):
+    """p(x | z, y) with q(z | x): only the model takes the labels."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = nn.Parameter(torch.tensor(0.3))
+
+    def model(self, x, y):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z + y, 1.0), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(self.shift * x, 1.0))
+
+
+class LabelsToTheGuide(LabelsToTheModel):
+    """p(x | z) with q(z | x, y): only the guide takes the labels."""
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(self, x, y):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(self.shift * x + y, 1.0))
+
+
+@pytest.mark.parametrize("cls", [LabelsToTheModel, LabelsToTheGuide])
+def test_the_labels_go_to_the_method_that_takes_them_only(cls):
+    net, x, y = cls(), torch.linspace(-1.0, 1.0, 6), torch.arange(6.0) % 2
+    model = net.model if cls is LabelsToTheModel else lambda x, y: net.model(x)
+    guide = net.guide if cls is LabelsToTheGuide else lambda x, y: net.guide(x)
+    torch.manual_seed(4)
+    ours = ELBOLoss(net, make_elbo("trace"))(x, 1.0, y).item()
+    torch.manual_seed(4)  # the same draw: Pyro's ELBO with the labels handed on by hand
+    assert ours == pytest.approx(Trace_ELBO().loss(model, guide, x, y), rel=1e-6)

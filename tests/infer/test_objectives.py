@@ -5,17 +5,18 @@ computation (Pyro's own RenyiELBO, a hand-written floor), so a planted bug in a 
 from __future__ import annotations
 
 import math
+import sys
 from types import SimpleNamespace
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import RenyiELBO, TraceGraph_ELBO
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceGraph_ELBO
 
 from pyrovae import UserError, load_data
 from pyrovae.infer.callbacks import Callback
-from pyrovae.infer.elbo import ELBOLoss, annealing_beta, make_elbo
+from pyrovae.infer.elbo import ELBOLoss, annealing_beta, make_elbo, validation_elbo
 from pyrovae.infer.estimators.diagnostics import univariate_factors
 from pyrovae.infer.trainer import Trainer
 from pyrovae.model.vae import VAE
@@ -244,3 +245,130 @@ def test_a_model_written_for_0_2_that_takes_beta_receives_it_with_a_deprecation_
         loss = ELBOLoss(TakesBeta(), make_elbo("trace"))
     loss(torch.zeros(3), 0.25)
     assert TakesBeta.seen == [0.25]  # given to the model as it asked, not applied again by a handler
+
+
+def test_a_class_that_cannot_be_imported_is_one_line_saying_what_the_key_takes():
+    from pyrovae.infer.optim import make_optimizer, make_scheduler
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(UserError) as err:
+        make_optimizer(params, "torch.optim:NoSuchOptimizer")
+    assert str(err.value) == (
+        "train.optimizer = 'torch.optim:NoSuchOptimizer' is not a class pyrovae can import: "
+        "give adam, adamw or an import path such as torch.optim.SGD"
+    )
+    schedule = SimpleNamespace(lr_schedule="torch.optim.lr_scheduler.NoSuchLR", lr_schedule_args={})
+    with pytest.raises(UserError) as err:
+        make_scheduler(torch.optim.SGD(params, lr=0.1), schedule, steps_per_epoch=3)
+    assert str(err.value) == (
+        "train.lr_schedule = 'torch.optim.lr_scheduler.NoSuchLR' is not a class pyrovae can import: "
+        "give constant, cosine, step or an import path such as torch.optim.lr_scheduler.ExponentialLR"
+    )
+
+
+def torch_error(build) -> str:
+    """What torch itself says when ``build()`` fails: the end of pyrovae's one-line message."""
+    with pytest.raises(ValueError) as err:
+        build()
+    return str(err.value)
+
+
+def test_optimizer_args_reach_adam_and_an_optimizer_that_cannot_be_built_names_them():
+    from pyrovae.infer.optim import make_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    adam = make_optimizer(params, "adam", lr=0.01, args={"betas": (0.5, 0.8), "amsgrad": True})
+    assert adam.defaults["betas"] == (0.5, 0.8) and adam.defaults["amsgrad"] and adam.defaults["lr"] == 0.01
+    wrong = {"betas": (1.5, 0.8)}
+    with pytest.raises(UserError) as err:
+        make_optimizer(params, "adam", args=wrong)
+    said = torch_error(lambda: torch.optim.Adam(params, betas=(1.5, 0.8)))
+    assert str(err.value) == f"train.optimizer adam could not be built with train.optimizer_args {wrong}: {said}"
+    # an optimizer by import path: the learning rate and the arguments it was given (none: {})
+    with pytest.raises(UserError) as err:
+        make_optimizer(params, "torch.optim.SGD", lr=-1.0)
+    said = torch_error(lambda: torch.optim.SGD(params, lr=-1.0))
+    assert str(err.value) == (
+        f"train.optimizer torch.optim.SGD could not be built with lr = -1.0 and train.optimizer_args {{}}: {said}"
+    )
+    with pytest.raises(UserError) as err:
+        make_optimizer(params, "torch.optim.SGD", lr=0.1, args={"momentum": -0.5})
+    said = torch_error(lambda: torch.optim.SGD(params, lr=0.1, momentum=-0.5))
+    assert str(err.value) == (
+        f"train.optimizer torch.optim.SGD could not be built with lr = 0.1 and train.optimizer_args "
+        f"{{'momentum': -0.5}}: {said}"
+    )
+
+
+def test_free_bits_floors_either_elbo_and_refuses_jit_in_one_line():
+    from pyrovae.infer.objectives import FreeBits
+    from pyrovae.infer.settings import TrainSettings
+
+    for kind in ("trace", "meanfield"):  # both have the KL to floor
+        objective = make_elbo(kind, free_bits=0.3)
+        assert type(objective) is FreeBits and objective.lam == 0.3
+    with pytest.raises(UserError, match=r"^train.free_bits floors the KL of the ELBO .* not of enum$"):
+        make_elbo("enum", free_bits=0.3)
+    with pytest.raises(UserError) as err:
+        make_elbo("trace", jit=True, free_bits=0.3)
+    said = "train.jit compiles Pyro's ELBOs (trace, meanfield, enum), not free bits: set train.jit = false"
+    assert str(err.value) == said
+    # the defaults are the [train] section's
+    assert make_elbo("renyi", 5).alpha == TrainSettings().renyi_alpha
+    default = validation_elbo()
+    assert type(default) is Trace_ELBO and default.num_particles == TrainSettings().num_particles == 1
+
+
+def test_a_warm_up_shorter_than_two_epochs_still_rises_linearly():
+    steps = 10  # per epoch
+    for warmup in (1.0, 0.5):  # over 10 and 5 steps
+        schedule = settings(warmup_epochs=warmup, beta_start=0.2, beta=1.0)
+        rise = warmup * steps
+        values = [annealing_beta(t, schedule, steps) for t in (0, 2, 4, 10, 30)]
+        assert values == pytest.approx([0.2 + 0.8 * min(1.0, t / rise) for t in (0, 2, 4, 10, 30)])
+
+
+class Legacy(torch.nn.Module):
+    """A pyrovae 0.2 model: its methods take ``beta`` and anneal the latent site themselves."""
+
+    def model(self, x, beta=1.0):
+        with pyro.plate("data", x.shape[0]):
+            with pyro.poutine.scale(scale=beta):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(self, x, beta=1.0):
+        with pyro.plate("data", x.shape[0]), pyro.poutine.scale(scale=beta):
+            pyro.sample("z", dist.Normal(0.5 * x, 1.0))
+
+
+def test_the_deprecation_warning_of_a_0_2_model_names_the_line_that_built_the_loss(monkeypatch):
+    """stacklevel 2: attributed to the caller of ``ELBOLoss(...)``, not to pyrovae (Python's default
+    filters show a DeprecationWarning only where it is attributed to ``__main__``: a user's script)."""
+    import warnings
+
+    levels, warn = [], warnings.warn
+
+    def spy(message, category=None, stacklevel=1, source=None):
+        levels.append(stacklevel)
+        warn(message, category, stacklevel + 1, source)  # + the spy's own frame
+
+    monkeypatch.setattr(warnings, "warn", spy)
+    with pytest.warns(DeprecationWarning, match=r"^Legacy\.model takes 'beta'") as record:
+        ELBOLoss(Legacy(), make_elbo("trace"))
+    assert levels == [2]  # the frame above __init__ (mutmut's trampoline puts one of its own there)
+    trampolined = ELBOLoss.__init__.__code__.co_filename != sys.modules[ELBOLoss.__module__].__file__
+    assert record[0].filename == __file__ or trampolined
+
+
+def test_a_0_2_model_is_given_beta_and_the_data_and_anneals_as_pyrovae_does():
+    x, beta = torch.linspace(-1.0, 1.0, 5), 0.3
+    with pytest.warns(DeprecationWarning):
+        legacy = ELBOLoss(Legacy(), make_elbo("trace"))
+    torch.manual_seed(2)
+    ours = float(legacy(x, beta))
+    torch.manual_seed(2)  # the same draw, the model's own scale applied by Pyro's Trace_ELBO
+    expected = Trace_ELBO().loss(Legacy().model, Legacy().guide, x, beta)
+    assert ours == pytest.approx(expected, rel=1e-6)
+    torch.manual_seed(2)
+    assert ours != pytest.approx(Trace_ELBO().loss(Legacy().model, Legacy().guide, x), rel=1e-3)  # beta reached it

@@ -259,3 +259,26 @@ def test_early_stopping_and_the_best_epoch_follow_val_loss_through_the_trainer(t
     trainer.fit()
     assert seen == [(1, True, 1), (2, True, 2), (3, False, 2), (4, False, 2)]  # stopped after epoch 4
     assert trainer.epoch == 4 and trainer.best.stopped_early and trainer.best.best_val_loss == 4.0
+
+
+def test_annealing_multiplies_the_scale_a_subsampled_plate_already_gives_a_latent_site():
+    import pyro.distributions as dist
+
+    def model(x):
+        with pyro.plate("data", 10, subsample_size=x.shape[0]):  # each datapoint stands for 10 / 4
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    with ScaleLatents(0.5):
+        trace = pyro.poutine.trace(model).get_trace(torch.zeros(4))
+    assert trace.nodes["z"]["scale"] == pytest.approx(0.5 * 10 / 4)
+    assert trace.nodes["x"]["scale"] == pytest.approx(10 / 4)  # observed: not annealed
+
+
+def test_the_eager_step_fills_no_pyro_parameter_store_and_switches_registering_back_on(tiny_overrides):
+    """Its torch optimizer holds the parameters: registering them at every call would only cost time."""
+    _, vae, splits = tiny(tiny_overrides)
+    pyro.clear_param_store()
+    ELBOLoss(vae, make_elbo())(splits.evaluation_data("train")[:20], torch.tensor(0.5)).backward()
+    assert not list(pyro.get_param_store().keys())
+    assert vae.registers and all(p.grad is not None for p in vae.parameters())

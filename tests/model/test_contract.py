@@ -416,3 +416,88 @@ def test_a_component_that_breaks_the_shape_contract_is_named_with_what_it_return
     with pytest.raises(UserError) as err:
         vae.check_contract(x)
     assert str(err.value) == message
+
+
+class RefusesSampleDims(torch.nn.Module):
+    """A likelihood for 2-D z only that says so with ``error`` when given more dimensions."""
+
+    def __init__(self, inner: torch.nn.Module, error: Exception):
+        super().__init__()
+        self.inner, self.error = inner, error
+
+    def forward(self, z):
+        if z.dim() > 2:
+            raise self.error
+        return self.inner(z)
+
+
+@pytest.mark.parametrize(
+    "error, said",
+    [
+        (ValueError("z must be (B, latent_dim)\nreshape it first"), "ValueError: z must be (B, latent_dim)"),
+        (NotImplementedError(), "NotImplementedError: "),  # no message of its own: the type alone
+    ],
+)
+def test_a_likelihood_failing_on_sample_dims_is_named_with_its_error_type_and_first_line(error, said):
+    vae = make_vae()
+    vae.likelihood = RefusesSampleDims(vae.likelihood, error)
+    with pytest.raises(UserError) as err:
+        vae.check_contract(binary_batch())
+    assert str(err.value) == (
+        f"likelihood RefusesSampleDims fails on z of shape (2, {BATCH}, {LATENT}) ({said}); IWAE and AIS pass z "
+        f"with leading sample dimensions (K, B, latent_dim): reshape with z.shape[:-1], not z.shape[0]"
+    )
+
+
+class FlattensSampleDims(torch.nn.Module):
+    """A likelihood that folds leading sample dims into the batch: right for (B, latent_dim) only."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, z):
+        return self.inner(z.reshape(-1, z.shape[-1]))
+
+
+def test_a_likelihood_that_folds_sample_dims_into_the_batch_is_named_with_the_shapes_expected():
+    vae, x = make_vae(), binary_batch()
+    vae.likelihood = FlattensSampleDims(vae.likelihood)
+    vae.likelihood(vae.posterior(x).sample())  # right for one draw per datapoint, so only the (K, B) check sees it
+    with pytest.raises(UserError) as err:
+        vae.check_contract(x)
+    assert str(err.value) == (
+        f"likelihood FlattensSampleDims returned batch_shape ({2 * BATCH},), event_shape {SHAPE}; "
+        f"expected (2, {BATCH}) and {SHAPE}"
+    )
+
+
+def test_the_vae_samples_z_and_observes_the_data_as_x():
+    """The names :mod:`pyrovae.model.base` documents (``pyro.condition`` and ``Predictive`` use them)."""
+    vae, x = make_vae(), binary_batch()
+    trace = pyro.poutine.trace(vae.model).get_trace(x)
+    sites = {name: site["is_observed"] for name, site in trace.nodes.items() if site["type"] == "sample"}
+    assert {k: v for k, v in sites.items() if k != "data"} == {"z": False, "x": True}
+    assert trace.nodes["x"]["value"] is x
+
+
+def test_parameters_go_to_pyros_store_in_training_only():
+    """``eval()`` (validation, IWAE, AIS) runs model and guide without registering every parameter."""
+    vae, x = make_vae(), binary_batch()
+    pyro.clear_param_store()
+    vae.eval()
+    pyro.poutine.trace(vae.guide).get_trace(x)
+    pyro.poutine.trace(vae.model).get_trace(x)
+    assert not list(pyro.get_param_store().keys())
+    vae.train()
+    pyro.poutine.trace(vae.guide).get_trace(x)
+    assert sorted(pyro.get_param_store().keys()) == sorted(f"{vae.store_name}$$${n}" for n, _ in vae.named_parameters())
+    pyro.clear_param_store()
+
+
+@pytest.mark.parametrize("name", sorted(n for n in GUIDES if "conv_channels" in signature(GUIDES[n])))
+def test_a_guide_s_conv_channels_reach_its_encoder(name):
+    options = {k: v for k, v in TINY.items() if k in signature(GUIDES[name])}
+    guide = GUIDES[name](LATENT, (1, 8, 8), **options, net="conv", conv_channels=[3, 5])
+    convs = [m.out_channels for m in guide.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [3, 5]
