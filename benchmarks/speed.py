@@ -62,7 +62,7 @@ def pyrovae_trainer(splits: Splits, n_train: int, overrides: list[str]) -> Train
     cfg = config.load(overrides=["data.name=synthetic", *overrides])
     sub = dataclasses.replace(splits, train=splits.train[:n_train], _fixed=splits._fixed)
     vae = build_vae(cfg["model"], sub.data_shape).to(sub.train.device)
-    return Trainer(vae, sub, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
+    return Trainer(vae, sub, settings=cfg["train"], validation=cfg["validation"], progress=False)
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -108,7 +108,7 @@ def bench_training(splits: Splits, args, device: torch.device) -> dict[str, list
 
 
 def bench_validation(splits: Splits, args, train_seconds: list[float]) -> None:
-    """Validation (10k images, eval.batch_size) against an epoch of 50k at the measured speed."""
+    """Validation (10k images, validation.batch_size) against an epoch of 50k at the measured speed."""
     trainer = pyrovae_trainer(splits, args.batch_size, [*args.set])
     pyro.clear_param_store()
     trainer.validate("val")  # warm-up, and the fixed binarization is made here

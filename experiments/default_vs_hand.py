@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE.parent / "benchmarks"))
 
 from baselines import HandVAE  # noqa: E402
 
-from pyrovae import VAE, evaluate, evaluate_run, iwae, load_data, train_config  # noqa: E402
+from pyrovae import VAE, evaluate_run, iwae, load_data, train_config, validate  # noqa: E402
 from pyrovae.cli.signals import run_script  # noqa: E402
 from pyrovae.run import config  # noqa: E402
 from pyrovae.run.tracking import MlflowRun  # noqa: E402
@@ -90,13 +90,13 @@ def train_hand(cfg: dict, parent: str, iwae_k: int) -> None:
         for epoch in range(1, epochs + 1):
             total = hand.train_batches(data.train_batches(cfg["train"]["batch_size"]))
             vae = as_pyrovae(hand, cfg["model"], data.data_shape)
-            val = evaluate(vae, Trace_ELBO(), data.evaluation_data("val"), 1000, seed=0)
+            val = validate(vae, Trace_ELBO(), data.evaluation_data("val"), 1000, seed=0)
             run.log_metrics(
                 {"train/loss": total / data.train.shape[0], **{f"val/{k}": v for k, v in val.items()}}, step=epoch
             )
         run.log_metrics({"train/seconds_total": time.perf_counter() - started}, step=epochs)
         test = data.evaluation_data("test")
-        scores = evaluate(vae, Trace_ELBO(), test, 1000, seed=0)
+        scores = validate(vae, Trace_ELBO(), test, 1000, seed=0)
         started = time.perf_counter()
         log_px = iwae(vae, test, iwae_k, batch_size=100, seed=0)
         run.log_metrics(

@@ -132,9 +132,9 @@ def train_grid(budget: dict, parent: MlflowRun, experiment: str, model: str = "v
                 f"train.warmup_epochs={warmup}",
                 f"train.beta_start={0.01 if warmup else 1.0}",
                 f"train.checkpoint_every={budget['epochs']}",
-                f"eval.iwae_every={budget['every']}",
-                f"eval.iwae_k={budget['iwae_k']}",
-                f"eval.iwae_n={budget['score_n']}",
+                f"validation.iwae_every={budget['every']}",
+                f"validation.iwae_k={budget['iwae_k']}",
+                f"validation.iwae_n={budget['score_n']}",
                 "mlflow.images_every=0",
                 f'mlflow.experiment="{experiment}"',
                 f'mlflow.run_name="{name}"',
@@ -183,8 +183,8 @@ def analyse(parent: MlflowRun) -> dict:
                 "warmup_epochs": float(p["train.warmup_epochs"]),
                 "seed": int(p["train.seed"]),
                 "epochs": int(p["train.epochs"]),
-                "iwae_k": int(p["eval.iwae_k"]),
-                "score_n": int(p["eval.iwae_n"]),
+                "iwae_k": int(p.get("validation.iwae_k", p.get("eval.iwae_k"))),  # eval.*: runs before 0.3
+                "score_n": int(p.get("validation.iwae_n", p.get("eval.iwae_n"))),
                 "picks": picks(histories),
                 "curves": {k: sorted(v.items()) for k, v in histories.items()},
             }

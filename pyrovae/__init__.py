@@ -62,13 +62,13 @@ _EXPORTS = {
     "ELBOLoss": "pyrovae.infer.elbo",
     "make_elbo": "pyrovae.infer.elbo",
     "elbo_terms": "pyrovae.infer.terms",
-    "evaluate": "pyrovae.infer.terms",
+    "validate": "pyrovae.infer.terms",
     "datapoint_terms": "pyrovae.infer.terms",
     "ScaleLatents": "pyrovae.infer.elbo",
     "check_model": "pyrovae.infer.interface",
     "Trainer": "pyrovae.infer.trainer",
     "TrainSettings": "pyrovae.infer.settings",
-    "EvalSettings": "pyrovae.infer.settings",
+    "ValidationSettings": "pyrovae.infer.settings",
     "make_optimizer": "pyrovae.infer.optim",
     "Callback": "pyrovae.infer.callbacks",
     "ProgressBar": "pyrovae.infer.callbacks",
@@ -101,11 +101,19 @@ _EXPORTS = {
     "UserError": "pyrovae.errors",
 }
 _RENAMED = {"load_config": "load"}
+#: pyrovae 0.2's names, still importable with a deprecation warning: old -> new
+_DEPRECATED = {"evaluate": "validate", "EvalSettings": "ValidationSettings"}
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
+    if name in _DEPRECATED:
+        import warnings
+
+        new = _DEPRECATED[name]
+        warnings.warn(f"pyrovae.{name} is now pyrovae.{new}; the old name will go", DeprecationWarning, stacklevel=2)
+        return __getattr__(new)
     if name not in _EXPORTS:
         raise AttributeError(f"module 'pyrovae' has no attribute {name!r}")
     value = getattr(importlib.import_module(_EXPORTS[name]), _RENAMED.get(name, name))

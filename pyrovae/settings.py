@@ -11,6 +11,7 @@ key or choice.
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -104,3 +105,14 @@ def check_annotation(value: Any, annotation: Any) -> str | None:
     except Exception:  # an annotation pydantic could build but not resolve (a forward reference)
         return None
     return None
+
+
+def renamed_keyword(old: str, old_value: Any, new: str, new_value: Any) -> Any:
+    """The value given for keyword ``new``, or for ``old``, its name in pyrovae 0.2, with a
+    deprecation warning (so scripts written for 0.2 still run); both given: one line."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise UserError(f"give {new}= only: {old}= is its old name")
+    warnings.warn(f"{old}= is now called {new}=; the old name will go", DeprecationWarning, stacklevel=3)
+    return old_value

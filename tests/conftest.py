@@ -53,7 +53,7 @@ TINY = [
     "model.latent_dim=3",
     "model.guide.hidden=[16]",
     "model.likelihood.hidden=[16]",
-    "eval.batch_size=100",
+    "validation.batch_size=100",
 ]
 
 

@@ -27,6 +27,7 @@ OBJECTIVES = {
     "trace": {},
     "meanfield": {"elbo": "meanfield"},
     "iwae": {"elbo": "iwae", "num_particles": 3},
+    "dreg": {"elbo": "iwae", "num_particles": 3, "iwae_gradient": "dreg"},
     "renyi": {"elbo": "renyi", "num_particles": 3, "renyi_alpha": 0.5},
     "free_bits": {"free_bits": 0.3},
     "mean_reduction": {"loss_reduction": "mean", "lr": 0.3},

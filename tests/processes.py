@@ -20,7 +20,7 @@ SMALL = [
     "model.latent_dim=3",
     "model.guide.hidden=[16]",
     "model.likelihood.hidden=[16]",
-    "eval.batch_size=300",
+    "validation.batch_size=300",
     "mlflow.experiment=ddp",
     "train.epochs=3",
 ]  # 300 rows: 7 global batches of 40 and one of 20

@@ -129,11 +129,11 @@ OUTSIDE = {
     "train.lr_decay_epochs": (0, "must be at least 1"),
     "train.checkpoint_every": (0, "must be at least 1"),
     "train.patience": (-1, "must be at least 0"),
-    "eval.batch_size": (0, "must be at least 1"),
-    "eval.seed": (-1, "must be at least 0"),
-    "eval.iwae_every": (-1, "must be at least 0"),
-    "eval.iwae_k": (0, "must be at least 1"),
-    "eval.iwae_n": (-1, "must be at least 0"),
+    "validation.batch_size": (0, "must be at least 1"),
+    "validation.seed": (-1, "must be at least 0"),
+    "validation.iwae_every": (-1, "must be at least 0"),
+    "validation.iwae_k": (0, "must be at least 1"),
+    "validation.iwae_n": (-1, "must be at least 0"),
     "mlflow.images_every": (-1, "must be at least 0"),
 }
 ALSO_ABOVE = {
@@ -187,7 +187,7 @@ def test_the_per_epoch_iwae_scores_the_first_iwae_n_validation_points():
     x = batch()
     data = Splits("tiny", train=x, val=x, test=x, binarize=False)
     trainer = Trainer(
-        tiny_vae(), data, epochs=1, progress=False, evaluation={"iwae_every": 1, "iwae_k": 5, "iwae_n": 4, "seed": 3}
+        tiny_vae(), data, epochs=1, progress=False, validation={"iwae_every": 1, "iwae_k": 5, "iwae_n": 4, "seed": 3}
     )
     scored = trainer.validate("val")["val/nll_iwae"]
     for n, expected in ((4, True), (6, False)):  # the first four points, not all six

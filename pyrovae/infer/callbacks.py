@@ -124,7 +124,7 @@ class Accuracy(Callback):
             labels = trainer.data.labels(name)
             if labels is not None:
                 metrics[f"{name}/accuracy"] = accuracy(
-                    trainer.vae, trainer.data.evaluation_data(name), labels, trainer.evaluation.batch_size
+                    trainer.vae, trainer.data.evaluation_data(name), labels, trainer.validation.batch_size
                 )
 
 
@@ -139,10 +139,10 @@ def accuracy(model, x, labels, batch_size: int = 1000) -> float:
     return right / max(1, x.shape[0])
 
 
-def default_callbacks(evaluation, progress: bool = True) -> list[Callback]:
+def default_callbacks(validation, progress: bool = True) -> list[Callback]:
     """What every training reports besides the validation terms: a progress bar (if ``progress``),
     bits per dimension, accuracy for a model that classifies, and the per-epoch IWAE curve of the
-    ``[eval]`` settings ``evaluation``. :func:`pyrovae.train` and the CLI add logging and checkpoints."""
-    ev = evaluation
+    ``[validation]`` settings. :func:`pyrovae.train` and the CLI add logging and checkpoints."""
+    v = validation
     return [*([ProgressBar()] if progress else []), BitsPerDim(), Accuracy(),
-            IWAEEvery(ev.iwae_every, ev.iwae_k, ev.batch_size, ev.seed, ev.iwae_n)]  # fmt: skip
+            IWAEEvery(v.iwae_every, v.iwae_k, v.batch_size, v.seed, v.iwae_n)]  # fmt: skip

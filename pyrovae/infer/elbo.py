@@ -64,13 +64,14 @@ OBJECTIVES = ("iwae", "renyi", "tracegraph")
 
 
 def make_elbo(kind: str = "trace", num_particles: int = 1, jit: bool = False, alpha: float = 0.5,
-              free_bits: float = 0.0):  # fmt: skip
+              free_bits: float = 0.0, iwae_gradient: str = "standard"):  # fmt: skip
     """``Trace_ELBO`` (Monte Carlo KL), ``TraceMeanField_ELBO`` (closed-form KL where it exists) or
     ``TraceEnum_ELBO`` (discrete guide sites marked ``infer={"enumerate": "parallel"}`` summed out
     exactly), optionally their ``torch.jit``-traced versions; or the importance-weighted (``iwae``,
     K = ``num_particles``) and Rényi (``renyi``, ``alpha``) bounds, the ELBO with score-function
     gradients for sites without ``rsample`` (``tracegraph``), or the ELBO with ``free_bits``
-    (:mod:`pyrovae.infer.objectives`)."""
+    (:mod:`pyrovae.infer.objectives`); ``iwae_gradient = "dreg"``: the iwae bound's doubly
+    reparameterized gradient."""
     from pyrovae.infer.objectives import FreeBits, ImportanceWeighted, TraceGraph
 
     if (kind in OBJECTIVES or free_bits) and jit:
@@ -80,10 +81,14 @@ def make_elbo(kind: str = "trace", num_particles: int = 1, jit: bool = False, al
         if kind not in ("trace", "meanfield"):
             raise UserError(f"train.free_bits floors the KL of the ELBO (train.elbo trace or meanfield), not of {kind}")
         return FreeBits(free_bits)
+    if iwae_gradient != "standard" and kind != "iwae":
+        raise UserError(
+            f"train.iwae_gradient = '{iwae_gradient}' is a gradient of the iwae bound: set train.elbo = iwae"
+        )
     if kind == "tracegraph":
         return TraceGraph(num_particles)
     if kind in OBJECTIVES:
-        return ImportanceWeighted(num_particles, 0.0 if kind == "iwae" else alpha)
+        return ImportanceWeighted(num_particles, 0.0 if kind == "iwae" else alpha, iwae_gradient == "dreg")
     table = JIT_ELBOS if jit else ELBOS
     if kind not in table:
         raise ValueError(f"elbo must be one of {', '.join([*table, *OBJECTIVES])}, got {kind!r}")
@@ -148,6 +153,8 @@ class ELBOLoss(nn.Module):
         self.vae = vae
         self.elbo = elbo
         self._model, self._guide = self.annealed_model, self.annealed_guide  # one object each: JIT caches by id
+        if hasattr(elbo, "bind"):  # an objective that re-runs the model with its parameters held fixed
+            elbo.bind(vae)
         self._surrogate_form = isinstance(elbo, JitTrace_ELBO)
         self._traced = isinstance(elbo, (JitTrace_ELBO, JitTraceMeanField_ELBO))
         self._legacy_beta = "beta" in parameters_of(vae.model)

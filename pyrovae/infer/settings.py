@@ -1,4 +1,4 @@
-"""What the trainer reads: the ``[train]`` and ``[eval]`` sections, as keyword arguments.
+"""What the trainer reads: the ``[train]`` and ``[validation]`` sections, as keyword arguments.
 
 ``Trainer(vae, data, epochs=5, lr=3e-4)`` and ``--set train.epochs=5 --set train.lr=3e-4``
 go through the same class, so a value refused in a TOML file is refused the same way in a
@@ -34,6 +34,11 @@ class TrainSettings(Settings):
     )
     num_particles: int = Field(
         1, ge=1, description="draws of the latent sites per datapoint in the objective (K of iwae)"
+    )
+    iwae_gradient: Literal["standard", "dreg"] = Field(
+        "standard",
+        description="iwae: the gradient estimator, Burda et al.'s (standard) or the doubly reparameterized one "
+        "of Tucker et al. 2019 (dreg: lower-variance encoder gradients as K grows; every latent site reparameterized)",
     )
     renyi_alpha: float = Field(
         0.5, ge=0.0, lt=1.0, description="renyi: the alpha of the Renyi bound (0 = iwae, 1 = the ELBO: refused)"
@@ -106,13 +111,15 @@ class TrainSettings(Settings):
     )
 
 
-class EvalSettings(Settings):
-    """How every epoch validates: the batch, the seed of its draws, and an optional IWAE curve."""
+class ValidationSettings(Settings):
+    """``[validation]``: how every epoch validates (the ``val/*`` metrics, and ``test/*`` at the end):
+    the batch, the seed of its draws, and an optional IWAE curve. Not ``pyrovae evaluate``, which
+    estimates log p(x) of a trained run afterwards (its settings are its options, logged as ``eval.*``)."""
 
-    section = "eval"
+    section = "validation"
 
     batch_size: int = Field(1000, ge=1, description="datapoints per validation and test batch")
-    seed: int = Field(0, ge=0, description="seed of the evaluation samples, fixed so runs compare")
+    seed: int = Field(0, ge=0, description="seed of the validation draws, fixed so runs compare")
     iwae_every: int = Field(
         0, ge=0, description="log val/nll_iwae every N epochs (0 = never; it costs K decoder passes)"
     )
@@ -122,3 +129,7 @@ class EvalSettings(Settings):
         ge=0,
         description="score the per-epoch val/nll_iwae on the first N validation points (0 = all): a cheaper curve",
     )
+
+
+#: the name of :class:`ValidationSettings` in pyrovae 0.2 (its ``[eval]`` table)
+EvalSettings = ValidationSettings

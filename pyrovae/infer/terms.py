@@ -133,9 +133,13 @@ def datapoint_terms(
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def evaluate(
+def validate(
     model, elbo: ELBO, x: torch.Tensor, batch_size: int, seed: int | None = 0, y: torch.Tensor | None = None
 ) -> dict[str, float]:
     """Means of :func:`datapoint_terms` over ``x``: ``loss`` (-ELBO), ``recon``, ``kl``, ``mse``,
     and ``kl/<site>`` for every latent site."""
     return {t: float(v.double().mean()) for t, v in datapoint_terms(model, elbo, x, batch_size, seed, y).items()}
+
+
+#: the name of :func:`validate` in pyrovae 0.2 (``pyrovae evaluate`` is the command that estimates log p(x))
+evaluate = validate

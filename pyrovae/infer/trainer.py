@@ -2,7 +2,7 @@ r"""The training loop: steps a torch optimizer over the ELBO module, validates, 
 
 Each step minimizes :math:`-\mathcal{L}_\beta` on one batch (:class:`~pyrovae.infer.elbo.ELBOLoss`) of
 any model with the interface of :mod:`pyrovae.model.base`, with the batch's labels when the model
-takes them; every epoch ends with validation at beta = 1 (:func:`~pyrovae.infer.terms.evaluate`), the
+takes them; every epoch ends with validation at beta = 1 (:func:`~pyrovae.infer.terms.validate`), the
 run with the test split. What is not the loop lives beside it: where steps run
 (:mod:`~pyrovae.infer.strategy`), KL annealing (:func:`~pyrovae.infer.elbo.annealing_beta`), the best
 epoch and early stopping (:mod:`~pyrovae.infer.stopping`), stop requests and signals
@@ -26,29 +26,31 @@ from pyrovae.infer.elbo import ELBOLoss, annealing_beta, make_elbo, validation_e
 from pyrovae.infer.faults import Interrupted, NonFiniteLoss, StopRequest, validate_first_step_only
 from pyrovae.infer.interface import check_labels, check_model
 from pyrovae.infer.rng import set_rng_state
-from pyrovae.infer.settings import EvalSettings, TrainSettings
+from pyrovae.infer.settings import TrainSettings, ValidationSettings
 from pyrovae.infer.step import GradientStep
 from pyrovae.infer.stopping import BestEpoch
 from pyrovae.infer.strategy import strategy_for
-from pyrovae.infer.terms import evaluate
+from pyrovae.infer.terms import validate
 from pyrovae.infer.traces import evaluation_labels
+from pyrovae.settings import renamed_keyword
 
 
 class Trainer:
     """``Trainer(model, data, epochs=5, lr=1e-3, callbacks=[...]).fit()`` -> the test metrics.
 
     Keyword arguments are the ``[train]`` keys (:class:`~pyrovae.infer.settings.TrainSettings`), or
-    ``settings=`` one object/mapping of them; ``evaluation=`` holds the ``[eval]`` keys;
+    ``settings=`` one object/mapping of them; ``validation=`` holds the ``[validation]`` keys;
     ``callbacks`` default to :func:`~pyrovae.infer.callbacks.default_callbacks`. The model must be on
     the data's device. ``epoch`` counts completed epochs (metrics are reported with ``step = epoch``,
     1-based); a trainer given a checkpoint's :meth:`state_dict` continues where that one stopped.
     """
 
     def __init__(self, vae, data: Splits, *, settings: TrainSettings | Mapping | None = None,
-                 evaluation: EvalSettings | Mapping | None = None, callbacks: Sequence[Callback] | None = None,
-                 progress: bool = True, **train_keys: Any):  # fmt: skip
+                 validation: ValidationSettings | Mapping | None = None, callbacks: Sequence[Callback] | None = None,
+                 progress: bool = True, evaluation: Mapping | None = None, **train_keys: Any):  # fmt: skip
         base = settings.as_dict() if isinstance(settings, TrainSettings) else dict(settings or {})
-        self.settings, self.evaluation = TrainSettings(**{**base, **train_keys}), EvalSettings.parse(evaluation)
+        validation = renamed_keyword("evaluation", evaluation, "validation", validation)
+        self.settings, self.validation = TrainSettings(**{**base, **train_keys}), ValidationSettings.parse(validation)
         self.vae, self.data, self.device = vae, data, data.train.device
         self.strategy = strategy_for(distributed.World.current())
         self.world = self.strategy.world
@@ -57,14 +59,14 @@ class Trainer:
         self.labelled, self.semi_supervised = check_labels(vae, data)
         check_model(vae, data.evaluation_data("val"), data.labels("val") if self.labelled else None, jit=s.jit,
                     enumerate_guide=s.elbo == "enum")  # fmt: skip
-        self.elbo = make_elbo(s.elbo, s.num_particles, s.jit, s.renyi_alpha, s.free_bits)
+        self.elbo = make_elbo(s.elbo, s.num_particles, s.jit, s.renyi_alpha, s.free_bits, s.iwae_gradient)
         self.validation_elbo = validation_elbo(s.elbo, s.num_particles)  # the ELBO at beta = 1, whatever trains
         self.loss = ELBOLoss(vae, self.elbo)
         self._forward = self.strategy.prepare(self.loss, self.device, s.seed)
         self.steps_per_epoch = self.strategy.steps_per_epoch(data, s, self.semi_supervised)
         self.gradient = GradientStep(vae.parameters(), s, self.steps_per_epoch, self.strategy)
         self.optimizer, self.scheduler = self.gradient.optimizer, self.gradient.scheduler
-        self.callbacks = list(default_callbacks(self.evaluation, progress) if callbacks is None else callbacks)
+        self.callbacks = list(default_callbacks(self.validation, progress) if callbacks is None else callbacks)
         self.best = BestEpoch()
         self.epoch = self.step = self.batches_done = 0
         self.history: list[dict[str, float]] = []  # each epoch's metrics, for the loss curves
@@ -103,8 +105,8 @@ class Trainer:
     def validate(self, split: str = "val") -> dict[str, float]:
         """``{split}/loss, recon, kl, kl/<site>, mse`` at beta = 1, plus what callbacks add for the split."""
         y = evaluation_labels(self.vae, self.data.labels(split))
-        x, ev = self.data.evaluation_data(split), self.evaluation
-        terms = evaluate(self.vae, self.validation_elbo, x, ev.batch_size, ev.seed, y)
+        x, v = self.data.evaluation_data(split), self.validation
+        terms = validate(self.vae, self.validation_elbo, x, v.batch_size, v.seed, y)
         metrics = {f"{split}/{k}": v for k, v in terms.items()}
         for cb in self.callbacks:
             cb.add_metrics(self, split, metrics)

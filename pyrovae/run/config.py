@@ -13,6 +13,7 @@ every default filled in, which is what a run logs, so a run is reproducible from
 from __future__ import annotations
 
 import copy
+import logging
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,11 @@ from pydantic import Field
 
 from pyrovae.data import DataSettings
 from pyrovae.errors import UserError
-from pyrovae.infer.settings import EvalSettings, TrainSettings
+from pyrovae.infer.settings import TrainSettings, ValidationSettings
 from pyrovae.model.models import resolve_model
 from pyrovae.settings import Settings, suggest
+
+log = logging.getLogger(__name__)
 
 #: the default ``[model]``: the MNIST baseline (784-400-50 MLPs, Kingma & Welling 2014)
 DEFAULT_MODEL = {
@@ -55,10 +58,12 @@ class MlflowSettings(Settings):
 SECTIONS: dict[str, type[Settings]] = {
     "data": DataSettings,
     "train": TrainSettings,
-    "eval": EvalSettings,
+    "validation": ValidationSettings,
     "mlflow": MlflowSettings,
 }
-ORDER = ("data", "model", "train", "eval", "mlflow")
+ORDER = ("data", "model", "train", "validation", "mlflow")
+#: sections renamed since pyrovae 0.2, old name -> new: still read (a logged run's config.toml silently)
+RENAMED_SECTIONS = {"eval": "validation"}
 #: values of keys that older pyrovae versions logged and this one reads differently
 LEGACY_VALUES = {("train", "adam", "pyro"): "foreach"}  # pyro.optim.Adam: the same update, per tensor
 
@@ -101,6 +106,7 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> dict[str,
         for k in reversed(keys):
             nested = {k: nested}
         _merge(user, nested)
+    _rename_sections(user, note=True)
     config = defaults()
     _apply(config, user, [])
     return resolve(config)
@@ -116,9 +122,22 @@ def over_defaults(user: dict[str, Any]) -> dict[str, Any]:
     for (section, key, old), new in LEGACY_VALUES.items():
         if user.get(section, {}).get(key) == old:
             user[section][key] = new
+    _rename_sections(user, note=False)
     config = defaults()
     _apply(config, user, [])
     return resolve(config)
+
+
+def _rename_sections(user: dict, note: bool) -> None:
+    """Move each renamed section's keys to its new name (:data:`RENAMED_SECTIONS`); where both
+    are given, the new name's keys win. ``note``: say so in one line (a user's file or ``--set``)."""
+    for old, new in RENAMED_SECTIONS.items():
+        if isinstance(user.get(old), dict):
+            if note:
+                log.warning(f"config: [{old}] is now [{new}] (--set {old}.KEY is {new}.KEY); the old name will go")
+            section = user.pop(old)
+            _merge(section, user.get(new, {}))
+            user[new] = section
 
 
 def _merge(base: dict, new: dict) -> None:

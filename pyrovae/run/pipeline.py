@@ -40,6 +40,7 @@ from pyrovae.run.ranks import fit, share_run_id
 from pyrovae.run.storage import storage_faults
 from pyrovae.run.tracking import MlflowRun, experiment_id, tracking_uri
 from pyrovae.run.tracking import client as tracking_client
+from pyrovae.settings import renamed_keyword
 
 #: what a run says as it goes (resumed from where, reseeded): ``pyrovae`` prints it, Python's logging shows it
 log = logging.getLogger("pyrovae")
@@ -127,17 +128,18 @@ def train(
     *,
     tracking: MlflowSettings | Mapping | None = None,
     settings: TrainSettings | Mapping | None = None,
-    evaluation: Mapping | None = None,
+    validation: Mapping | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     parent_run_id: str | None = None,
+    evaluation: Mapping | None = None,
     **train_keys: Any,
 ) -> RunResult:
     """Train ``vae`` (any model with the interface of :mod:`pyrovae.model.base`) on ``data`` (from
     :func:`~pyrovae.data.load_data`) into one MLflow run.
 
     ``tracking`` holds the ``[mlflow]`` keys (``tracking_uri``, ``experiment``, ``run_name``);
-    keyword arguments are the ``[train]`` keys, ``evaluation`` the ``[eval]`` keys. Logs the
+    keyword arguments are the ``[train]`` keys, ``validation`` the ``[validation]`` keys. Logs the
     params and ``config.toml`` a ``pyrovae train`` run logs, per-epoch metrics and pictures,
     checkpoints and the final models; returns the run id and the last metrics.
     """
@@ -148,13 +150,14 @@ def train(
             "use pyrovae.load_data (or data.name = 'arrays' for your own files)"
         )
     mlflow_settings = MlflowSettings.parse(tracking)
-    trainer = Trainer(vae, data, settings=settings, evaluation=evaluation, progress=progress, **train_keys)
+    validation = renamed_keyword("evaluation", evaluation, "validation", validation)
+    trainer = Trainer(vae, data, settings=settings, validation=validation, progress=progress, **train_keys)
     config = resolve(
         {
             "data": data.settings.as_dict(),
             "model": loggable_model_config(vae),
             "train": trainer.settings.as_dict(),
-            "eval": trainer.evaluation.as_dict(),
+            "validation": trainer.validation.as_dict(),
             "mlflow": mlflow_settings.as_dict(),
         }
     )
@@ -225,7 +228,7 @@ def train_config(
         data,
         tracking=config["mlflow"],
         settings=config["train"],
-        evaluation=config["eval"],
+        validation=config["validation"],
         callbacks=callbacks,
         progress=progress,
         parent_run_id=parent_run_id,

@@ -149,7 +149,8 @@ def resume(
         raise UserError(error)
     vae, data = prepare(found.config)
     check_data(vae, data)
-    trainer = Trainer(vae, data, settings=found.config["train"], evaluation=found.config["eval"], progress=progress)
+    settings, validation = found.config["train"], found.config["validation"]
+    trainer = Trainer(vae, data, settings=settings, validation=validation, progress=progress)
     trainer.load_state_dict(checkpoint.upgrade(found.state, trainer))
     if trainer.reseeded and world.is_main:
         log.warning(trainer.reseeded)

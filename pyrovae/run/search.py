@@ -153,8 +153,8 @@ def search(
         raise UserError(f"study name '{name}' may hold letters, digits and . : @ + - _ only")
     entries = parse_space(space)
     base = check_space(None if config is None else str(config), list(overrides), entries)
-    if objective == "val/nll_iwae" and not base["eval"]["iwae_every"]:
-        raise UserError("objective val/nll_iwae needs eval.iwae_every >= 1 (e.g. --set eval.iwae_every=1)")
+    if objective == "val/nll_iwae" and not base["validation"]["iwae_every"]:
+        raise UserError("objective val/nll_iwae needs validation.iwae_every >= 1 (e.g. --set validation.iwae_every=1)")
     uri = tracking_uri(base["mlflow"]["tracking_uri"])
     epochs = "auto" if "train.epochs" in entries else base["train"]["epochs"]
     spec = Spec(None if config is None else str(config), list(overrides), entries, trials,

@@ -30,7 +30,7 @@ SMALL = [
     "model.latent_dim=3",
     "model.guide.hidden=[16]",
     "model.likelihood.hidden=[16]",
-    "eval.batch_size=300",
+    "validation.batch_size=300",
     "train.beta_start=0.3",
     "train.warmup_epochs=1.5",
 ]
@@ -46,7 +46,9 @@ class KeepInterruptState(Callback):
 
 def trainer_for(cfg, callbacks=()):
     vae, splits = prepare(cfg)
-    return Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], callbacks=callbacks, progress=False)
+    return Trainer(
+        vae, splits, settings=cfg["train"], validation=cfg["validation"], callbacks=callbacks, progress=False
+    )
 
 
 def without_timings(history):

@@ -372,3 +372,107 @@ def test_a_0_2_model_is_given_beta_and_the_data_and_anneals_as_pyrovae_does():
     assert ours == pytest.approx(expected, rel=1e-6)
     torch.manual_seed(2)
     assert ours != pytest.approx(Trace_ELBO().loss(Legacy().model, Legacy().guide, x), rel=1e-3)  # beta reached it
+
+
+class OneDimensional(torch.nn.Module):
+    """p(z) = N(0, 1), p(x|z) = N(a z + b, 1) (theta = a, b); q(z) = N(m, exp(log_s)) (phi = m, log_s)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Parameter(torch.tensor(1.3)), torch.nn.Parameter(torch.tensor(-0.4))
+        self.m, self.log_s = torch.nn.Parameter(torch.tensor(0.2)), torch.nn.Parameter(torch.tensor(-0.5))
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(self.a * z + self.b, 1.0), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(self.m, self.log_s.exp()))
+
+
+def test_the_doubly_reparameterized_gradient_equals_tucker_et_al_s_formula_by_hand():
+    """Tucker et al. 2019, eq. 5 and its model part, written out for a model small enough to
+    differentiate by hand: the same draws, the same bound, theta's gradient sum_k w_k d log p / d theta,
+    phi's sum_k w_k^2 d log w_k / d z_k d z_k / d phi with q's parameters held fixed in log w."""
+    x, k = torch.tensor([0.5, -1.0, 2.0]), 6
+    model = OneDimensional()
+    loss = ELBOLoss(model, make_elbo("iwae", k, iwae_gradient="dreg"))
+    torch.manual_seed(3)
+    value = loss(x)
+    value.backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters()}
+    torch.manual_seed(3)  # the same draws, read back as the noise of z = m + s eps
+    with torch.no_grad(), pyro.plate("particles", k, dim=-2):
+        z = pyro.poutine.trace(model.guide).get_trace(x).nodes["z"]["value"]
+    eps = (z - model.m) / model.log_s.exp()
+    params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    a, b, m, log_s = params["a"], params["b"], params["m"], params["log_s"]
+    z = m + log_s.exp() * eps.detach()
+    normal = torch.distributions.Normal
+    log_w = (
+        normal(0.0, 1.0).log_prob(z)
+        + normal(a * z + b, 1.0).log_prob(x)
+        - normal(m.detach(), log_s.exp().detach()).log_prob(z)
+    )
+    w = torch.softmax(log_w.detach(), 0)
+    bound = (log_w.logsumexp(0) - math.log(k)).sum()
+    theta = torch.autograd.grad((w * normal(a * z.detach() + b, 1.0).log_prob(x)).sum(), [a, b])
+    phi = torch.autograd.grad((w.square() * log_w).sum(), [m, log_s])
+    assert value.item() == pytest.approx(-bound.item(), rel=1e-6)
+    for name, hand in zip(("a", "b", "m", "log_s"), (*theta, *phi)):
+        assert ours[name].item() == pytest.approx(-hand.item(), rel=1e-5, abs=1e-7), name
+    torch.manual_seed(3)  # Burda et al.'s estimator: the same value and model gradient, another guide gradient
+    model.zero_grad()
+    standard = ELBOLoss(model, make_elbo("iwae", k))(x)
+    standard.backward()
+    assert standard.item() == pytest.approx(value.item(), rel=1e-6) and model.a.grad.item() == pytest.approx(
+        ours["a"].item(), rel=1e-5
+    )
+    assert abs(model.m.grad.item() - ours["m"].item()) > 1e-3
+
+
+def test_with_the_exact_posterior_the_doubly_reparameterized_guide_gradient_is_zero_on_both_levels():
+    """log w = log p(x) for every draw of an exact two-level guide, so the path derivative vanishes;
+    Burda et al.'s estimator keeps the score term, noise around zero. A parameter held fixed by name
+    would miss one level: the shift moves the lower level, whose draw the upper level's path carries."""
+    from exact_models import TwoLevelLinear
+
+    class Shifted(TwoLevelLinear):
+        def __init__(self):
+            super().__init__()
+            self.shift = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+
+        def guide(self, x):
+            with pyro.plate("data", x.shape[0]):
+                loc = (x - self.b) @ self.gain1.T + self.shift
+                middle = pyro.sample("middle", dist.MultivariateNormal(loc, scale_tril=self.tril1))
+                pyro.sample("top", dist.MultivariateNormal(middle @ self.gain2.T, scale_tril=self.tril2))
+
+    model = Shifted()
+    x = model.sample(20)
+    for gradient, vanishes in (("dreg", True), ("standard", False)):
+        model.zero_grad()
+        torch.manual_seed(0)
+        value = ELBOLoss(model, make_elbo("iwae", 5, iwae_gradient=gradient))(x)
+        value.backward()
+        assert value.item() == pytest.approx(-model.log_px(x).sum().item(), rel=1e-9)  # the bound is exact here
+        assert (model.shift.grad.abs().max().item() < 1e-9) is vanishes, gradient
+
+
+def test_the_doubly_reparameterized_gradient_is_refused_in_one_line_where_it_does_not_apply():
+    with pytest.raises(
+        UserError, match=r"^train.iwae_gradient = 'dreg' is a gradient of the iwae bound: set train.elbo = iwae$"
+    ):
+        make_elbo("renyi", 5, iwae_gradient="dreg")
+
+    class Coin(OneDimensional):
+        def guide(self, x):
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Bernoulli(torch.sigmoid(self.m)))
+
+    with pytest.raises(
+        UserError, match=r"^train.iwae_gradient = 'dreg' needs reparameterized latent sites; 'z' is not$"
+    ):
+        ELBOLoss(Coin(), make_elbo("iwae", 3, iwae_gradient="dreg"))(torch.tensor([0.5]))

@@ -107,7 +107,7 @@ def test_one_epoch_of_the_trainer_equals_the_svi_loop(tiny_overrides):
     """Shuffling, dynamic binarization, the beta schedule and first-step-only checks included."""
     annealed = ("train.beta_start=0.3", "train.warmup_epochs=2")
     cfg, vae, splits = tiny(tiny_overrides, *annealed)
-    trainer = Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
+    trainer = Trainer(vae, splits, settings=cfg["train"], validation=cfg["validation"], progress=False)
     torch.manual_seed(3)
     metrics = trainer.train_epoch()
     trained = {k: v.detach().clone() for k, v in vae.named_parameters()}
@@ -170,7 +170,7 @@ def test_the_schedule_steps_the_optimizer_and_is_logged_as_train_lr(tiny_overrid
         'train.optimizer="adamw"',
         "train.weight_decay=0.05",
     )
-    trainer = Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
+    trainer = Trainer(vae, splits, settings=cfg["train"], validation=cfg["validation"], progress=False)
     assert isinstance(trainer.optimizer, torch.optim.AdamW) and trainer.optimizer.defaults["fused"]
     assert trainer.optimizer.defaults["weight_decay"] == 0.05  # not AdamW's own default, 0.01
     first = trainer.train_epoch()["train/lr"]
@@ -185,11 +185,11 @@ def test_the_schedule_steps_the_optimizer_and_is_logged_as_train_lr(tiny_overrid
 def test_a_longer_resumed_run_continues_the_stretched_schedule(tiny_overrides):
     """Defined behaviour: the schedule is a function of (step, epochs now configured)."""
     cfg, vae, splits = tiny(tiny_overrides, 'train.lr_schedule="cosine"', "train.epochs=1")
-    trainer = Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
+    trainer = Trainer(vae, splits, settings=cfg["train"], validation=cfg["validation"], progress=False)
     trainer.train_epoch()
     trainer.epoch += 1
     state = trainer.state_dict()
-    longer = Trainer(vae, splits, settings={**cfg["train"], "epochs": 2}, evaluation=cfg["eval"], progress=False)
+    longer = Trainer(vae, splits, settings={**cfg["train"], "epochs": 2}, validation=cfg["validation"], progress=False)
     longer.load_state_dict(state)
     steps = longer.steps_per_epoch
     assert longer.scheduler.last_epoch == steps
@@ -204,7 +204,7 @@ def test_bad_data_in_the_first_step_still_fails_and_the_setting_is_restored(tiny
     bad = splits.train.clone()
     bad[:] = float("nan")  # NaN pixels -> NaN loc in q(z|x): Pyro's checks reject the Normal
     broken = Splits("broken", train=bad, val=splits.val, test=splits.test)
-    trainer = Trainer(vae, broken, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
+    trainer = Trainer(vae, broken, settings=cfg["train"], validation=cfg["validation"], progress=False)
     with pytest.raises(ValueError, match="loc"):
         trainer.train_epoch()
     assert is_validation_enabled()
@@ -216,7 +216,7 @@ def test_bad_data_in_the_first_step_still_fails_and_the_setting_is_restored(tiny
 
 def test_jit_option_trains(tiny_overrides):
     cfg, vae, splits = tiny(tiny_overrides, "train.jit=true", "data.subset=230")
-    trainer = Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
+    trainer = Trainer(vae, splits, settings=cfg["train"], validation=cfg["validation"], progress=False)
     first, second = trainer.train_epoch(), trainer.train_epoch()  # 230 = 4 x 50 + a ragged 30
     assert type(trainer.elbo).__name__ == "JitTrace_ELBO"
     assert second["train/loss"] < first["train/loss"]
@@ -229,7 +229,7 @@ def test_two_models_in_one_process_never_share_parameters_without_clearing_the_p
     for _ in range(2):  # the same seed, weights and data twice in one process, the store never cleared
         cfg, vae, splits = tiny(tiny_overrides, "train.jit=true")
         before = {k: v.detach().clone() for k, v in vae.named_parameters()}
-        trainer = Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], progress=False)
+        trainer = Trainer(vae, splits, settings=cfg["train"], validation=cfg["validation"], progress=False)
         torch.manual_seed(3)
         first_losses.append(trainer.train_epoch()["train/loss"])
         assert all(not torch.equal(before[k], v) for k, v in vae.named_parameters())  # its own weights moved
@@ -255,7 +255,9 @@ def test_early_stopping_and_the_best_epoch_follow_val_loss_through_the_trainer(t
             seen.append((epoch, trainer.improved, trainer.best.best_epoch))
 
     cfg, vae, splits = tiny(tiny_overrides, "train.epochs=6", "train.patience=2")
-    trainer = Trainer(vae, splits, settings=cfg["train"], evaluation=cfg["eval"], callbacks=[Script()], progress=False)
+    trainer = Trainer(
+        vae, splits, settings=cfg["train"], validation=cfg["validation"], callbacks=[Script()], progress=False
+    )
     trainer.fit()
     assert seen == [(1, True, 1), (2, True, 2), (3, False, 2), (4, False, 2)]  # stopped after epoch 4
     assert trainer.epoch == 4 and trainer.best.stopped_early and trainer.best.best_val_loss == 4.0

@@ -154,3 +154,38 @@ def test_a_checked_model_table_is_checked_again_once_edited_and_survives_pickle_
     table["latent_dim"] = 5
     again = resolve_model(table)
     assert again is not table and again["latent_dim"] == 5 and is_checked(again)
+
+
+def test_the_old_eval_table_is_read_as_validation_with_one_line_and_a_logged_run_silently(tmp_path, caplog):
+    path = tmp_path / "old.toml"
+    path.write_text("[eval]\nbatch_size = 7\niwae_every = 2\n")
+    with caplog.at_level("WARNING", logger="pyrovae"):
+        cfg = config.load(path, ["eval.iwae_k=9", "validation.iwae_every=3"])  # the new name wins where both are set
+    assert "eval" not in cfg
+    assert (cfg["validation"]["batch_size"], cfg["validation"]["iwae_every"], cfg["validation"]["iwae_k"]) == (7, 3, 9)
+    assert [r.getMessage() for r in caplog.records] == [
+        "config: [eval] is now [validation] (--set eval.KEY is validation.KEY); the old name will go"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pyrovae"):
+        logged = config.over_defaults({"eval": {"batch_size": 7}})  # a 0.2 run's config.toml
+    assert logged["validation"]["batch_size"] == 7 and not caplog.records
+
+
+def test_the_old_python_names_still_work_with_a_deprecation_warning():
+    import pyrovae
+    from pyrovae import ValidationSettings, validate
+    from pyrovae.data import load_data
+    from pyrovae.infer.trainer import Trainer
+
+    with pytest.warns(DeprecationWarning, match=r"pyrovae.evaluate is now pyrovae.validate"):
+        assert pyrovae.evaluate is validate
+    with pytest.warns(DeprecationWarning, match=r"pyrovae.EvalSettings is now pyrovae.ValidationSettings"):
+        assert pyrovae.EvalSettings is ValidationSettings
+    data = load_data("synthetic", subset=64)
+    vae = pyrovae.VAE(latent_dim=2, data_shape=data.data_shape)
+    with pytest.warns(DeprecationWarning, match=r"evaluation= is now called validation="):
+        trainer = Trainer(vae, data, evaluation={"batch_size": 5}, progress=False)
+    assert trainer.validation.batch_size == 5
+    with pytest.raises(UserError, match=r"^give validation= only: evaluation= is its old name$"):
+        Trainer(vae, data, evaluation={"batch_size": 5}, validation={"batch_size": 6}, progress=False)

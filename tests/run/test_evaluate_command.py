@@ -26,7 +26,7 @@ PPCA_RUN = [
     "model.guide.hidden=[]",
     "model.likelihood.name=gaussian",
     "model.likelihood.hidden=[]",
-    "eval.iwae_every=1",
+    "validation.iwae_every=1",
     "eval.iwae_k=10",
 ]
 

@@ -34,7 +34,7 @@ TINY_0_2 = [
     "model.latent_dim=3",
     "model.guide.hidden=[16]",
     "model.likelihood.hidden=[16]",
-    "eval.batch_size=100",
+    "validation.batch_size=100",
 ]
 VARIANTS_0_2 = {
     "default": [],
@@ -238,7 +238,7 @@ def test_every_callback_given_to_train_sees_every_step(store):
         callbacks=[count],
         progress=False,
         tracking={"images_every": 0},
-        evaluation={"batch_size": 200},
+        validation={"batch_size": 200},
     )
     assert (count.steps, count.epochs) == (2 * 3, 2)  # 120 rows in batches of 50: 3 steps an epoch
 
@@ -350,7 +350,7 @@ def test_a_metric_a_callback_adds_at_the_end_of_an_epoch_is_logged(store):
     vae = VAE(guide={"name": "diagonal_normal", "hidden": [8]}, likelihood={"name": "bernoulli", "hidden": [8]},
               latent_dim=2, data_shape=data.data_shape)  # fmt: skip
     result = train(vae, data, epochs=2, batch_size=60, callbacks=[Sharpness()], progress=False,
-                   tracking={"images_every": 0}, evaluation={"batch_size": 200})  # fmt: skip
+                   tracking={"images_every": 0}, validation={"batch_size": 200})  # fmt: skip
     history = MlflowClient(store).get_metric_history(result.run_id, "val/sharpness")
     assert sorted((m.step, m.value) for m in history) == [(1, 10.0), (2, 20.0)]
 

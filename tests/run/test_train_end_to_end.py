@@ -32,7 +32,7 @@ def test_train_logs_params_metrics_images_config_and_weights(store, tiny_overrid
     params = run.data.params  # every config value, defaults included, flattened
     assert params["train.epochs"] == "2" and params["model.latent_dim"] == "3"
     assert params["model.guide.name"] == "diagonal_normal" and params["model.guide.activation"] == "relu"
-    assert params["train.lr"] == "0.001" and params["eval.seed"] == "0"
+    assert params["train.lr"] == "0.001" and params["validation.seed"] == "0"
 
     history = {
         k: [m.value for m in client.get_metric_history(run.info.run_id, k)]
