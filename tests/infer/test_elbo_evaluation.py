@@ -11,7 +11,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from torch import nn
 
 from pyrovae.infer.elbo import ELBOLoss
-from pyrovae.infer.terms import datapoint_terms, elbo_terms, evaluate
+from pyrovae.infer.terms import datapoint_terms, elbo_terms, validate
 from pyrovae.model.vae import VAE, build_vae
 from pyrovae.run import config
 
@@ -48,10 +48,10 @@ def test_particles_are_averaged_every_batch_is_scored_and_the_seed_reaches_the_d
         assert torch.allclose(three[term], sum(s[term] for s in singles) / 3, atol=1e-5)
     per_point = datapoint_terms(vae, Trace_ELBO(), binary_batch, batch_size=7, seed=5)
     assert per_point["loss"].shape == (20,)  # batches of 7, 7 and 6
-    means = evaluate(vae, Trace_ELBO(), binary_batch, batch_size=7, seed=5)
+    means = validate(vae, Trace_ELBO(), binary_batch, batch_size=7, seed=5)
     assert means["loss"] == pytest.approx(float(per_point["loss"].double().mean()), rel=1e-12)
-    assert means != evaluate(vae, Trace_ELBO(), binary_batch, batch_size=7, seed=0)
-    assert evaluate(vae, Trace_ELBO(), binary_batch, 7) == evaluate(vae, Trace_ELBO(), binary_batch, 7, seed=0)
+    assert means != validate(vae, Trace_ELBO(), binary_batch, batch_size=7, seed=0)
+    assert validate(vae, Trace_ELBO(), binary_batch, 7) == validate(vae, Trace_ELBO(), binary_batch, 7, seed=0)
     assert torch.equal(
         datapoint_terms(vae, Trace_ELBO(), binary_batch, 7)["loss"],
         datapoint_terms(vae, Trace_ELBO(), binary_batch, 7, seed=0)["loss"],
@@ -71,14 +71,14 @@ def test_validation_changes_no_parameter_and_restores_the_rng(binary_batch):
     vae = tiny_vae()
     before = {k: v.clone() for k, v in vae.state_dict().items()}
     rng_before = torch.get_rng_state()
-    first = evaluate(vae, Trace_ELBO(), binary_batch, batch_size=7, seed=11)
-    second = evaluate(vae, Trace_ELBO(), binary_batch, batch_size=20, seed=11)
+    first = validate(vae, Trace_ELBO(), binary_batch, batch_size=7, seed=11)
+    second = validate(vae, Trace_ELBO(), binary_batch, batch_size=20, seed=11)
     assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert vae.training  # mode restored
     # fixed seed: the same number whatever the batching (same per-datapoint samples only if
     # the batching matches, so compare a re-run with identical batching)
-    assert evaluate(vae, Trace_ELBO(), binary_batch, batch_size=7, seed=11) == first
+    assert validate(vae, Trace_ELBO(), binary_batch, batch_size=7, seed=11) == first
     assert second["loss"] == pytest.approx(first["loss"], rel=0.05)
 
 
@@ -93,7 +93,7 @@ def test_beta_during_training_does_not_leak_into_validation(binary_batch):
     torch.manual_seed(0)
     full = svi.evaluate_loss(torch.tensor(1.0), binary_batch)
     assert annealed != pytest.approx(full)  # the scale really changes the training objective
-    val = evaluate(vae, elbo, binary_batch, batch_size=20, seed=0)
+    val = validate(vae, elbo, binary_batch, batch_size=20, seed=0)
     # the validation loss is the beta = 1 number, whatever beta training used
     torch.manual_seed(0)
     terms = elbo_terms(vae, elbo, binary_batch)
@@ -211,7 +211,7 @@ class NoLatent(nn.Module):
 
 def test_a_model_without_latent_sites_has_a_kl_of_zero_and_its_log_likelihood_as_the_loss(binary_batch):
     net = NoLatent()
-    means = evaluate(net, Trace_ELBO(), binary_batch, batch_size=7)
+    means = validate(net, Trace_ELBO(), binary_batch, batch_size=7)
     with torch.no_grad():
         log_px = dist.Bernoulli(logits=net.logits).log_prob(binary_batch).sum((1, 2, 3))
         mse = ((torch.sigmoid(net.logits) - binary_batch) ** 2).mean((1, 2, 3))

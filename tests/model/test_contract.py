@@ -22,7 +22,7 @@ from torch.distributions import constraints
 
 from pyrovae import cli
 from pyrovae.errors import UserError
-from pyrovae.infer.terms import evaluate
+from pyrovae.infer.terms import validate
 from pyrovae.model.components import build, signature
 from pyrovae.model.guides import GUIDES
 from pyrovae.model.likelihoods import LIKELIHOODS
@@ -209,11 +209,11 @@ def test_every_prior_guide_pair_lowers_the_loss(prior, guide):
     """TraceMeanField_ELBO: the closed-form KL where registered, Monte Carlo where not (flows,
     mixtures); Trace_ELBO is exercised for every component by the gradient test above."""
     vae, x, elbo = make_vae(prior=prior, guide=guide), patterns(32), TraceMeanField_ELBO()
-    before = evaluate(vae, elbo, x, batch_size=32, seed=1)
+    before = validate(vae, elbo, x, batch_size=32, seed=1)
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 0.03}), elbo)
     for _ in range(25):
         svi.step(x)
-    after = evaluate(vae, elbo, x, batch_size=32, seed=1)
+    after = validate(vae, elbo, x, batch_size=32, seed=1)
     assert math.isfinite(after["loss"]) and after["loss"] < before["loss"] - 0.1
     assert after["loss"] == pytest.approx(after["recon"] + after["kl"])  # the split is still reported
 
