@@ -476,3 +476,67 @@ def test_the_doubly_reparameterized_gradient_is_refused_in_one_line_where_it_doe
         UserError, match=r"^train.iwae_gradient = 'dreg' needs reparameterized latent sites; 'z' is not$"
     ):
         ELBOLoss(Coin(), make_elbo("iwae", 3, iwae_gradient="dreg"))(torch.tensor([0.5]))
+
+
+def drawn_noise(model: OneDimensional, x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """The standard normal noise eps of the guide's draws z = m + s eps under ``seed``: (k, B)."""
+    torch.manual_seed(seed)
+    with torch.no_grad(), pyro.plate("particles", k, dim=-2):
+        z = pyro.poutine.trace(model.guide).get_trace(x).nodes["z"]["value"]
+    return (z - model.m) / model.log_s.exp()
+
+
+@pytest.mark.parametrize("kind, alpha", [("iwae", 0.0), ("renyi", 0.5)])
+def test_the_importance_weighted_gradients_equal_the_bound_written_out_by_hand(kind, alpha):
+    """L_alpha = 1/(1 - alpha) log 1/K sum_k w_k^(1 - alpha), z_k = m + s eps_k, differentiated as written:
+    an implementation independent of Pyro's RenyiELBO (which the test above compares against)."""
+    x, k = torch.tensor([0.5, -1.0, 2.0]), 6
+    model = OneDimensional()
+    torch.manual_seed(4)
+    value = ELBOLoss(model, make_elbo(kind, k, alpha=alpha))(x)
+    value.backward()
+    eps = drawn_noise(model, x, k, 4)
+    params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    a, b, m, log_s = params["a"], params["b"], params["m"], params["log_s"]
+    z, normal = m + log_s.exp() * eps, torch.distributions.Normal
+    log_w = normal(0.0, 1.0).log_prob(z) + normal(a * z + b, 1.0).log_prob(x) - normal(m, log_s.exp()).log_prob(z)
+    bound = (((1 - alpha) * log_w).logsumexp(0) - math.log(k)).sum() / (1 - alpha)
+    hand = torch.autograd.grad(bound, list(params.values()))
+    assert value.item() == pytest.approx(-bound.item(), rel=1e-6)
+    for (name, p), g in zip(model.named_parameters(), hand):
+        assert p.grad.item() == pytest.approx(-g.item(), rel=1e-5, abs=1e-7), name
+
+
+def test_the_tracegraph_gradient_equals_the_score_function_surrogate_written_out_by_hand():
+    """z ~ Bernoulli(sigmoid(m)) in the guide, Bernoulli(0.3) in the model, x ~ N(a z + b, 1): the
+    gradient of E_q[log p(x, z) - log q(z)] estimated by one draw per datapoint is
+    grad(log p) + grad(log q) * (log p - log q), each datapoint's z costing its own terms only; the
+    direct derivative of -log q(z), zero in expectation, is left out (Pyro's surrogate has no entropy
+    term for a site without rsample)."""
+
+    class Coin(OneDimensional):
+        def model(self, x):
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Bernoulli(torch.tensor(0.3)))
+                pyro.sample("x", dist.Normal(self.a * z + self.b, 1.0), obs=x)
+
+        def guide(self, x):
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Bernoulli(torch.sigmoid(self.m)))
+
+    x, model = torch.tensor([0.5, -1.0, 2.0, 0.1]), Coin()
+    torch.manual_seed(2)
+    value = ELBOLoss(model, make_elbo("tracegraph"))(x)
+    value.backward()
+    torch.manual_seed(2)
+    z = pyro.poutine.trace(model.guide).get_trace(x).nodes["z"]["value"].detach()
+    a, b, m = (getattr(model, n).detach().clone().requires_grad_() for n in ("a", "b", "m"))
+    log_p = dist.Bernoulli(torch.tensor(0.3)).log_prob(z) + dist.Normal(a * z + b, 1.0).log_prob(x)
+    log_q = dist.Bernoulli(torch.sigmoid(m)).log_prob(z)
+    elbo = log_p - log_q
+    surrogate = (log_p + log_q * elbo.detach()).sum()
+    hand = torch.autograd.grad(surrogate, [a, b, m])
+    assert value.item() == pytest.approx(-elbo.sum().item(), rel=1e-6)
+    for name, g in zip(("a", "b", "m"), hand):
+        assert getattr(model, name).grad.item() == pytest.approx(-g.item(), rel=1e-5, abs=1e-6), name
+    assert model.log_s.grad is None  # the guide of this model does not use it
