@@ -4,12 +4,15 @@ Speed itself is never asserted here (docs/performance.md holds the figures)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -27,3 +30,28 @@ def test_speed_prints_a_row_per_contender_with_the_jit_variant_in_the_same_proce
     rows = {m.group(1).strip(): m.group(2) for m in re.finditer(r"^\| ([^|]+?)\s+\| ([\d,]+) \[", done.stdout, re.M)}
     assert set(rows) == {"pyrovae", "pyrovae[jit]", "hand-written PyTorch", "Pyro example style"}
     assert all(int(images.replace(",", "")) > 0 for images in rows.values())
+
+
+@pytest.mark.slow
+def test_the_phases_of_a_step_are_each_counted_once_and_add_up_to_the_step():
+    """The per-phase split (benchmarks/step_profile.py --phases) times nested calls once: no phase is
+    negative, and the phases sum to the timed step (a double count would pass 100%)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import step_profile
+    from speed import make_splits, pyrovae_trainer
+
+    sets = ["train.batch_size=16", "model.latent_dim=2", "model.guide.hidden=[8]", "model.likelihood.hidden=[8]"]
+    trainer = pyrovae_trainer(make_splits("", torch.device("cpu"), 160), 160, sets)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        step_profile.phases(trainer, 10)
+    shares = {
+        m.group(1).strip(): float(m.group(2))
+        for m in re.finditer(r"^  (.+?)\s+[-\d.]+ ms\s+([-\d.]+)%$", out.getvalue(), re.M)
+    }
+    expected = {"networks (torch.nn layers)", "backward (autograd)", "optimizer step",
+                "log-densities (Trace.compute_log_prob)", "model/guide code and Pyro's effect handlers",
+                "ELBO bookkeeping (the rest of the loss)"}  # fmt: skip
+    assert expected <= set(shares)
+    assert all(share >= 0 for share in shares.values()) and sum(shares.values()) == pytest.approx(100, abs=0.5)
+    assert torch.nn.Linear.forward.__qualname__ == "Linear.forward"  # the timers are taken off again
