@@ -501,3 +501,22 @@ def test_a_guide_s_conv_channels_reach_its_encoder(name):
     guide = GUIDES[name](LATENT, (1, 8, 8), **options, net="conv", conv_channels=[3, 5])
     convs = [m.out_channels for m in guide.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs == [3, 5]
+
+
+def test_a_model_built_from_a_checked_table_checks_no_component_again(monkeypatch):
+    """Settings are checked where they enter: a VAE built from resolve_model's table hands each
+    component its checked table as it is (a plain copy would be checked again)."""
+    from pyrovae.model import components
+    from pyrovae.model.models import build_model, resolve_model
+
+    table = resolve_model({"latent_dim": 2, "guide": {"hidden": [4]}, "likelihood": {"hidden": [4]}})
+    checked, original = [], components.check_arguments
+
+    def counting(kind, spec, known, context):
+        if not components.is_checked(spec):
+            checked.append(kind)
+        return original(kind, spec, known, context)
+
+    monkeypatch.setattr(components, "check_arguments", counting)
+    vae = build_model(table, (1, 4, 4))
+    assert checked == [] and vae.posterior.encoder is not None
