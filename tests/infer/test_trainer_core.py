@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pyrovae import UserError, load_data
+from pyrovae.data import Splits
 from pyrovae.infer.callbacks import Callback, ProgressBar, default_callbacks
 from pyrovae.infer.faults import Interrupted, NonFiniteLoss
 from pyrovae.infer.objectives import ImportanceWeighted
@@ -437,3 +438,51 @@ def test_jit_training_checks_at_construction_that_every_parameter_is_registered(
     Trainer(PartlyRegistered(), data, batch_size=40, callbacks=[], progress=False)  # not checked without jit
     with pytest.raises(UserError, match=r"^train.jit needs every parameter of .* e.g. 'unused'"):
         Trainer(PartlyRegistered(), data, batch_size=40, jit=True, callbacks=[], progress=False)
+
+
+class OneLabelPerRow(torch.nn.Module):
+    """Samples its discrete guide site ``c`` fine, but assumes one value of it per row: it breaks
+    where ``c`` is enumerated (train.elbo = enum), which the construction's check must find."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(4, 8)
+
+    def model(self, x):
+        pyro.module("one_label_per_row", self)
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Bernoulli(0.5 * torch.ones(x.shape[0])))
+            z = pyro.sample("z", dist.Normal(torch.zeros(4), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z + c.unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("one_label_per_row", self)
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Bernoulli(0.5 * torch.ones(x.shape[0])), infer={"enumerate": "parallel"})
+            loc, raw = self.net(x).chunk(2, -1)
+            loc = loc + c.reshape(-1, x.shape[0]).unsqueeze(-1)
+            pyro.sample("z", dist.Normal(loc, torch.nn.functional.softplus(raw) + 0.1).to_event(1))
+
+
+def test_the_construction_checks_the_model_with_its_guide_enumerated_only_for_the_enum_elbo():
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    toy = Splits("toy", x, x, x)
+    Trainer(OneLabelPerRow(), toy, elbo="trace", batch_size=3, callbacks=[], progress=False)  # c drawn: fine
+    with pytest.raises(UserError, match=r"^model OneLabelPerRow failed on a batch of 4 datapoints: RuntimeError"):
+        Trainer(OneLabelPerRow(), toy, elbo="enum", batch_size=3, callbacks=[], progress=False)
+
+
+class LabelsOnlyForTheGuide(PartlyRegistered):
+    """Its model takes no labels, so training never hands any: neither may the construction's check
+    (here a guide given labels fails)."""
+
+    def guide(self, x, y=None):
+        if y is not None:
+            raise ValueError("the guide was given labels the model does not take")
+        super().guide(x)
+
+
+def test_the_construction_checks_the_model_without_the_labels_a_model_that_takes_none_never_gets(data):
+    assert data.labels("val") is not None  # the data have labels
+    trainer = Trainer(LabelsOnlyForTheGuide(), data, batch_size=40, callbacks=[], progress=False)
+    assert not trainer.labelled
