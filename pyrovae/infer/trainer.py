@@ -65,7 +65,6 @@ class Trainer:
         self._forward = self.strategy.prepare(self.loss, self.device, s.seed)
         self.steps_per_epoch = self.strategy.steps_per_epoch(data, s, self.semi_supervised)
         self.gradient = GradientStep(vae.parameters(), s, self.steps_per_epoch, self.strategy)
-        self.optimizer, self.scheduler = self.gradient.optimizer, self.gradient.scheduler
         self.callbacks = list(default_callbacks(self.validation, progress) if callbacks is None else callbacks)
         self.best = BestEpoch()
         self.epoch = self.step = self.batches_done = 0
@@ -83,6 +82,24 @@ class Trainer:
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from ``state`` (from :meth:`state_dict`); call before :meth:`fit`."""
         resumable.restore(self, state)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer the steps use (``train.optimizer``); a callback may replace it."""
+        return self.gradient.optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        self.gradient.optimizer = optimizer
+
+    @property
+    def scheduler(self):
+        """The learning-rate schedule the steps use (``train.lr_schedule``); a callback may replace it."""
+        return self.gradient.scheduler
+
+    @scheduler.setter
+    def scheduler(self, scheduler) -> None:
+        self.gradient.scheduler = scheduler
 
     @property
     def improved(self) -> bool:

@@ -81,5 +81,5 @@ def loggable(spec: Mapping[str, Any]) -> Checked:
     for argument, kind in getattr(cls, "components", {}).items():
         if isinstance(out.get(argument), Mapping):
             named = {**out[argument], "name": spec_name(kind, out[argument]["name"], TABLES[kind])}
-            out[argument] = Checked(named) if isinstance(out[argument], Checked) else named
-    return Checked(out) if isinstance(spec, Checked) else out
+            out[argument] = Checked(named) if is_checked(out[argument]) else named
+    return Checked(out) if is_checked(spec) else out

@@ -486,3 +486,25 @@ def test_the_construction_checks_the_model_without_the_labels_a_model_that_takes
     assert data.labels("val") is not None  # the data have labels
     trainer = Trainer(LabelsOnlyForTheGuide(), data, batch_size=40, callbacks=[], progress=False)
     assert not trainer.labelled
+
+
+def test_an_optimizer_and_schedule_a_callback_puts_in_place_are_the_ones_the_steps_use(data):
+    """Replacing ``trainer.optimizer`` (or ``scheduler``) from a callback takes effect: plain SGD with
+    a constant rate then moves every parameter by exactly lr times its gradient."""
+
+    class Swap(Callback):
+        def on_train_begin(self, trainer):
+            trainer.optimizer = torch.optim.SGD(trainer.vae.parameters(), lr=0.05)
+            trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda step: 1.0)
+
+    class Watch(Callback):
+        def on_after_backward(self, trainer):
+            self.before = {n: p.detach().clone() for n, p in trainer.vae.named_parameters()}
+            self.grads = {n: p.grad.detach().clone() for n, p in trainer.vae.named_parameters()}
+
+    watch = Watch()
+    trainer = Trainer(small_vae(data), data, epochs=1, batch_size=120, callbacks=[Swap(), watch], progress=False)
+    trainer.fit()
+    assert trainer.gradient.optimizer is trainer.optimizer and type(trainer.optimizer) is torch.optim.SGD
+    for name, p in trainer.vae.named_parameters():
+        torch.testing.assert_close(p.detach(), watch.before[name] - 0.05 * watch.grads[name])
