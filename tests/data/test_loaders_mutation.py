@@ -1,7 +1,8 @@
 """The file loaders by value, each error as its exact line: torchvision's IDX files and the data root
 (``pyrovae.data.mnist``), the archives of the literature (``archives``), a user's arrays and labels
 (``arrays``) and a user's torch Datasets (``datasets``). Every file is a tiny one written here in its
-format; MNIST's download mirror is an empty local folder, so no test reaches the network."""
+format; the download sources are local folders (empty ones where a download must fail), so no test reaches
+the network."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import fractions
 import gzip
 import hashlib
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +56,7 @@ def test_data_root_is_the_setting_then_the_environment_then_the_user_cache(tmp_p
     assert mnist.data_root() == tmp_path / "xdg" / "pyrovae"
     monkeypatch.setenv("PYROVAE_DATA_DIR", "~/env")
     assert mnist.data_root() == home / "env"
-    assert mnist.data_root("~/set") == home / "set" and mnist.data_root("/abs/set") == mnist.Path("/abs/set")
+    assert mnist.data_root("~/set") == home / "set" and mnist.data_root("/abs/set") == Path("/abs/set")
 
 
 # --- pyrovae.data.mnist: the IDX files -----------------------------------------------------------
@@ -120,6 +122,21 @@ def test_emnist_reads_the_split_asked_for_with_its_classes_and_turns_images_upri
     upright = grey(images.transpose(0, 2, 1).copy())  # the files hold each image transposed
     assert torch.equal(splits.train, upright[:10]) and torch.equal(splits.test, upright[:6])
     assert splits.info["source"] == str(tmp_path / "EMNIST" / "raw")
+
+
+def test_emnist_test_files_missing_are_downloaded_not_replaced_by_the_training_files(tmp_path, monkeypatch):
+    """EMNIST checks each part's files alone, so the training files read and the test files go to the
+    download (here from an empty local folder, which fails), never to the training files."""
+    monkeypatch.setattr(torchvision.datasets.EMNIST, "url", (tmp_path / "mirror" / "gzip.zip").as_uri())
+    raw = tmp_path / "EMNIST" / "raw"
+    raw.mkdir(parents=True)
+    write_idx(raw / "emnist-digits-train-images-idx3-ubyte", np.zeros((12, 28, 28)))
+    write_idx(raw / "emnist-digits-train-labels-idx1-ubyte", np.arange(12) % 10)
+    assert message(mnist.load_emnist, cfg(root=str(tmp_path), emnist_split="digits")) == (
+        f"EMNIST files are not in {raw} and downloading them failed (URLError); copy train-images-idx3-ubyte, "
+        f"train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte there, or point data.root "
+        f"(or PYROVAE_DATA_DIR) at a folder that holds EMNIST/raw/"
+    )
 
 
 def test_a_labels_file_of_another_length_than_the_images_is_one_line(tmp_path):
@@ -192,7 +209,7 @@ def write_omniglot(root, n_train: int = 12, n_test: int = 6, **replace):
     onehot = np.eye(50)[:, alphabets]
     mat = {"data": columns[:, :n_train], "testdata": columns[:, n_train:], "target": onehot[:, :n_train],
            "testtarget": onehot[:, n_train:], **replace}  # fmt: skip
-    savemat(folder / "chardata.mat", mat)
+    savemat(folder / "chardata.mat", {k: v.astype(np.float64) for k, v in mat.items()})  # as Burda's file: float64
     return images, alphabets
 
 
@@ -210,6 +227,14 @@ def test_omniglot_reads_each_column_as_a_column_major_image_with_its_alphabet(tm
     assert splits.info == {"source": str(tmp_path / "OMNIGLOT" / "chardata.mat"),
                            "split": "train[:5/6] / train[5/6:] / test"}  # fmt: skip
     assert archives.load_omniglot(cfg(), tmp_path).binarize is True
+
+
+def test_the_last_sixth_validates_and_data_without_labels_have_none_to_split():
+    x = torch.arange(13.0).unsqueeze(1)
+    assert archives._sixth_for_validation(x, None)[1] == (None, None)
+    (train, val), (train_y, val_y) = archives._sixth_for_validation(x, x.squeeze(1).long())
+    assert train.flatten().tolist() == list(range(10)) and val.flatten().tolist() == [10, 11, 12]
+    assert train_y.tolist() == list(range(10)) and val_y.tolist() == [10, 11, 12]
 
 
 def test_an_omniglot_file_without_a_needed_array_is_one_line(tmp_path):
@@ -414,6 +439,17 @@ def test_an_array_file_that_would_run_code_or_cannot_be_read_is_refused(tmp_path
     )
 
 
+def test_array_and_label_files_never_unpickle_even_when_the_environment_allows_it(tmp_path, monkeypatch):
+    """``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` turns unpickling on only where ``torch.load`` is not told
+    ``weights_only=True``: these readers always tell it."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    path = _saved(tmp_path, "f.pt", fractions.Fraction(1, 2))
+    assert message(arrays.read_array, path).startswith(f"cannot read data file '{path}': Weights only load failed")
+    assert message(arrays.read_labels, path, 1, "labels").startswith(
+        f"cannot read data.labels file '{path}': Weights only load failed"
+    )
+
+
 # --- pyrovae.data.arrays: read_labels ---------------------------------------------------------------
 
 
@@ -455,7 +491,7 @@ def test_labels_read_from_npy_or_pt_as_int64_with_zero_a_class(tmp_path):
         ),  # fmt: skip
         (
             "neg.npy",
-            np.array([2, -3, -1]),
+            np.array([0, -3, -1]),  # the first negative one, 0 a class
             "data.test_labels holds negative labels such as -3; classes are 0, 1, 2, ...",
         ),  # fmt: skip
     ],
@@ -469,6 +505,14 @@ def test_a_labels_file_that_is_missing_or_unreadable_names_its_key(tmp_path):
     assert message(arrays.read_labels, missing, 3, "val_labels") == f"data.val_labels file '{missing}' does not exist"
     path = _saved(tmp_path, "y.txt", b"0 1 2\n")  # neither .npy nor torch's format
     assert message(arrays.read_labels, path, 3, "labels").startswith(f"cannot read data.labels file '{path}': ")
+    path = _saved(tmp_path, "y.npy", np.array([{"a": 1}, 2, 3], dtype=object))
+    assert message(arrays.read_labels, path, 3, "labels") == (
+        f"cannot read data.labels file '{path}': Object arrays cannot be loaded when allow_pickle=False"
+    )
+    path = _saved(tmp_path, "y.pt", fractions.Fraction(1, 2))  # a pickled object: weights_only refuses it
+    assert message(arrays.read_labels, path, 3, "labels").startswith(
+        f"cannot read data.labels file '{path}': Weights only load failed"
+    )
 
 
 # --- pyrovae.data.arrays: load_arrays ---------------------------------------------------------------
@@ -557,6 +601,8 @@ def test_materialize_stacks_tensors_arrays_and_pairs_as_float32_with_int_labels(
     assert y.tolist() == [3, 6] and y.dtype == torch.int64
     x, y = datasets.materialize([np.array([[1, 2]], np.uint8), torch.ones(1, 2)], "test")  # bare items
     assert x.tolist() == [[[1.0, 2.0]], [[1.0, 1.0]]] and x.dtype == torch.float32 and y is None
+    x, y = datasets.materialize([torch.tensor([0.5, 2.0], dtype=torch.bfloat16)], "test")  # no such numpy type
+    assert x.dtype == torch.float32 and x.tolist() == [[0.5, 2.0]] and y is None
     x, y = datasets.materialize([(torch.zeros(2), 1), torch.ones(2)], "test")  # one unlabelled item: no labels
     assert x.tolist() == [[0.0, 0.0], [1.0, 1.0]] and y is None
 
@@ -625,9 +671,10 @@ def test_three_datasets_are_the_three_splits_named_in_their_errors():
     assert splits.train.tolist() == [[1.0, 1.0]] * 3 and splits.train_labels.tolist() == [1, 1, 1]
     assert splits.val.tolist() == [[0.0, 0.0]] * 2 and splits.val_labels is None
     assert splits.test.tolist() == [[2.0, 2.0]] and splits.info["split"] == "3 / 2 / 1"
-    assert message(datasets.splits_of, [torch.ones(2)], [], [torch.ones(2)], cfg=cfg()) == (
-        "the validation dataset is empty"
-    )
+    for empty, name in ((0, "training"), (1, "validation"), (2, "test")):
+        three = [[torch.ones(2)] if i != empty else [] for i in range(3)]
+        assert message(datasets.splits_of, *three, cfg=cfg()) == f"the {name} dataset is empty"
+    assert message(datasets.splits_of, [], cfg=cfg()) == "the training dataset is empty"
     assert message(datasets.splits_of, [torch.ones(2)], [torch.ones(2)], [torch.ones(3)], cfg=cfg()) == (
         "the datasets' items have different shapes: (2,), (2,), (3,)"
     )
@@ -669,6 +716,7 @@ def test_a_named_function_that_cannot_be_imported_is_one_line(data_module):
         ("loaders_for_test:none", "module 'loaders_for_test' has no attribute 'none'"),
         ("no_such_module_here:f", "No module named 'no_such_module_here'"),
         (":one", "Empty module name"),
+        ("loaders_for_test:one:more", "module 'loaders_for_test' has no attribute 'one:more'"),  # the first colon
     ):
         assert message(datasets.load_named, cfg(dataset=path)) == (
             f"data.dataset = '{path}' cannot be imported ({error}); give 'package.module:function' on PYTHONPATH"
