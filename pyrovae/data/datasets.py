@@ -24,12 +24,20 @@ from pyrovae.data.splits import Splits
 from pyrovae.errors import UserError
 
 
+def _value_and_label(item) -> tuple:
+    """An item as ``(value, label or None)``: a tensor, a ``(value,)`` tuple (``TensorDataset(x)``)
+    or a ``(value, label, ...)`` tuple."""
+    if isinstance(item, (tuple, list)):
+        return item[0], (item[1] if len(item) > 1 else None)
+    return item, None
+
+
 def materialize(dataset, what: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Every item of ``dataset`` stacked: ``(N, *shape)`` float32 values and ``(N,)`` labels (or None)."""
     xs, ys = [], []
     try:
         for item in dataset:
-            x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
+            x, y = _value_and_label(item)
             xs.append(torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float32))
             ys.append(y)
     except Exception as err:

@@ -38,6 +38,14 @@ def data_root(configured: str = "") -> Path:
     return Path(cache) / "pyrovae"
 
 
+def raw_files(dataset: str, split: str = "") -> tuple[str, ...]:
+    """The four IDX files torchvision reads from ``<root>/<dataset>/raw/``: EMNIST's carry the split."""
+    if dataset == "EMNIST":
+        return tuple(f"emnist-{split}-{part}-{kind}" for part in ("train", "test")
+                     for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))  # fmt: skip
+    return RAW_FILES
+
+
 def _read(dataset: str, root: Path, train: bool, **options):
     import torchvision.datasets
 
@@ -50,9 +58,10 @@ def _read(dataset: str, root: Path, train: bool, **options):
     try:
         return make(str(root), train=train, download=True)
     except Exception as err:
+        files = ", ".join(raw_files(dataset, options.get("split", "")))
         raise UserError(
             f"{dataset} files are not in {root / dataset / 'raw'} and downloading them failed "
-            f"({type(err).__name__}); copy {', '.join(RAW_FILES)} there, or point data.root "
+            f"({type(err).__name__}); copy {files} there, or point data.root "
             f"(or PYROVAE_DATA_DIR) at a folder that holds {dataset}/raw/"
         ) from None
 

@@ -133,8 +133,10 @@ def test_emnist_test_files_missing_are_downloaded_not_replaced_by_the_training_f
     write_idx(raw / "emnist-digits-train-images-idx3-ubyte", np.zeros((12, 28, 28)))
     write_idx(raw / "emnist-digits-train-labels-idx1-ubyte", np.arange(12) % 10)
     assert message(mnist.load_emnist, cfg(root=str(tmp_path), emnist_split="digits")) == (
-        f"EMNIST files are not in {raw} and downloading them failed (URLError); copy train-images-idx3-ubyte, "
-        f"train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte there, or point data.root "
+        f"EMNIST files are not in {raw} and downloading them failed (URLError); copy "
+        f"emnist-digits-train-images-idx3-ubyte, emnist-digits-train-labels-idx1-ubyte, "
+        f"emnist-digits-test-images-idx3-ubyte, "
+        f"emnist-digits-test-labels-idx1-ubyte there, or point data.root "
         f"(or PYROVAE_DATA_DIR) at a folder that holds EMNIST/raw/"
     )
 
@@ -605,6 +607,16 @@ def test_materialize_stacks_tensors_arrays_and_pairs_as_float32_with_int_labels(
     assert x.dtype == torch.float32 and x.tolist() == [[0.5, 2.0]] and y is None
     x, y = datasets.materialize([(torch.zeros(2), 1), torch.ones(2)], "test")  # one unlabelled item: no labels
     assert x.tolist() == [[0.0, 0.0], [1.0, 1.0]] and y is None
+
+
+def test_a_tensor_dataset_without_labels_is_read_as_unlabelled_values():
+    """``TensorDataset(x)`` yields 1-tuples ``(x_i,)``: values without labels (it was refused once,
+    its missing second element read as a failure); extra elements after the label are ignored."""
+    values = torch.arange(6.0).reshape(3, 2)
+    x, y = datasets.materialize(torch.utils.data.TensorDataset(values), "training")
+    assert torch.equal(x, values) and y is None
+    x, y = datasets.materialize([(values[0], 4, "extra"), [values[1], 5]], "training")
+    assert torch.equal(x, values[:2]) and y.tolist() == [4, 5]
 
 
 def test_materialize_reads_pil_images_as_their_pixel_values():
