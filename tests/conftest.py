@@ -11,6 +11,8 @@ import mlflow
 import pyro
 import pytest
 
+from tests.stores import fresh_store
+
 # the helper modules beside this file (exact_models, linear_gaussian, faulty) for the tests in every folder
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -27,7 +29,7 @@ def _fresh_pyro():
 @contextmanager
 def tracking_store(folder: Path) -> Iterator[str]:
     """Work in ``folder`` with a fresh sqlite MLflow store there as the default; yields its URI."""
-    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    uri = fresh_store(folder)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         mp.setenv("MLFLOW_TRACKING_URI", uri)

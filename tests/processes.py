@@ -12,6 +12,8 @@ from pathlib import Path
 import psutil
 from mlflow.tracking import MlflowClient
 
+from tests.stores import fresh_store
+
 HERE = Path(__file__).parent  # tests/: the helper scripts and modules (faulty.py, ddp_gradient.py)
 SMALL = [
     "data.name=synthetic",
@@ -47,7 +49,7 @@ def torchrun(*args: str, restarts: int = 0) -> list[str]:
 class Store:
     def __init__(self, folder: Path):
         self.folder = folder
-        self.uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+        self.uri = fresh_store(folder)
         self.env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
         self.client = MlflowClient(self.uri)
 
