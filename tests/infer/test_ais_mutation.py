@@ -1,0 +1,358 @@
+"""Exact, fast checks of the AIS building blocks: the HMC transition and its step-size rule
+(:mod:`pyrovae.infer.estimators.hmc`) and the potential of a model's latent sites
+(:mod:`pyrovae.infer.estimators.potential`).
+
+The HMC target here is Gaussian in every coordinate, so a leapfrog trajectory is a linear map
+with a closed form and the Metropolis test reads the exact energy change: with the random
+numbers the transition draws replayed from the same seed, every accepted or rejected chain is
+known in advance. The potential is checked on a small model with positive, simplex and
+real-valued latent sites whose densities are written out by hand (float64 throughout).
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from exact_models import ConditionalLinear, LabelledLinear, TwoLevelLinear
+from torch.distributions import biject_to, constraints
+
+from pyrovae import Model
+from pyrovae.errors import UserError
+from pyrovae.infer.estimators.hmc import State, adapt_step_size, evaluate_state, hmc_step
+from pyrovae.infer.estimators.potential import Potential
+from pyrovae.infer.traces import plate_nesting
+
+F64 = torch.float64
+
+
+def t(*values) -> torch.Tensor:
+    return torch.tensor(values, dtype=F64)
+
+
+# -- HMC on a Gaussian target ------------------------------------------------------------------
+#
+# log b(z) = -a/2 |z|^2 and h(z) = -c/2 |z - m|^2 per coordinate, so log f_beta is Gaussian with
+# precision k = a + beta c and mean mu = beta c m / k in each coordinate: one leapfrog step of
+# size e maps (y = z - mu, p) linearly by [[1 - e^2 k/2, e], [-e k (1 - e^2 k/4), 1 - e^2 k/2]].
+
+A = t(1.0, 2.0)  # the base's precision per coordinate
+C = t(3.0, 0.5)  # h's precision per coordinate
+M = t(0.4, -1.0)  # h's mean
+
+
+def gaussian_parts(z: torch.Tensor):
+    return -0.5 * (A * z**2).sum(-1), -0.5 * (C * (z - M) ** 2).sum(-1)
+
+
+def leapfrog_closed_form(z, p, beta, eps, steps):
+    """The end of ``steps`` leapfrog steps of size ``eps`` from (z, p) on log f_beta."""
+    k = A + beta * C
+    mu = beta * C * M / k
+    y = z - mu
+    for _ in range(steps):
+        y, p = (1 - eps**2 * k / 2) * y + eps * p, -eps * k * (1 - eps**2 * k / 4) * y + (1 - eps**2 * k / 2) * p
+    return y + mu, p
+
+
+def energy(z, p, beta):
+    """-log f_beta(z) + |p|^2 / 2, written out."""
+    return 0.5 * (A * z**2).sum(-1) + beta * 0.5 * (C * (z - M) ** 2).sum(-1) + 0.5 * (p**2).sum(-1)
+
+
+def start_state() -> State:
+    z = t(0.3, -0.8, 1.1, 0.2, -0.5, 0.9, 0.0, 1.5, -1.2, -0.4, 0.7, 0.6).reshape(3, 2, 2)
+    return evaluate_state(gaussian_parts, z)
+
+
+# step sizes per chain (3 x 2 chains): from accurate (0.1) to past the stability limit (e sqrt(k) > 2)
+STEP = t(0.1, 0.5, 0.9, 1.2, 0.7, 1.5).reshape(3, 2, 1)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+def test_log_target_and_gradient_are_the_base_plus_beta_times_h(beta):
+    state = State(
+        z=t(0.0, 0.0).reshape(1, 2),
+        base=t(-1.5),
+        h=t(4.0),
+        grad_base=t(1.0, -2.0).reshape(1, 2),
+        grad_h=t(0.5, 3.0).reshape(1, 2),
+    )
+    assert torch.equal(state.log_target(beta), t(-1.5 + beta * 4.0))
+    assert torch.equal(state.grad(beta), t(1.0 + beta * 0.5, -2.0 + beta * 3.0).reshape(1, 2))
+
+
+def test_evaluate_state_caches_both_parts_and_their_gradients_even_without_grad_mode():
+    z = t(0.3, -0.8, 1.1, 0.2).reshape(2, 2)
+    with torch.no_grad():  # AIS runs under evaluation_mode, which turns gradients off
+        state = evaluate_state(gaussian_parts, z)
+    assert torch.equal(state.z, z)
+    assert torch.allclose(state.base, -0.5 * (A * z**2).sum(-1), rtol=0, atol=1e-15)
+    assert torch.allclose(state.h, -0.5 * (C * (z - M) ** 2).sum(-1), rtol=0, atol=1e-15)
+    assert torch.allclose(state.grad_base, -A * z, rtol=0, atol=1e-15)
+    assert torch.allclose(state.grad_h, -C * (z - M), rtol=0, atol=1e-15)
+    # a cache, not a graph: nothing that AIS keeps holds on to autograd
+    assert not any(v.requires_grad for v in (state.z, state.base, state.h, state.grad_base, state.grad_h))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+@pytest.mark.parametrize("beta", [0.3, 1.0])
+def test_hmc_step_is_the_closed_form_leapfrog_and_the_exact_metropolis_test_per_chain(steps, beta):
+    state = start_state()
+    torch.manual_seed(0)
+    new, accept_prob = hmc_step(gaussian_parts, state, beta, STEP, steps)
+    # the same random numbers, replayed: the initial momentum, then one uniform per chain
+    torch.manual_seed(0)
+    p0 = torch.randn(3, 2, 2, dtype=F64)
+    uniform = torch.rand(3, 2, dtype=F64)
+
+    z1, p1 = leapfrog_closed_form(state.z, p0, beta, STEP, steps)
+    ratio = (energy(state.z, p0, beta) - energy(z1, p1, beta)).exp()
+    assert torch.allclose(accept_prob, ratio.clamp(max=1), rtol=1e-12, atol=0)
+    accepted = uniform < ratio
+    assert accepted.any() and not accepted.all()  # both outcomes occur among the six chains
+    assert (ratio > 1).any()  # and so does a gain in energy: the probability is capped at 1
+    assert torch.allclose(new.z, torch.where(accepted.unsqueeze(-1), z1, state.z), rtol=1e-12, atol=1e-14)
+    # the cache moves with each chain: its parts and gradients are those at its new position
+    fresh = evaluate_state(gaussian_parts, new.z)
+    for field in ("base", "h", "grad_base", "grad_h"):
+        assert torch.allclose(getattr(new, field), getattr(fresh, field), rtol=1e-12, atol=1e-14), field
+
+
+def test_hmc_step_with_one_step_size_for_all_chains_of_a_datapoint():
+    """A step size of shape (1, B, 1), as AIS adapts per datapoint, broadcasts over the chains."""
+    state = start_state()
+    shared = t(0.2, 0.9).reshape(1, 2, 1)
+    torch.manual_seed(3)
+    new, accept_prob = hmc_step(gaussian_parts, state, 0.5, shared, 2)
+    torch.manual_seed(3)
+    p0 = torch.randn(3, 2, 2, dtype=F64)
+    z1, p1 = leapfrog_closed_form(state.z, p0, 0.5, shared, 2)
+    ratio = (energy(state.z, p0, 0.5) - energy(z1, p1, 0.5)).exp()
+    assert accept_prob.shape == (3, 2)
+    assert torch.allclose(accept_prob, ratio.clamp(max=1), rtol=1e-12, atol=0)
+
+
+def test_a_long_accurate_trajectory_is_reversible_and_accepted():
+    """Tiny steps keep the energy: acceptance ~1, and running the end point back with the
+    momentum negated returns to the start (leapfrog is reversible)."""
+    state = start_state()
+    torch.manual_seed(1)
+    new, accept_prob = hmc_step(gaussian_parts, state, 1.0, torch.tensor(1e-3, dtype=F64), 3)
+    assert torch.all(accept_prob > 1 - 1e-5)
+    torch.manual_seed(1)
+    p0 = torch.randn(3, 2, 2, dtype=F64)
+    z1, p1 = leapfrog_closed_form(state.z, p0, 1.0, 1e-3, 3)
+    assert torch.allclose(new.z, z1, rtol=1e-12, atol=1e-14)
+    back, p_back = leapfrog_closed_form(z1, -p1, 1.0, 1e-3, 3)
+    assert torch.allclose(back, state.z, rtol=0, atol=1e-12) and torch.allclose(-p_back, p0, rtol=0, atol=1e-12)
+
+
+def test_a_diverging_trajectory_is_rejected_and_its_chain_stays():
+    """h is NaN beyond |z| = 2 (log of a negative number): a chain whose proposal lands there has
+    acceptance probability 0 and keeps its state; the others move as usual."""
+
+    def parts(z):
+        return -0.5 * (z**2).sum(-1), torch.log(4 - z**2).sum(-1)
+
+    z = t(0.1, 0.0, 0.0, 0.1).reshape(2, 2)
+    state = evaluate_state(parts, z)
+    steps = t(100.0, 1e-3).reshape(2, 1)  # the first chain jumps far out, the second barely moves
+    torch.manual_seed(0)
+    new, accept_prob = hmc_step(parts, state, 0.5, steps, 1)
+    assert accept_prob[0] == 0
+    assert torch.equal(new.z[0], z[0]) and torch.equal(new.h[0], state.h[0])
+    assert accept_prob[1] > 0.999 and not torch.equal(new.z[1], z[1])
+
+
+def test_adapt_step_size_grows_above_the_target_and_shrinks_at_or_below_it():
+    steps = t(0.1, 0.2, 0.4, 0.8).reshape(2, 2, 1)
+    accept = t(0.9, 0.65, 0.650001, 0.0).reshape(2, 2)
+    adapted = adapt_step_size(steps, accept)  # the defaults: 65% target, 2% rate
+    expected = t(0.1 * 1.02, 0.2 / 1.02, 0.4 * 1.02, 0.8 / 1.02).reshape(2, 2, 1)
+    assert torch.equal(adapted, expected)
+    custom = adapt_step_size(steps, accept, target=0.8, rate=0.5)
+    assert torch.equal(custom, t(0.1 * 1.5, 0.2 / 1.5, 0.4 / 1.5, 0.8 / 1.5).reshape(2, 2, 1))
+
+
+def test_adapt_step_size_broadcasts_a_per_datapoint_acceptance_over_its_chains():
+    """AIS's default: one step size per datapoint (shape (1, B, 1)) moved by its chains' mean
+    acceptance (shape (1, B))."""
+    steps = t(0.1, 0.2, 0.3).reshape(1, 3, 1)
+    adapted = adapt_step_size(steps, t(0.7, 0.6, 1.0).reshape(1, 3), 0.65, 0.1)
+    assert adapted.shape == (1, 3, 1)
+    assert torch.equal(adapted, t(0.1 * 1.1, 0.2 / 1.1, 0.3 * 1.1).reshape(1, 3, 1))
+
+
+# -- the potential of a model's latent sites ------------------------------------------------------
+
+
+class Constrained(Model):
+    """Latent sites of three kinds: ``rate`` > 0 (one per datapoint), ``weights`` on the simplex
+    (3 values, 2 unconstrained), ``gains`` > 0 in a nested ``features`` plate (2 per datapoint),
+    and ``x`` observed in that plate: x ~ N(gains * rate + weights_0, 0.5^2)."""
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            rate = pyro.sample("rate", dist.Gamma(t(2.0), t(3.0)))
+            weights = pyro.sample("weights", dist.Dirichlet(t(1.0, 2.0, 3.0)))
+            with pyro.plate("features", 2, dim=-1):
+                gains = pyro.sample("gains", dist.LogNormal(t(0.0), t(1.0)))
+                pyro.sample("x", dist.Normal(gains * rate + weights[..., 0], 0.5), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            pyro.sample("rate", dist.LogNormal(t(-0.7), t(0.2)))
+            pyro.sample("weights", dist.Dirichlet(t(2.0, 2.0, 2.0)))
+            with pyro.plate("features", 2, dim=-1):
+                pyro.sample("gains", dist.Gamma(x.abs() + 1, 2.0))
+
+
+X = t(0.5, -1.0, 2.0, 0.3).reshape(2, 2)  # two datapoints of two features
+CHAINS = 3
+STICK = biject_to(constraints.simplex)
+
+
+def constrained_potential() -> Potential:
+    model = Constrained()
+    return Potential(model, X, None, CHAINS, plate_nesting(model, X))
+
+
+def some_u() -> torch.Tensor:
+    """(C, B, D) = (3, 2, 5): log rate, the stick-breaking coordinates of weights, log gains."""
+    return torch.linspace(-1.2, 1.3, 30, dtype=F64).reshape(3, 2, 5)
+
+
+def by_hand(u: torch.Tensor):
+    """The site values, the Jacobian term, log p(z), log p(x|z) and log q(z|x), each (C, B)."""
+    rate, gains = u[..., :1].exp(), u[..., 3:].exp()
+    weights = STICK(u[..., 1:3])
+    jacobian = u[..., 0] + STICK.log_abs_det_jacobian(u[..., 1:3], weights) + u[..., 3:].sum(-1)
+    log_prior = (
+        dist.Gamma(t(2.0), t(3.0)).log_prob(rate[..., 0])
+        + dist.Dirichlet(t(1.0, 2.0, 3.0)).log_prob(weights)
+        + dist.LogNormal(t(0.0), t(1.0)).log_prob(gains).sum(-1)
+    )
+    log_lik = dist.Normal(gains * rate + weights[..., :1], 0.5).log_prob(X).sum(-1)
+    log_q = (
+        dist.LogNormal(t(-0.7), t(0.2)).log_prob(rate[..., 0])
+        + dist.Dirichlet(t(2.0, 2.0, 2.0)).log_prob(weights)
+        + dist.Gamma(X.abs() + 1, 2.0).log_prob(gains).sum(-1)
+    )
+    return dict(rate=rate, weights=weights.unsqueeze(-2), gains=gains), jacobian, log_prior, log_lik, log_q
+
+
+def test_potential_lays_out_the_unconstrained_sites_in_the_guide_s_order():
+    potential = constrained_potential()
+    assert potential.sites == ["rate", "weights", "gains"]
+    assert potential.shapes == {"rate": (1,), "weights": (1, 2), "gains": (2,)}
+    assert potential.sizes == [1, 2, 2]  # D = 5: a simplex of 3 has 2 free coordinates
+
+
+def test_unpack_maps_each_piece_to_its_support_with_the_jacobian_term_per_chain_and_datapoint():
+    potential = constrained_potential()
+    u = some_u()
+    values, jacobian = potential.unpack(u)
+    expected, expected_jacobian, *_ = by_hand(u)
+    assert values.keys() == expected.keys()
+    for name in expected:
+        assert values[name].shape == expected[name].shape, name
+        assert torch.allclose(values[name], expected[name], rtol=1e-13, atol=0), name
+    assert jacobian.shape == (3, 2) and jacobian.dtype == F64
+    assert torch.allclose(jacobian, expected_jacobian, rtol=1e-13, atol=1e-15)
+    assert torch.allclose(potential.pack(values), u, rtol=0, atol=1e-13)  # pack undoes unpack
+
+
+@pytest.mark.parametrize("start", ["prior", "posterior"])
+def test_parts_are_the_densities_of_u_written_out(start):
+    potential = constrained_potential()
+    u = some_u()
+    _, jacobian, log_prior, log_lik, log_q = by_hand(u)
+    base, h = potential.parts(start)(u)
+    assert base.shape == h.shape == (3, 2)
+    if start == "prior":  # b = log p_u(u), h = log p(x|z)
+        expected = log_prior + jacobian, log_lik
+    else:  # b = log q_u(u|x), h = log p(x, z) - log q(z|x)
+        expected = log_q + jacobian, log_prior + log_lik - log_q
+    assert torch.allclose(base, expected[0], rtol=1e-12, atol=1e-12)
+    assert torch.allclose(h, expected[1], rtol=1e-12, atol=1e-12)
+    # either way b + h at beta = 1 is log p(x, z) + J, whose normalizer is p(x)
+    assert torch.allclose(base + h, log_prior + log_lik + jacobian, rtol=1e-12, atol=1e-12)
+
+
+def test_draw_packs_values_drawn_from_the_prior_or_from_the_guide():
+    potential = constrained_potential()
+    shape = (CHAINS, 2, 1)
+    torch.manual_seed(11)
+    prior = potential.draw("prior")
+    torch.manual_seed(11)  # the model's draws, in its order
+    rate = dist.Gamma(t(2.0), t(3.0)).expand(shape).sample()
+    weights = dist.Dirichlet(t(1.0, 2.0, 3.0)).expand(shape).sample()
+    gains = dist.LogNormal(t(0.0), t(1.0)).expand((CHAINS, 2, 2)).sample()
+    expected = torch.cat([rate.log(), STICK.inv(weights).flatten(-2), gains.log()], -1)
+    assert prior.shape == (3, 2, 5)
+    assert torch.allclose(prior, expected, rtol=1e-12, atol=1e-12)
+
+    torch.manual_seed(11)
+    posterior = potential.draw("posterior")
+    torch.manual_seed(11)  # the guide's
+    rate = dist.LogNormal(t(-0.7), t(0.2)).expand(shape).sample()
+    weights = dist.Dirichlet(t(2.0, 2.0, 2.0)).expand(shape).sample()
+    gains = dist.Gamma(X.abs() + 1, 2.0).expand((CHAINS, 2, 2)).sample()
+    expected = torch.cat([rate.log(), STICK.inv(weights).flatten(-2), gains.log()], -1)
+    assert torch.allclose(posterior, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_building_a_potential_leaves_the_random_stream_where_it_was():
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    constrained_potential()  # traces the guide and the model for the shapes, drawing nothing for good
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_a_discrete_latent_site_is_refused_in_one_line():
+    model = LabelledLinear()
+    x = model.sample(2)[0]
+    with pytest.raises(UserError) as err:
+        Potential(model, x, None, 2, plate_nesting(model, x))
+    assert str(err.value) == (
+        "AIS needs continuous latent sites, but site 'digit' of LabelledLinear is discrete (Categorical): "
+        "score it by IWAE, which sums it out"
+    )
+
+
+def test_a_conditional_model_s_potential_reads_each_row_s_label():
+    model = ConditionalLinear()
+    x, y = model.sample(3)
+    potential = Potential(model, x, y, 2, plate_nesting(model, x, y))
+    assert potential.sites == ["code"] and potential.sizes == [2]
+    u = torch.linspace(-1.0, 1.0, 12, dtype=F64).reshape(2, 3, 2)
+    base, h = potential.parts("prior")(u)
+    assert torch.allclose(base, dist.Normal(t(0.0), 1.0).log_prob(u).sum(-1), rtol=1e-13, atol=0)
+    mean = u @ model.W.T + model.B[y]
+    assert torch.allclose(h, dist.Normal(mean, model.sigma).log_prob(x).sum(-1), rtol=1e-13, atol=0)
+
+
+def test_a_two_level_model_s_prior_and_posterior_potentials_meet_at_the_joint():
+    """Both levels at once (D = 3 + 2, in the guide's order middle, top); real-valued sites need
+    no Jacobian term."""
+    model = TwoLevelLinear()
+    x = model.sample(2)
+    potential = Potential(model, x, None, 4, plate_nesting(model, x))
+    assert potential.sites == ["middle", "top"] and potential.sizes == [3, 2]
+    u = torch.linspace(-2.0, 2.0, 40, dtype=F64).reshape(4, 2, 5)
+    middle, top = u[..., :3], u[..., 3:]
+    log_prior = dist.Normal(t(0.0), 1.0).log_prob(top).sum(-1) + dist.Normal(top @ model.A.T, model.s1).log_prob(
+        middle
+    ).sum(-1)
+    log_lik = dist.Normal(middle @ model.W.T + model.b, model.sigma).log_prob(x).sum(-1)
+    base, h = potential.parts("prior")(u)
+    assert torch.allclose(base, log_prior, rtol=1e-12, atol=0)
+    assert torch.allclose(h, log_lik, rtol=1e-12, atol=0)
+    log_q = dist.MultivariateNormal((x - model.b) @ model.gain1.T, scale_tril=model.tril1).log_prob(middle)
+    log_q = log_q + dist.MultivariateNormal(middle @ model.gain2.T, scale_tril=model.tril2).log_prob(top)
+    base_q, h_q = potential.parts("posterior")(u)
+    assert torch.allclose(base_q, log_q, rtol=1e-12, atol=0)
+    assert torch.allclose(base_q + h_q, log_prior + log_lik, rtol=1e-12, atol=0)
