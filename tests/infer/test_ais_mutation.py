@@ -1,25 +1,33 @@
-"""Exact, fast checks of the AIS building blocks: the HMC transition and its step-size rule
-(:mod:`pyrovae.infer.estimators.hmc`) and the potential of a model's latent sites
-(:mod:`pyrovae.infer.estimators.potential`).
+"""Exact, fast checks of AIS and its building blocks: the HMC transition and its step-size rule
+(:mod:`pyrovae.infer.estimators.hmc`), the potential of a model's latent sites
+(:mod:`pyrovae.infer.estimators.potential`) and the annealing, AIS and BDMC themselves
+(:mod:`pyrovae.infer.estimators.ais`).
 
 The HMC target here is Gaussian in every coordinate, so a leapfrog trajectory is a linear map
 with a closed form and the Metropolis test reads the exact energy change: with the random
 numbers the transition draws replayed from the same seed, every accepted or rejected chain is
 known in advance. The potential is checked on a small model with positive, simplex and
-real-valued latent sites whose densities are written out by hand (float64 throughout).
+real-valued latent sites whose densities are written out by hand (float64 throughout). AIS is
+exact, whatever its moves, when it starts from the exact posterior (every log-weight is then
+log p(x)), and with a single distribution (no move) it is importance sampling from its start.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import asdict
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from exact_models import ConditionalLinear, LabelledLinear, TwoLevelLinear
+from torch import nn
 from torch.distributions import biject_to, constraints
 
 from pyrovae import Model
 from pyrovae.errors import UserError
+from pyrovae.infer.estimators.ais import AISSettings, BDMCResult, ais, anneal, bdmc, check_ais, schedule, simulate
 from pyrovae.infer.estimators.hmc import State, adapt_step_size, evaluate_state, hmc_step
 from pyrovae.infer.estimators.potential import Potential
 from pyrovae.infer.traces import plate_nesting
@@ -281,6 +289,30 @@ def test_parts_are_the_densities_of_u_written_out(start):
     assert torch.allclose(base + h, log_prior + log_lik + jacobian, rtol=1e-12, atol=1e-12)
 
 
+class Observed(Model):
+    """No latent site at all: x ~ N(0, I)."""
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(torch.zeros_like(x), 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        pass
+
+
+def test_a_model_without_latent_sites_has_an_empty_u_and_its_likelihood_as_h():
+    """Nothing to transform: the Jacobian term is a zero of u's dtype per chain and datapoint, so
+    b = 0 and h = log p(x)."""
+    potential = Potential(Observed(), X, None, CHAINS, 1)
+    assert potential.sites == [] and potential.sizes == []
+    u = torch.zeros(CHAINS, 2, 0, dtype=F64)
+    values, jacobian = potential.unpack(u)
+    assert values == {} and jacobian.dtype == F64 and torch.equal(jacobian, torch.zeros(3, 2, dtype=F64))
+    base, h = potential.parts("prior")(u)
+    assert base.dtype == F64 and torch.equal(base, torch.zeros(3, 2, dtype=F64))
+    assert torch.allclose(h, dist.Normal(t(0.0), 1.0).log_prob(X).sum(-1).expand(3, 2), rtol=1e-13, atol=0)
+
+
 def test_draw_packs_values_drawn_from_the_prior_or_from_the_guide():
     potential = constrained_potential()
     shape = (CHAINS, 2, 1)
@@ -356,3 +388,302 @@ def test_a_two_level_model_s_prior_and_posterior_potentials_meet_at_the_joint():
     base_q, h_q = potential.parts("posterior")(u)
     assert torch.allclose(base_q, log_q, rtol=1e-12, atol=0)
     assert torch.allclose(base_q + h_q, log_prior + log_lik, rtol=1e-12, atol=0)
+
+
+# -- AIS settings and schedules ---------------------------------------------------------------------
+
+
+def test_ais_settings_defaults_and_their_tags():
+    assert AISSettings().as_tags() == {
+        "ais.steps": "500",
+        "ais.chains": "16",
+        "ais.leapfrog_steps": "10",
+        "ais.step_size": "0.05",
+        "ais.target_accept": "0.65",
+        "ais.adapt_rate": "0.02",
+        "ais.adapt_over": "datapoint",
+        "ais.schedule": "sigmoid",
+        "ais.start": "prior",
+    }
+
+
+def test_ais_settings_accept_the_smallest_counts_and_any_positive_step_size():
+    settings = AISSettings(steps=1, chains=1, leapfrog_steps=1, step_size=1e-12, schedule="linear", start="posterior")
+    assert asdict(settings)["steps"] == 1 and settings.adapt_over == "datapoint"
+    assert AISSettings(adapt_over="chain").adapt_over == "chain"
+
+
+def test_ais_settings_refuse_a_negative_step_size_naming_it():
+    with pytest.raises(UserError) as err:
+        AISSettings(step_size=-0.1)
+    assert str(err.value) == (
+        "AIS needs steps, chains and leapfrog steps >= 1 and a positive step size, got step_size = -0.1"
+    )
+
+
+@pytest.mark.parametrize(
+    "wrong, said",
+    [
+        (dict(schedule="cosine"), "'cosine', 'prior', 'datapoint'"),
+        (dict(start="middle"), "'sigmoid', 'middle', 'datapoint'"),
+        (dict(adapt_over="batch", schedule="linear"), "'linear', 'prior', 'batch'"),
+    ],
+)
+def test_ais_settings_refuse_an_unknown_schedule_start_or_adaptation(wrong, said):
+    with pytest.raises(UserError) as err:
+        AISSettings(**wrong)
+    assert str(err.value) == (
+        "AIS schedule must be sigmoid or linear, start prior or posterior and adapt_over datapoint or chain, "
+        f"got {said}"
+    )
+
+
+def test_linear_schedule_is_evenly_spaced_in_float64():
+    betas = schedule(4, "linear")
+    assert betas.dtype == F64 and torch.equal(betas, t(0.0, 0.25, 0.5, 0.75, 1.0))
+
+
+@pytest.mark.parametrize("delta", [4.0, 1.5])
+def test_sigmoid_schedule_is_the_rescaled_logistic(delta):
+    sigmoid = [1 / (1 + math.exp(-delta * (2 * i / 4 - 1))) for i in range(5)]
+    expected = t(*((s - sigmoid[0]) / (sigmoid[-1] - sigmoid[0]) for s in sigmoid))
+    betas = schedule(4) if delta == 4.0 else schedule(4, "sigmoid", delta)
+    assert betas.dtype == F64 and torch.allclose(betas, expected, rtol=0, atol=1e-15)
+    assert betas[0] == 0 and betas[-1] == 1
+
+
+# -- annealing --------------------------------------------------------------------------------------
+
+
+def test_anneal_through_two_distributions_is_importance_sampling_from_the_start():
+    """betas (0, 1): the log-weight is h(z0), no HMC move is made (nothing to accept)."""
+    z0 = start_state().z.float()  # float32 parts: the log-weight is still float64
+    calls = []
+    log_w, accept = anneal(gaussian_parts, z0, schedule(1), AISSettings(steps=1), on_step=lambda: calls.append(1))
+    assert log_w.dtype == F64 and log_w.shape == (3, 2)
+    assert torch.equal(log_w, gaussian_parts(z0)[1].double())
+    assert accept == 0.0 and calls == [1]
+
+
+def reference_anneal(z0, betas, settings):
+    """The AIS recursion written out: add (beta_t - beta_t-1) h(z) before each move, move at
+    beta_t except at the last distribution, adapt the step sizes after each move."""
+    state = evaluate_state(gaussian_parts, z0)
+    per_chain = settings.adapt_over == "chain"
+    shape = (3, 2, 1) if per_chain else (1, 2, 1)
+    step = torch.full(shape, settings.step_size)
+    log_w, accepts = torch.zeros(3, 2, dtype=F64), []
+    for i in range(1, len(betas)):
+        log_w = log_w + float(betas[i] - betas[i - 1]) * state.h
+        if i < len(betas) - 1:
+            state, accept = hmc_step(gaussian_parts, state, float(betas[i]), step, settings.leapfrog_steps)
+            mean = accept if per_chain else accept.mean(0, keepdim=True)
+            step = adapt_step_size(step, mean, settings.target_accept, settings.adapt_rate)
+            accepts.append(float(accept.mean()))
+    return log_w, sum(accepts) / len(accepts)
+
+
+@pytest.mark.parametrize("adapt_over", ["datapoint", "chain"])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_anneal_adds_each_temperature_step_of_h_and_moves_in_between(adapt_over, direction):
+    settings = AISSettings(
+        steps=4, leapfrog_steps=2, step_size=0.7, target_accept=0.8, adapt_rate=0.5, adapt_over=adapt_over
+    )
+    betas = schedule(4, "linear") if direction == "forward" else schedule(4).flip(0)
+    z0 = start_state().z
+    torch.manual_seed(2)
+    calls = []
+    log_w, accept = anneal(gaussian_parts, z0, betas, settings, on_step=lambda: calls.append(1))
+    torch.manual_seed(2)
+    expected, expected_accept = reference_anneal(z0, betas, settings)
+    assert log_w.dtype == F64
+    assert torch.allclose(log_w, expected, rtol=1e-12, atol=1e-12)
+    assert accept == pytest.approx(expected_accept, rel=1e-12)
+    assert calls == [1, 1, 1, 1]  # once per annealing step
+
+
+def test_anneal_step_sizes_adapt_per_datapoint_or_per_chain_differently():
+    """The two adaptation modes give different chains from the same seed (the step sizes differ
+    after the first move), so the choice is really made."""
+    results = []
+    for adapt_over in ("datapoint", "chain"):
+        settings = AISSettings(steps=4, leapfrog_steps=2, step_size=0.7, adapt_rate=0.5, adapt_over=adapt_over)
+        torch.manual_seed(2)
+        results.append(anneal(gaussian_parts, start_state().z, schedule(4), settings)[0])
+    assert not torch.allclose(results[0], results[1])
+
+
+# -- AIS, BDMC and simulation on models with a known log p(x) ------------------------------------------
+
+
+class Gauss(Model):
+    """z ~ N(0, I_2), x | z ~ N(z, 0.25 I): p(x) = N(0, 1.25 I) and p(z | x) = N(x / 1.25, 0.2 I).
+    The guide is that exact posterior, its mean moved by ``shift``."""
+
+    def __init__(self, shift: float = 0.0):
+        super().__init__()
+        self.shift, self.data_shape = shift, (2,)
+        self.dummy = nn.Parameter(torch.zeros((), dtype=F64))
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z + self.dummy, 0.5).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 1.25 + self.shift, 0.2**0.5).to_event(1))
+
+    def log_px(self, x):
+        return dist.Normal(t(0.0), 1.25**0.5).log_prob(x).sum(-1)
+
+
+XS = t(0.5, -1.0, 2.0, 0.3, -0.2, 1.1, 0.0, -2.5, 1.4, 0.8).reshape(5, 2)
+
+
+def test_ais_from_the_exact_posterior_is_exact_in_every_batch():
+    """h = log p(x, z) - log q(z|x) = log p(x) at every z: each log-weight is log p(x)."""
+    model = Gauss()
+    settings = AISSettings(steps=3, chains=2, leapfrog_steps=2, step_size=0.3, start="posterior")
+    estimate = ais(model, XS, settings, batch_size=2)
+    assert estimate.dtype == F64 and estimate.shape == (5,)
+    assert torch.allclose(estimate, model.log_px(XS), rtol=0, atol=1e-12)
+
+
+def reference_ais(model, x, settings, batch_size, seed, y=None):
+    """AIS batch by batch from one seeded stream: draw C starts per datapoint, anneal, average
+    the weights over the chains."""
+    betas = schedule(settings.steps, settings.schedule)
+    out = []
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        nesting = plate_nesting(model, x[:1], None if y is None else y[:1])
+        for start in range(0, x.shape[0], batch_size):
+            labels = None if y is None else y[start : start + batch_size]
+            potential = Potential(model, x[start : start + batch_size], labels, settings.chains, nesting)
+            log_w, _ = anneal(potential.parts(settings.start), potential.draw(settings.start), betas, settings)
+            out.append(log_w.logsumexp(0) - math.log(settings.chains))
+    return torch.cat(out)
+
+
+def test_ais_with_one_distribution_averages_the_likelihood_of_prior_draws():
+    """steps = 1 from the prior: log (1/C) sum_c p(x | z_c), z_c ~ p(z), from seed 0 by default."""
+    model = Gauss()
+    settings = AISSettings(steps=1, chains=3)
+    torch.manual_seed(0)
+    z = [torch.randn(3, n, 2, dtype=F64) for n in (2, 2, 1)]  # the draws, batch by batch
+    log_lik = dist.Normal(torch.cat(z, 1), 0.5).log_prob(XS).sum(-1)
+    expected = log_lik.logsumexp(0) - math.log(3)
+    torch.manual_seed(123)
+    estimate = ais(model, XS, settings, batch_size=2)
+    assert torch.allclose(estimate, expected, rtol=1e-12, atol=0)
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(after, torch.rand(3))  # the caller's stream is where it was
+
+
+@pytest.mark.parametrize("start", ["prior", "posterior"])
+def test_ais_is_annealing_batch_by_batch_from_the_seed(start):
+    model = Gauss(shift=0.4)
+    settings = AISSettings(steps=3, chains=2, leapfrog_steps=2, step_size=0.4, start=start)
+    estimate = ais(model, XS, settings, batch_size=2, seed=5)
+    assert torch.allclose(estimate, reference_ais(model, XS, settings, 2, 5), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(estimate, model.log_px(XS), rtol=0, atol=1e-3)  # not exact: q is off
+
+
+def test_ais_reports_progress_and_stops_after_the_batch_stop_asks():
+    model = Gauss()
+    settings = AISSettings(steps=3, chains=2, leapfrog_steps=1, start="posterior")
+    calls, asked = [], []
+    estimate = ais(
+        model, XS, settings, batch_size=2, progress=calls.append, stop=lambda: len(asked.append(1) or asked) == 2
+    )
+    assert calls == [1] * 6  # 3 steps in each of the 2 batches done
+    assert torch.allclose(estimate, model.log_px(XS[:4]), rtol=0, atol=1e-12)
+
+
+def test_ais_of_a_conditional_model_is_log_p_x_given_each_row_s_label():
+    model = ConditionalLinear()
+    x, y = model.sample(3)
+    settings = AISSettings(steps=2, chains=2, leapfrog_steps=1, step_size=0.2, start="posterior")
+    estimate = ais(model, x, settings, batch_size=2, y=y)
+    assert torch.allclose(estimate, model.log_px_given_y(x, y), rtol=0, atol=1e-10)
+
+
+def test_check_ais_refuses_a_discrete_latent_at_once_and_accepts_a_continuous_one():
+    model = LabelledLinear()
+    x, y = model.sample(3)
+    with pytest.raises(UserError, match=r"^AIS needs continuous latent sites, but site 'digit' of LabelledLinear"):
+        check_ais(model, x)
+    conditional = ConditionalLinear()
+    torch.manual_seed(4)
+    assert check_ais(conditional, x, y) is None  # given its labels, as AIS would be
+    after = torch.rand(2)
+    torch.manual_seed(4)
+    assert torch.equal(after, torch.rand(2))  # and draws nothing from the caller's stream
+
+
+def test_simulate_draws_the_latents_then_the_data_from_the_model_at_the_seed():
+    model = Gauss()
+    torch.manual_seed(9)
+    z = torch.randn(4, 2, dtype=F64)
+    x = z + 0.5 * torch.randn(4, 2, dtype=F64)
+    latent, simulated = simulate(model, torch.full((4, 2), 7.0, dtype=F64), seed=9)  # template values unused
+    assert latent.keys() == {"z"}  # the observed site is data, not a latent
+    assert torch.allclose(latent["z"], z, rtol=1e-12, atol=0)
+    assert torch.allclose(simulated, x, rtol=1e-12, atol=1e-15)
+    latent0, _ = simulate(model, XS[:4])
+    torch.manual_seed(0)
+    assert torch.allclose(latent0["z"], torch.randn(4, 2, dtype=F64), rtol=1e-12, atol=0)  # seed 0 by default
+
+
+def test_simulate_hands_a_conditional_model_its_labels():
+    model = ConditionalLinear()
+    template, y = model.sample(3)
+    latent, x = simulate(model, template, y, seed=1)
+    torch.manual_seed(1)
+    code = torch.randn(3, 2, dtype=F64)
+    assert latent.keys() == {"code"} and torch.allclose(latent["code"], code, rtol=1e-12, atol=0)
+    noise = torch.randn(3, 5, dtype=F64)
+    assert torch.allclose(x, code @ model.W.T + model.B[y] + model.sigma * noise, rtol=1e-12, atol=1e-14)
+
+
+def test_bdmc_from_the_exact_posterior_closes_the_gap():
+    """Both directions are exact from the exact posterior: lower = upper = log p(x)."""
+    model = Gauss()
+    settings = AISSettings(steps=3, chains=2, leapfrog_steps=2, step_size=0.3, start="posterior")
+    calls = []
+    result = bdmc(model, XS[:3], settings, batch_size=2, seed=4, progress=calls.append)
+    assert isinstance(result, BDMCResult) and calls == [1] * 12  # 2 * 3 steps in each of 2 batches
+    assert torch.allclose(result.lower, model.log_px(result.x), rtol=0, atol=1e-12)
+    assert torch.allclose(result.upper, model.log_px(result.x), rtol=0, atol=1e-12)
+    assert result.gap == pytest.approx(0.0, abs=1e-12)
+
+
+def test_bdmc_is_forward_ais_and_reverse_annealing_from_the_latents_that_made_x():
+    model = Gauss(shift=0.4)
+    settings = AISSettings(steps=3, chains=2, leapfrog_steps=2, step_size=0.4)
+    result = bdmc(model, XS[:3], settings, batch_size=2, seed=4)
+    z, x = simulate(model, XS[:3], seed=4)
+    assert torch.equal(result.x, x) and result.z.keys() == {"z"} and torch.equal(result.z["z"], z["z"])
+    assert torch.allclose(result.lower, reference_ais(model, x, settings, 2, 5), rtol=1e-12, atol=1e-12)
+    betas = schedule(3).flip(0)
+    upper = []
+    torch.manual_seed(6)
+    with torch.no_grad():
+        for rows in (slice(0, 2), slice(2, 3)):
+            potential = Potential(model, x[rows], None, 2, 1)
+            z0 = z["z"][rows].expand(2, -1, -1).contiguous()  # every chain from the generating z
+            log_w, _ = anneal(potential.parts("prior"), z0, betas, settings)
+            upper.append(math.log(2) - log_w.logsumexp(0))
+    assert torch.allclose(result.upper, torch.cat(upper), rtol=1e-12, atol=1e-12)
+    assert result.gap == pytest.approx(float((result.upper - result.lower).mean()), rel=1e-12)
+
+
+def test_bdmc_with_one_distribution_reads_the_likelihood_at_the_generating_latents():
+    """steps = 1 backwards: log w = -log p(x | z*) for every chain, so the upper bound is log p(x | z*)."""
+    model = Gauss()
+    result = bdmc(model, 3, AISSettings(steps=1, chains=2), seed=2)
+    assert result.x.shape == (3, 2)  # n datapoints of the model's data_shape
+    expected = dist.Normal(result.z["z"], 0.5).log_prob(result.x).sum(-1).double()
+    assert torch.allclose(result.upper, expected, rtol=1e-6, atol=0)
