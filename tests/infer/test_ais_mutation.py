@@ -485,11 +485,13 @@ def reference_anneal(z0, betas, settings):
 
 @pytest.mark.parametrize("adapt_over", ["datapoint", "chain"])
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
-def test_anneal_adds_each_temperature_step_of_h_and_moves_in_between(adapt_over, direction):
+@pytest.mark.parametrize("steps", [2, 4])
+def test_anneal_adds_each_temperature_step_of_h_and_moves_in_between(adapt_over, direction, steps):
+    """With steps = 2 there is one move, whose mean acceptance is the one reported."""
     settings = AISSettings(
-        steps=4, leapfrog_steps=2, step_size=0.7, target_accept=0.8, adapt_rate=0.5, adapt_over=adapt_over
+        steps=steps, leapfrog_steps=2, step_size=0.7, target_accept=0.8, adapt_rate=0.5, adapt_over=adapt_over
     )
-    betas = schedule(4, "linear") if direction == "forward" else schedule(4).flip(0)
+    betas = schedule(steps, "linear") if direction == "forward" else schedule(steps).flip(0)
     z0 = start_state().z
     torch.manual_seed(2)
     calls = []
@@ -499,7 +501,7 @@ def test_anneal_adds_each_temperature_step_of_h_and_moves_in_between(adapt_over,
     assert log_w.dtype == F64
     assert torch.allclose(log_w, expected, rtol=1e-12, atol=1e-12)
     assert accept == pytest.approx(expected_accept, rel=1e-12)
-    assert calls == [1, 1, 1, 1]  # once per annealing step
+    assert calls == [1] * steps  # once per annealing step
 
 
 def test_anneal_step_sizes_adapt_per_datapoint_or_per_chain_differently():
@@ -582,10 +584,10 @@ def test_ais_with_one_distribution_averages_the_likelihood_of_prior_draws():
     assert torch.equal(after, torch.rand(3))  # the caller's stream is where it was
 
 
-@pytest.mark.parametrize("start", ["prior", "posterior"])
-def test_ais_is_annealing_batch_by_batch_from_the_seed(start):
+@pytest.mark.parametrize("start, kind", [("prior", "sigmoid"), ("posterior", "linear")])
+def test_ais_is_annealing_batch_by_batch_from_the_seed(start, kind):
     model = Gauss(shift=0.4)
-    settings = AISSettings(steps=3, chains=2, leapfrog_steps=2, step_size=0.4, start=start)
+    settings = AISSettings(steps=3, chains=2, leapfrog_steps=2, step_size=0.4, start=start, schedule=kind)
     estimate = ais(model, XS, settings, batch_size=2, seed=5)
     assert torch.allclose(estimate, reference_ais(model, XS, settings, 2, 5), rtol=1e-12, atol=1e-12)
     assert not torch.allclose(estimate, model.log_px(XS), rtol=0, atol=1e-3)  # not exact: q is off
@@ -662,12 +664,12 @@ def test_bdmc_from_the_exact_posterior_closes_the_gap():
 
 def test_bdmc_is_forward_ais_and_reverse_annealing_from_the_latents_that_made_x():
     model = Gauss(shift=0.4)
-    settings = AISSettings(steps=3, chains=2, leapfrog_steps=2, step_size=0.4)
+    settings = AISSettings(steps=3, chains=2, leapfrog_steps=2, step_size=0.4, schedule="linear")
     result = bdmc(model, XS[:3], settings, batch_size=2, seed=4)
     z, x = simulate(model, XS[:3], seed=4)
     assert torch.equal(result.x, x) and result.z.keys() == {"z"} and torch.equal(result.z["z"], z["z"])
     assert torch.allclose(result.lower, reference_ais(model, x, settings, 2, 5), rtol=1e-12, atol=1e-12)
-    betas = schedule(3).flip(0)
+    betas = schedule(3, "linear").flip(0)
     upper = []
     torch.manual_seed(6)
     with torch.no_grad():
@@ -683,7 +685,30 @@ def test_bdmc_is_forward_ais_and_reverse_annealing_from_the_latents_that_made_x(
 def test_bdmc_with_one_distribution_reads_the_likelihood_at_the_generating_latents():
     """steps = 1 backwards: log w = -log p(x | z*) for every chain, so the upper bound is log p(x | z*)."""
     model = Gauss()
-    result = bdmc(model, 3, AISSettings(steps=1, chains=2), seed=2)
+    result = bdmc(model, 3, AISSettings(steps=1, chains=2))
     assert result.x.shape == (3, 2)  # n datapoints of the model's data_shape
+    assert torch.equal(result.x, simulate(model, torch.zeros(3, 2))[1])  # simulated at seed 0 by default
     expected = dist.Normal(result.z["z"], 0.5).log_prob(result.x).sum(-1).double()
     assert torch.allclose(result.upper, expected, rtol=1e-6, atol=0)
+
+
+def test_bdmc_of_a_conditional_model_simulates_and_scores_each_row_given_its_label():
+    model = ConditionalLinear()
+    template, y = model.sample(3)
+    settings = AISSettings(steps=2, chains=2, leapfrog_steps=1, step_size=0.2, start="posterior")
+    result = bdmc(model, template, settings, batch_size=2, seed=3, y=y)
+    assert torch.equal(result.x, simulate(model, template, y, seed=3)[1])
+    exact = model.log_px_given_y(result.x, y)
+    assert torch.allclose(result.lower, exact, rtol=0, atol=1e-10)
+    assert torch.allclose(result.upper, exact, rtol=0, atol=1e-10)
+
+
+def test_ais_and_bdmc_take_100_datapoints_per_batch_by_default():
+    model = Gauss()
+    settings = AISSettings(steps=1, chains=1)
+    calls = []
+    ais(model, torch.zeros(101, 2, dtype=F64), settings, progress=calls.append)
+    assert calls == [1, 1]  # two batches: 100 rows and 1
+    calls.clear()
+    bdmc(model, 101, settings, progress=calls.append)
+    assert calls == [1] * 4  # each way, two batches
