@@ -27,9 +27,10 @@ def _fresh_pyro():
 
 
 @contextmanager
-def tracking_store(folder: Path) -> Iterator[str]:
-    """Work in ``folder`` with a fresh sqlite MLflow store there as the default; yields its URI."""
-    uri = fresh_store(folder)
+def tracking_store(folder: Path, create: bool = True) -> Iterator[str]:
+    """Work in ``folder`` with a fresh sqlite MLflow store there as the default; yields its URI.
+    ``create=False``: only the URI, for tests that check that nothing opens (creates) the store."""
+    uri = fresh_store(folder) if create else f"sqlite:///{folder}/mlruns/mlflow.db"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
@@ -44,6 +45,13 @@ def tracking_store(folder: Path) -> Iterator[str]:
 def store(tmp_path):
     """A fresh sqlite MLflow store in tmp_path, used by default; the test runs in tmp_path."""
     with tracking_store(tmp_path) as uri:
+        yield uri
+
+
+@pytest.fixture
+def unopened_store(tmp_path):
+    """As ``store``, but nothing exists yet at its URI: tests of input refused before any store opens."""
+    with tracking_store(tmp_path, create=False) as uri:
         yield uri
 
 

@@ -84,7 +84,7 @@ def check_accounting(store: str, trials: list, parent: str, total: int) -> dict:
         ("train.lr = 0.001", "needs exactly one of"),
     ],
 )
-def test_a_bad_space_entry_is_one_line_and_starts_no_run(store, tmp_path, capsys, entry, says):
+def test_a_bad_space_entry_is_one_line_and_starts_no_run(unopened_store, tmp_path, capsys, entry, says):
     from pyrovae.cli.main import main
 
     (tmp_path / "space.toml").write_text(entry + "\n")

@@ -71,7 +71,7 @@ def test_images_every_n_epochs(store, tiny_overrides):
         assert [p.split("+")[2] for p in images if p.startswith(f"images/{key}+step+") and p.endswith(".png")] == ["2"]
 
 
-def test_bad_config_value_is_one_line_and_starts_no_run(store, tiny_overrides, capsys):
+def test_bad_config_value_is_one_line_and_starts_no_run(unopened_store, tiny_overrides, capsys):
     args = ["train"]
     for item in [*tiny_overrides, "train.batch_size=0"]:
         args += ["--set", item]
