@@ -4,7 +4,7 @@ one-line errors of a damaged file, the two slots and which one :func:`newest` re
 :class:`Checkpointer` writes at each hook.
 
 Fast on purpose (mutmut reruns it per mutant): a tiny CVAE on 120 synthetic images, hooks called
-directly, and one sqlite MLflow store for the module.
+directly, and one sqlite MLflow store for the module."""
 
 from __future__ import annotations
 
