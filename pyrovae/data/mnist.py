@@ -38,10 +38,11 @@ def data_root(configured: str = "") -> Path:
     return Path(cache) / "pyrovae"
 
 
-def raw_files(dataset: str, split: str = "") -> tuple[str, ...]:
-    """The four IDX files torchvision reads from ``<root>/<dataset>/raw/``: EMNIST's carry the split."""
+def raw_files(dataset: str, options: dict) -> tuple[str, ...]:
+    """The four IDX files torchvision reads from ``<root>/<dataset>/raw/``; EMNIST's name the split
+    (``options["split"]``, the keyword its torchvision class takes)."""
     if dataset == "EMNIST":
-        return tuple(f"emnist-{split}-{part}-{kind}" for part in ("train", "test")
+        return tuple(f"emnist-{options['split']}-{part}-{kind}" for part in ("train", "test")
                      for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))  # fmt: skip
     return RAW_FILES
 
@@ -58,7 +59,7 @@ def _read(dataset: str, root: Path, train: bool, **options):
     try:
         return make(str(root), train=train, download=True)
     except Exception as err:
-        files = ", ".join(raw_files(dataset, options.get("split", "")))
+        files = ", ".join(raw_files(dataset, options))
         raise UserError(
             f"{dataset} files are not in {root / dataset / 'raw'} and downloading them failed "
             f"({type(err).__name__}); copy {files} there, or point data.root "
