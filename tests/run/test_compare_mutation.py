@@ -121,7 +121,7 @@ def lab(tmp_path_factory):
 
 
 def cells(table: Table) -> list[list[str]]:
-    """The rows without the run column (random ids), which :func:`ids` checks."""
+    """The rows without the run column (random ids), which :func:`ids_of` checks."""
     return [row[1:] for row in table.rows]
 
 
