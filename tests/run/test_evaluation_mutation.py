@@ -32,6 +32,7 @@ from pyrovae.infer.estimators.ais import AISSettings, ais, bdmc
 from pyrovae.infer.estimators.diagnostics import active_units_per_site
 from pyrovae.infer.estimators.iwae import iwae
 from pyrovae.infer.terms import datapoint_terms
+from pyrovae.model.models import build_model
 from pyrovae.run import budget, checkpoint, config, lease
 from pyrovae.run.costs import Cost
 from pyrovae.run.evaluation import (
@@ -365,6 +366,16 @@ def no_run_line(uri: str) -> str:
     )
 
 
+def caller_file() -> str:
+    """The file of the frame that called ``evaluate_run``'s body: this one, or mutmut's trampoline
+    when mutmut runs these tests (it calls the body of a mutated function through one more frame)."""
+    if "MUTANT_UNDER_TEST" in os.environ:
+        import mutmut.mutation.trampoline
+
+        return mutmut.mutation.trampoline.__file__
+    return __file__
+
+
 def test_the_smallest_allowed_settings_pass_on_to_the_store(store):
     """0 points of IWAE / AIS / subset, batches of 1 and any positive time limit are accepted."""
     with pytest.raises(UserError) as missing, warnings.catch_warnings():
@@ -379,7 +390,7 @@ def test_uri_is_the_old_name_of_tracking_uri_and_warns_at_the_callers_line(store
     assert str(missing.value) == no_run_line(store)
     (warning,) = warned
     assert str(warning.message) == "evaluate_run(uri=...) is now evaluate_run(tracking_uri=...)"
-    assert warning.filename == __file__
+    assert warning.filename == caller_file()
     with pytest.warns(DeprecationWarning), pytest.raises(UserError) as missing:
         evaluate_run(UNKNOWN, uri="sqlite:///elsewhere/mlflow.db", tracking_uri=store)
     assert str(missing.value) == no_run_line(store)  # tracking_uri wins
@@ -396,6 +407,57 @@ def test_a_stale_run_is_ended_killed_before_it_is_read(store):
     assert record.info.status == "KILLED"
     gone = f"its process {os.getpid()} on {socket.gethostname()} is gone"
     assert record.data.tags[lease.STALE_TAG] == f"left RUNNING: {gone}; ended KILLED by pyrovae"
+
+
+def untrained_run(uri: str, folder, overrides: list[str]) -> str:
+    """A finished run with an untrained model, logged as ``pyrovae train`` logs one (its
+    ``config.toml`` and ``weights/final.pt``): enough to evaluate, without training."""
+    cfg = config.load(None, [*TINY, *overrides])
+    client = mlflow.MlflowClient(uri)
+    run = MlflowRun(client.create_run("0").info.run_id, uri)
+    run.log_config(cfg)
+    data = load_data(cfg["data"])
+    vae = build_model(cfg["model"], data.data_shape, data.num_classes)
+    saved = {"state_dict": vae.state_dict(), "data_shape": list(data.data_shape), "num_classes": data.num_classes}
+    torch.save(saved, folder / "final.pt")
+    run.log_artifact(folder / "final.pt", "weights")
+    client.set_terminated(run.run_id, "FINISHED")
+    return run.run_id
+
+
+def test_a_model_with_two_latent_sites_gets_kl_and_active_units_per_site(store, tmp_path):
+    run_id = untrained_run(store, tmp_path, ["model.name=hvae"])
+    evaluation = evaluate_run(run_id, iwae_k=0, subset=4, progress=False, tracking_uri=store)
+    vae, x, _, elbo = reference(store, run_id, "test", 4)
+    terms = datapoint_terms(vae, elbo, x, 100, seed=0)
+    units = active_units_per_site(vae, x)
+    assert sorted(units) == ["z1", "z2"]
+    expected = {
+        "test/nll_elbo": mean_se(terms["loss"])[0],
+        "test/nll_elbo_se": mean_se(terms["loss"])[1],
+        "test/kl": float(terms["kl"].double().mean()),
+        "test/kl/z1": float(terms["kl/z1"].double().mean()),
+        "test/kl/z2": float(terms["kl/z2"].double().mean()),
+        "test/active_units": units["z1"] + units["z2"],
+        "test/active_units/z1": units["z1"],
+        "test/active_units/z2": units["z2"],
+    }
+    assert set(evaluation.metrics) == set(expected) | {f"test/elbo_{c}" for c in COST}
+    assert {k: evaluation.metrics[k] for k in expected} == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ["ais_run", "bdmc_run"])
+def test_ais_or_bdmc_of_a_model_with_a_discrete_latent_is_refused_before_an_evaluation_run_exists(
+    store, tmp_path, estimator
+):
+    run_id = untrained_run(store, tmp_path, ["model.name=m2", "train.elbo=enum"])
+    with pytest.raises(UserError) as refused:
+        evaluate_run(run_id, iwae_k=2, subset=4, progress=False, tracking_uri=store, **{estimator: True})
+    assert str(refused.value) == (
+        "AIS needs continuous latent sites, but site 'y' of SemiSupervisedVAE is discrete (Categorical): "
+        "score it by IWAE, which sums it out"
+    )
+    assert [r.info.run_id for r in mlflow.MlflowClient(store).search_runs(["0"])] == [run_id]
 
 
 def test_weights_epoch_is_the_last_val_loss_step_or_the_best_checkpoints_epoch(store):
