@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+import pyrovae.run.evaluation as evaluation_module
 import pyrovae.run.figures
 from pyrovae.data import load_data
 from pyrovae.devices import select_device
@@ -366,16 +367,6 @@ def no_run_line(uri: str) -> str:
     )
 
 
-def caller_file() -> str:
-    """The file of the frame that called ``evaluate_run``'s body: this one, or mutmut's trampoline
-    when mutmut runs these tests (it calls the body of a mutated function through one more frame)."""
-    if "MUTANT_UNDER_TEST" in os.environ:
-        import mutmut.mutation.trampoline
-
-        return mutmut.mutation.trampoline.__file__
-    return __file__
-
-
 def test_the_smallest_allowed_settings_pass_on_to_the_store(store):
     """0 points of IWAE / AIS / subset, batches of 1 and any positive time limit are accepted."""
     with pytest.raises(UserError) as missing, warnings.catch_warnings():
@@ -384,13 +375,18 @@ def test_the_smallest_allowed_settings_pass_on_to_the_store(store):
     assert str(missing.value) == no_run_line(store)
 
 
-def test_uri_is_the_old_name_of_tracking_uri_and_warns_at_the_callers_line(store):
+def test_uri_is_the_old_name_of_tracking_uri_and_warns_at_the_callers_line(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///nowhere/mlflow.db")  # the store given wins
     with pytest.warns(DeprecationWarning) as warned, pytest.raises(UserError) as missing:
         evaluate_run(UNKNOWN, uri=store)
     assert str(missing.value) == no_run_line(store)
     (warning,) = warned
     assert str(warning.message) == "evaluate_run(uri=...) is now evaluate_run(tracking_uri=...)"
-    assert warning.filename == caller_file()
+    # it names the line that called evaluate_run: the frame above its body in the traceback (this
+    # test's line; under mutmut, which calls the body through its trampoline, the trampoline's)
+    frames = missing.traceback
+    body = next(i for i, f in enumerate(frames) if str(f.path) == evaluation_module.__file__)
+    assert (warning.filename, warning.lineno) == (str(frames[body - 1].path), frames[body - 1].lineno + 1)
     with pytest.warns(DeprecationWarning), pytest.raises(UserError) as missing:
         evaluate_run(UNKNOWN, uri="sqlite:///elsewhere/mlflow.db", tracking_uri=store)
     assert str(missing.value) == no_run_line(store)  # tracking_uri wins
@@ -426,10 +422,22 @@ def untrained_run(uri: str, folder, overrides: list[str]) -> str:
 
 
 def test_a_model_with_two_latent_sites_gets_kl_and_active_units_per_site(store, tmp_path):
+    """An untrained two-site model whose best checkpoint is of epoch 2 of 3, evaluated with the
+    default subset (the whole test split) in the default batches of 100, and BDMC on its default
+    100 points."""
     run_id = untrained_run(store, tmp_path, ["model.name=hvae"])
-    evaluation = evaluate_run(run_id, iwae_k=0, subset=4, progress=False, tracking_uri=store)
-    vae, x, _, elbo = reference(store, run_id, "test", 4)
+    vae, x, _, elbo = reference(store, run_id, "test", None)
+    for step in (1, 2, 3):
+        mlflow.MlflowClient(store).log_metric(run_id, "val/loss", 10.0 - step, step=step)
+    best = {"format": checkpoint.FORMAT, "finished": True, "step": 7, "epoch": 2, "module": vae.state_dict()}
+    checkpoint.log(MlflowRun(run_id, store), best, "best")
+    evaluation = evaluate_run(
+        run_id, iwae_k=0, weights="best", bdmc_run=True, ais_settings=SETTINGS, progress=False, tracking_uri=store
+    )
+    n = x.shape[0]
+    assert n > 101 and evaluation.n == n
     terms = datapoint_terms(vae, elbo, x, 100, seed=0)
+    sandwich = bdmc(vae, x[:100], SETTINGS, 100, seed=0)
     units = active_units_per_site(vae, x)
     assert sorted(units) == ["z1", "z2"]
     expected = {
@@ -441,9 +449,16 @@ def test_a_model_with_two_latent_sites_gets_kl_and_active_units_per_site(store, 
         "test/active_units": units["z1"] + units["z2"],
         "test/active_units/z1": units["z1"],
         "test/active_units/z2": units["z2"],
+        "bdmc/gap": sandwich.gap,
+        "bdmc/log_px_lower": float(sandwich.lower.mean()),
+        "bdmc/log_px_upper": float(sandwich.upper.mean()),
     }
-    assert set(evaluation.metrics) == set(expected) | {f"test/elbo_{c}" for c in COST}
+    assert set(evaluation.metrics) == set(expected) | {f"test/elbo_{c}" for c in COST} | {"bdmc/seconds"}
     assert {k: evaluation.metrics[k] for k in expected} == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    record, steps, _ = logged(store, evaluation.run_id)
+    params = record.data.params
+    assert (params["eval.n"], params["eval.weights_epoch"], params["bdmc.n"]) == (str(n), "2", "100")
+    assert all(s == [2] for s in steps.values())  # the best checkpoint's epoch, not the last val/loss
 
 
 @pytest.mark.parametrize("estimator", ["ais_run", "bdmc_run"])
