@@ -201,7 +201,7 @@ def test_evaluation_logs_elbo_iwae_ais_and_bdmc_numbers_of_the_same_rows_and_see
     ]
     estimates = {"ELBO": -terms["loss"], "IWAE K=4": log_px, "AIS (6 points)": log_px_ais}
     for label, name in (("ELBO", "elbo"), ("IWAE K=4", "iwae"), ("AIS (6 points)", "ais")):
-        assert np.array_equal(np.load(files[f"loglik_test_{name}.npy"]), estimates[label].numpy())
+        assert np.array_equal(np.load(files[f"loglik_test_{name}.npy"]), estimates[label].cpu().numpy())
     title = f"run {run_id[:8]}, test split, final weights, per-datapoint log p(x)"
     histogram_png(estimates, tmp_path / "same.png", title)
     assert (tmp_path / "same.png").read_bytes() == open(files["loglik_hist_test.png"], "rb").read()
@@ -267,8 +267,8 @@ def test_a_time_limit_keeps_the_estimates_of_the_batches_done_and_says_so(traine
         "pyrovae.evaluate.truncated": "time limit 1e-09 s: IWAE on 5 of 12 datapoints, AIS on 5 of 8 datapoints",
     }
     assert record.info.run_name == "evaluation test n=12 K=4 seed=3 final AIS T=1 n=8"  # named before it ran
-    assert np.array_equal(np.load(files["loglik_test_iwae.npy"]), log_px.numpy())
-    assert np.array_equal(np.load(files["loglik_test_ais.npy"]), log_px_ais.numpy())
+    assert np.array_equal(np.load(files["loglik_test_iwae.npy"]), log_px.cpu().numpy())
+    assert np.array_equal(np.load(files["loglik_test_ais.npy"]), log_px_ais.cpu().numpy())
 
 
 def test_without_iwae_and_ais_bdmc_runs_on_100_simulated_points_of_the_best_weights(trained, capsys):
@@ -319,7 +319,7 @@ def test_without_iwae_and_ais_bdmc_runs_on_100_simulated_points_of_the_best_weig
     }
     assert record.info.run_name == "evaluation val n=7 K=0 seed=0 best"
     assert list(files) == ["loglik_hist_val.png", "loglik_val_elbo.npy"]
-    assert np.array_equal(np.load(files["loglik_val_elbo.npy"]), (-terms["loss"]).numpy())
+    assert np.array_equal(np.load(files["loglik_val_elbo.npy"]), (-terms["loss"]).cpu().numpy())
     assert capsys.readouterr().err == ""
 
 
