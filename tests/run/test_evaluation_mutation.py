@@ -10,11 +10,13 @@ one-line refusals of bad arguments.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
 import re
 import socket
+import types
 import warnings
 
 import matplotlib.colors
@@ -116,7 +118,10 @@ def test_evaluation_logs_elbo_iwae_ais_and_bdmc_numbers_of_the_same_rows_and_see
     trained, tmp_path, capsys, caplog, monkeypatch
 ):
     uri, run_id = trained
-    monkeypatch.setattr(budget, "TELL_ABOVE_S", -1.0)  # every pass says its expected duration
+    monkeypatch.setattr(budget, "TELL_ABOVE_S", -1.0)  # every pass says its expected duration,
+    # as timed by a clock that ticks 1 s per reading: 1 s for the first batch or annealing step
+    ticks = itertools.count(1.0)
+    monkeypatch.setattr(budget, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
     # MLflow's system metrics, were they on, would be sampled and logged every 10 ms here
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.01")
@@ -209,7 +214,8 @@ def test_evaluation_logs_elbo_iwae_ais_and_bdmc_numbers_of_the_same_rows_and_see
     err = capsys.readouterr().err
     assert (final_bar(err, "IWAE K=4"), final_bar(err, "AIS"), final_bar(err, "BDMC")) == ("12/12", "6/6", "12/12")
     said = [r.getMessage() for r in caplog.records if " datapoints: about " in r.getMessage()]
-    assert said == ["IWAE K=4 on 12 datapoints: about 0 s", "AIS T=3 on 6 datapoints: about 0 s"]
+    # 1 s for 5 of 12 datapoints; 1 s for 1 of 2 batches x 3 annealing steps
+    assert said == ["IWAE K=4 on 12 datapoints: about 2 s", "AIS T=3 on 6 datapoints: about 6 s"]
 
 
 def test_a_time_limit_keeps_the_estimates_of_the_batches_done_and_says_so(trained):
@@ -424,7 +430,7 @@ def untrained_run(uri: str, folder, overrides: list[str]) -> str:
 def test_a_model_with_two_latent_sites_gets_kl_and_active_units_per_site(store, tmp_path):
     """An untrained two-site model whose config trains (so also validates) with a 2-particle
     ELBO and whose best checkpoint is of epoch 2 of 3, evaluated with the default subset (the whole
-    test split) in the default batches of 100, and BDMC on its default 100 points."""
+    test split) in the default batches of 100, and AIS and BDMC on their default 100 points."""
     run_id = untrained_run(store, tmp_path, ["model.name=hvae", "train.num_particles=2"])
     vae, x, _, elbo = reference(store, run_id, "test", None)
     for step in (1, 2, 3):
@@ -432,12 +438,20 @@ def test_a_model_with_two_latent_sites_gets_kl_and_active_units_per_site(store, 
     best = {"format": checkpoint.FORMAT, "finished": True, "step": 7, "epoch": 2, "module": vae.state_dict()}
     checkpoint.log(MlflowRun(run_id, store), best, "best")
     evaluation = evaluate_run(
-        run_id, iwae_k=0, weights="best", bdmc_run=True, ais_settings=SETTINGS, progress=False, tracking_uri=store
+        run_id,
+        iwae_k=0,
+        weights="best",
+        ais_run=True,
+        bdmc_run=True,
+        ais_settings=SETTINGS,
+        progress=False,
+        tracking_uri=store,
     )
     n = x.shape[0]
     assert n > 101 and evaluation.n == n
     terms = datapoint_terms(vae, elbo, x, 100, seed=0)
     sandwich = bdmc(vae, x[:100], SETTINGS, 100, seed=0)
+    log_px_ais = ais(vae, x[:100], SETTINGS, 100, 0)
     units = active_units_per_site(vae, x)
     assert sorted(units) == ["z1", "z2"]
     expected = {
@@ -449,15 +463,21 @@ def test_a_model_with_two_latent_sites_gets_kl_and_active_units_per_site(store, 
         "test/active_units": units["z1"] + units["z2"],
         "test/active_units/z1": units["z1"],
         "test/active_units/z2": units["z2"],
+        "test/nll_ais": mean_se(-log_px_ais)[0],
+        "test/nll_ais_se": mean_se(-log_px_ais)[1],
+        "test/ais_subset/nll_elbo": mean_se(terms["loss"][:100])[0],
+        "test/ais_subset/nll_elbo_se": mean_se(terms["loss"][:100])[1],
         "bdmc/gap": sandwich.gap,
         "bdmc/log_px_lower": float(sandwich.lower.mean()),
         "bdmc/log_px_upper": float(sandwich.upper.mean()),
     }
-    assert set(evaluation.metrics) == set(expected) | {f"test/elbo_{c}" for c in COST} | {"bdmc/seconds"}
+    costs = {f"test/{e}_{c}" for e in ("elbo", "ais") for c in COST} | {"bdmc/seconds"}
+    assert set(evaluation.metrics) == set(expected) | costs  # no IWAE: nothing compared with it
     assert {k: evaluation.metrics[k] for k in expected} == pytest.approx(expected, rel=1e-12, abs=1e-12)
     record, steps, _ = logged(store, evaluation.run_id)
     params = record.data.params
-    assert (params["eval.n"], params["eval.weights_epoch"], params["bdmc.n"]) == (str(n), "2", "100")
+    assert (params["eval.n"], params["eval.weights_epoch"]) == (str(n), "2")
+    assert (params["ais.subset"], params["bdmc.n"]) == ("100", "100")
     assert all(s == [2] for s in steps.values())  # the best checkpoint's epoch, not the last val/loss
 
 
