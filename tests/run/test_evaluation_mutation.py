@@ -16,6 +16,7 @@ import math
 import os
 import re
 import socket
+import time
 import types
 import warnings
 
@@ -120,7 +121,8 @@ def test_evaluation_logs_elbo_iwae_ais_and_bdmc_numbers_of_the_same_rows_and_see
     uri, run_id = trained
     monkeypatch.setattr(budget, "TELL_ABOVE_S", -1.0)  # every pass says its expected duration,
     # as timed by a clock that ticks 1 s per reading: 1 s for the first batch or annealing step
-    ticks = itertools.count(1.0)
+    # (from now on, so that the time limit of an hour, read on the real clock, is still far ahead)
+    ticks = itertools.count(time.monotonic() + 1.0)
     monkeypatch.setattr(budget, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
     # MLflow's system metrics, were they on, would be sampled and logged every 10 ms here
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
