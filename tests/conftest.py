@@ -11,7 +11,7 @@ import mlflow
 import pyro
 import pytest
 
-from tests.stores import fresh_store
+from tests.stores import fresh_store, store_path
 
 # the helper modules beside this file (exact_models, linear_gaussian, faulty) for the tests in every folder
 sys.path.insert(0, str(Path(__file__).parent))
@@ -30,7 +30,7 @@ def _fresh_pyro():
 def tracking_store(folder: Path, create: bool = True) -> Iterator[str]:
     """Work in ``folder`` with a fresh sqlite MLflow store there as the default; yields its URI.
     ``create=False``: only the URI, for tests that check that nothing opens (creates) the store."""
-    uri = fresh_store(folder) if create else f"sqlite:///{folder}/mlruns/mlflow.db"
+    uri = fresh_store(folder) if create else f"sqlite:///{store_path(folder)}"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         mp.setenv("MLFLOW_TRACKING_URI", uri)

@@ -26,9 +26,14 @@ def _template() -> Path:
     return folder / "mlflow.db"
 
 
+def store_path(folder: Path) -> Path:
+    """Where pyrovae's default store lies for a project in ``folder``."""
+    return Path(folder) / "mlruns" / "mlflow.db"
+
+
 def fresh_store(folder: Path) -> str:
-    """The URI of ``folder/mlruns/mlflow.db``, an empty store there unless one exists."""
-    db = Path(folder) / "mlruns" / "mlflow.db"
+    """The URI of :func:`store_path`, an empty store there unless one exists."""
+    db = store_path(folder)
     if not db.exists():
         db.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(_template(), db)
