@@ -32,5 +32,5 @@ PY
 cat "$out/epoch_times.log"
 cp mlruns/mlflow.db "$out/" 2>/dev/null; cd "$repo"
 TAIL=60 step speed_cuda 180 python3 benchmarks/speed.py --device cuda --data-root "$data" --rounds 5 \
-  --variant 'jit:train.jit=true' --scaling
+  --variant 'eager:train.jit=false' --scaling
 TAIL=40 step profile_cuda 60 python3 benchmarks/step_profile.py --device cuda --batch-size 128 --batch-size 1024

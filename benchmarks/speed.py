@@ -6,10 +6,10 @@ One command, one process, interleaved rounds (A B C A B C ...)::
     .venv/bin/python benchmarks/speed.py --data-root ../shared/data  # real MNIST
     .venv/bin/python benchmarks/speed.py --scaling                # + cost vs batch, latent, K
     .venv/bin/python benchmarks/speed.py --hidden 16 --latent 2 --batch-size 16 --batches 600 --skip-eval \
-        --variant jit:train.jit=true                              # the host-bound regime (issue 29)
+        --variant eager:train.jit=false                           # the host-bound regime (issue 29)
 
 Training: images/s of ``Trainer.train_epoch`` (default config: 784-400-50 MLP, batch 128,
-``Trace_ELBO``) over ``--batches`` batches, of :class:`baselines.HandVAE` (the floor) and of
+``Trace_ELBO``, traced by ``train.jit = "auto"``) over ``--batches`` batches, of :class:`baselines.HandVAE` (the floor) and of
 :class:`baselines.ExamplePipeline`; ratios are taken within a round. ``--variant
 'name:key=value,...'`` adds pyrovae contenders with other config values (to measure an option
 A/B in the same rounds). Evaluation: validation time against an epoch, and log p(x) estimation

@@ -177,8 +177,9 @@ def main(argv=None) -> None:
     print(f"device {describe(device)}, torch {torch.__version__}, {torch.get_num_threads()} host threads")
     for batch_size in args.batch_size or [128]:
         if args.phases:
-            sets = [f"train.batch_size={batch_size}", f"model.latent_dim={args.latent}",
+            sets = [f"train.batch_size={batch_size}", f"model.latent_dim={args.latent}", "train.jit=false",
                     f"model.guide.hidden=[{args.hidden}]", f"model.likelihood.hidden=[{args.hidden}]"]  # fmt: skip
+            # the eager step's phases: the traced one runs Pyro's Python only when it compiles
             splits = make_splits("", device, args.steps * batch_size)
             print(f"\n## batch {batch_size}, {args.hidden}-unit MLPs, {args.latent} latent dimensions")
             phases(pyrovae_trainer(splits, args.steps * batch_size, sets), args.steps)

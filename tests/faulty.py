@@ -20,6 +20,8 @@ class NaNAfterSteps(Bernoulli):
     step on (on rank ``only_rank`` alone when it is >= 0); validation, sampling and the contract
     check are left alone."""
 
+    traceable = False  # it counts steps in Python: train.jit = auto steps eagerly
+
     def __init__(
         self,
         latent_dim: int,
@@ -43,6 +45,8 @@ class NaNAfterSteps(Bernoulli):
 class CrashOnFirstAttempt(Bernoulli):
     """Raises at the ``crash_at_step``-th training step of a torchrun job's first attempt
     (``TORCHELASTIC_RESTART_COUNT == 0``) on rank 1, as a worker that dies would."""
+
+    traceable = False
 
     def __init__(
         self, latent_dim: int, data_shape: tuple[int, ...], hidden: list[int] = (400,), crash_at_step: int = 0

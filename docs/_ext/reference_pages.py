@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import types
 import typing
 from pathlib import Path
 
@@ -27,6 +28,8 @@ def _value(value) -> str:
 
 
 def _type(annotation) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # bool | Literal["auto"]
+        return " or ".join(_type(a) for a in typing.get_args(annotation))
     choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
     if choices:
         return "one of " + ", ".join(f"`{c}`" for c in choices)

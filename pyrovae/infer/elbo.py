@@ -185,13 +185,20 @@ class ELBOLoss(nn.Module):
         if self._traced and not isinstance(beta, torch.Tensor):  # torch.jit traces tensors only
             beta = torch.tensor(float(beta), device=x.device)
         args = (beta, x) if y is None else (beta, x, y)
+        if self._traced:
+            # unoptimized, the graph runs the eager step's kernels: the same numbers bit for bit
+            # (the profiling executor's fusions would round differently, and only from its third call)
+            with torch.jit.optimized_execution(False):
+                return self._traced_loss(args)
+        with _unregistered(self.vae):
+            return self.elbo.differentiable_loss(self._model, self._guide, *args)
+
+    def _traced_loss(self, args) -> torch.Tensor:
         if self._surrogate_form:
             loss, surrogate = self.elbo.loss_and_surrogate_loss(self._model, self._guide, *args)
             return loss.detach() + (surrogate - surrogate.detach())
-        if self._traced:  # the compiled loss takes the parameters it found registered as its inputs
-            return self.elbo.differentiable_loss(self._model, self._guide, *args)
-        with _unregistered(self.vae):
-            return self.elbo.differentiable_loss(self._model, self._guide, *args)
+        # the compiled loss takes the parameters it found registered as its inputs
+        return self.elbo.differentiable_loss(self._model, self._guide, *args)
 
 
 @contextmanager

@@ -143,14 +143,20 @@ def _check_particles(model, x, y, enumerate_guide: bool) -> None:
         ) from err
 
 
-def _check_registered(model, x, y) -> None:
+def unregistered(model, x, y=None) -> list[str]:
+    """The names of ``model``'s parameters that model and guide do not register with ``pyro.module``
+    on the batch ``x`` (``train.jit`` needs them registered: the traced graph takes them as inputs)."""
     with poutine.block(), poutine.trace(param_only=True) as params:
         guide_trace = poutine.trace(model.guide).get_trace(*arguments(model.guide, x, y))
         poutine.replay(model.model, trace=guide_trace)(*arguments(model.model, x, y))
     values = [site["value"] for site in params.trace.nodes.values()]
     # a constrained parameter points at its unconstrained tensor (the module's Parameter)
     registered = {id(v) for v in values} | {id(v.unconstrained()) for v in values if hasattr(v, "unconstrained")}
-    missing = [name for name, p in model.named_parameters() if id(p) not in registered]
+    return [name for name, p in model.named_parameters() if id(p) not in registered]
+
+
+def _check_registered(model, x, y) -> None:
+    missing = unregistered(model, x, y)
     if missing:
         raise UserError(
             f"train.jit needs every parameter of {name_of(model)} registered with pyro.module(name, self) "

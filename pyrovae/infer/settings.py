@@ -49,7 +49,11 @@ class TrainSettings(Settings):
         description="nats per latent dimension the KL term cannot go below, on "
         "the batch mean (Kingma et al. 2016; per site where q or p does not factorize); 0 = off",
     )
-    jit: bool = Field(False, description="JitTrace_ELBO / JitTraceMeanField_ELBO (torch.jit.trace of the loss)")
+    jit: bool | Literal["auto"] = Field(
+        "auto",
+        description="JitTrace_ELBO / JitTraceMeanField_ELBO (torch.jit.trace of the loss): true, false, or auto "
+        "(traced where the model allows it, else eager with a one-line note; the run records the path taken)",
+    )
     beta_start: float = Field(1.0, gt=0.0, description="KL weight at the first step (> 0)")
     warmup_epochs: float = Field(
         0.0, ge=0.0, description="linear: epochs to raise beta from beta_start to beta (0 = beta_start throughout)"

@@ -23,6 +23,7 @@ from pyrovae.data import Splits
 from pyrovae.infer import distributed, resumable
 from pyrovae.infer.callbacks import Callback, default_callbacks, overrides
 from pyrovae.infer.elbo import ELBOLoss, annealing_beta, make_elbo, validation_elbo
+from pyrovae.infer.fast_path import resolved, say, traced_loss
 from pyrovae.infer.faults import Interrupted, NonFiniteLoss, StopRequest, validate_first_step_only
 from pyrovae.infer.interface import check_labels, check_model
 from pyrovae.infer.rng import set_rng_state
@@ -57,11 +58,16 @@ class Trainer:
         s = self.settings
         # batches carry labels (the data have them, the model takes them); some rows unlabelled (data.labelled)
         self.labelled, self.semi_supervised = check_labels(vae, data)
-        check_model(vae, data.evaluation_data("val"), data.labels("val") if self.labelled else None, jit=s.jit,
-                    enumerate_guide=s.elbo == "enum")  # fmt: skip
-        self.elbo = make_elbo(s.elbo, s.num_particles, s.jit, s.renyi_alpha, s.free_bits, s.iwae_gradient)
+        rows, labels = data.evaluation_data("val"), data.labels("val") if self.labelled else None
+        check_model(vae, rows, labels, jit=s.jit is True, enumerate_guide=s.elbo == "enum")
+        traced, why = traced_loss(vae, s, rows, labels)  # train.jit = auto: traced where the model allows it
+        self.settings = s = resolved(s, traced is not None)  # the path taken: what a run records, resumes on
+        say(why, self.world.is_main)
+        self.loss = traced or ELBOLoss(
+            vae, make_elbo(s.elbo, s.num_particles, False, s.renyi_alpha, s.free_bits, s.iwae_gradient)
+        )
+        self.elbo = self.loss.elbo
         self.validation_elbo = validation_elbo(s.elbo, s.num_particles)  # the ELBO at beta = 1, whatever trains
-        self.loss = ELBOLoss(vae, self.elbo)
         self._forward = self.strategy.prepare(self.loss, self.device, s.seed)
         self.steps_per_epoch = self.strategy.steps_per_epoch(data, s, self.semi_supervised)
         self.gradient = GradientStep(vae.parameters(), s, self.steps_per_epoch, self.strategy)

@@ -43,8 +43,9 @@ def data():
 def fresh_trainer(data):
     pyro.set_rng_seed(0)
     vae = build_model(CVAE, data.data_shape, data.num_classes)
+    # eager: each test deep-copies the trainer, and a traced graph (train.jit) cannot be copied
     return Trainer(vae, data, callbacks=[], progress=False, epochs=4, batch_size=40, optimizer="torch.optim.SGD",
-                   lr=0.002, seed=7, checkpoint_every=2)  # fmt: skip
+                   lr=0.002, seed=7, checkpoint_every=2, jit=False)  # fmt: skip
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def legacy_trainer(data):
     """A trainer of the legacy run's model (the fixture's config.toml) and optimizer (Adam, lr 1e-3)."""
     vae = VAE(latent_dim=3, guide={"name": "diagonal_normal", "hidden": [16]},
               likelihood={"name": "bernoulli", "hidden": [16]}, data_shape=data.data_shape)  # fmt: skip
-    return Trainer(vae, data, callbacks=[], progress=False, epochs=3, batch_size=50, lr=0.001, seed=0)
+    return Trainer(vae, data, callbacks=[], progress=False, epochs=3, batch_size=50, lr=0.001, seed=0, jit=False)
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from doc_examples import python_blocks
 from mlflow.tracking import MlflowClient
 
 from pyrovae.cli import main
@@ -54,13 +54,6 @@ def log_fixture(client, store: str, folder: Path, experiment: str) -> str:
     return run_id
 
 
-def python_blocks(page: str, heading: str) -> list[str]:
-    """The Python code blocks of one section (``heading`` up to the next ``## ``) of a Markdown page."""
-    section = ROOT.joinpath(page).read_text().split(heading, 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
-
-
-@pytest.mark.slow
 @pytest.mark.slow
 def test_the_readme_example_runs_and_reloads(tmp_path):
     (script,) = python_blocks("README.md", "## From Python")
