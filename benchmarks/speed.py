@@ -9,12 +9,12 @@ One command, one process, interleaved rounds (A B C A B C ...)::
         --variant eager:train.jit=false                           # the host-bound regime (issue 29)
 
 Training: images/s of ``Trainer.train_epoch`` (default config: 784-400-50 MLP, batch 128,
-``Trace_ELBO``, traced by ``train.jit = "auto"``) over ``--batches`` batches, of :class:`baselines.HandVAE` (the floor) and of
-:class:`baselines.ExamplePipeline`; ratios are taken within a round. ``--variant
-'name:key=value,...'`` adds pyrovae contenders with other config values (to measure an option
-A/B in the same rounds). Evaluation: validation time against an epoch, and log p(x) estimation
-throughput (datapoints x samples / s) against a bare matmul chain of the same shapes, plus the
-peak RSS of a fresh process at K = 5000 (:mod:`eval_speed`).
+``Trace_ELBO``, traced by ``train.jit = "auto"``) over ``--batches`` batches, of
+:class:`baselines.HandVAE` (the floor) and of :class:`baselines.ExamplePipeline`; ratios are taken
+within a round. ``--variant 'name:key=value,...'`` adds pyrovae contenders with other config
+values (to measure an option A/B in the same rounds). Evaluation: validation time against an
+epoch, and log p(x) estimation throughput (datapoints x samples / s) against a bare matmul chain
+of the same shapes, plus the peak RSS of a fresh process at K = 5000 (:mod:`eval_speed`).
 """
 
 from __future__ import annotations
