@@ -21,13 +21,15 @@ reach the traced function as positional tensors, so a JIT ELBO compiles once, no
 value (a Python number would be frozen into the first graph) or per batch (a keyword tensor is
 part of Pyro's JIT cache key); a batch with labels and one without are two graphs.
 
-Two properties of the JIT ELBOs (pyro-ppl 1.9) that this module handles:
+Three properties of the JIT ELBOs (pyro-ppl 1.9) that this module handles:
 
 - ``JitTrace_ELBO.differentiable_loss`` doubles the gradient (its loss term is not detached);
   the loss here is ``loss.detach() + (surrogate - surrogate.detach())`` from
   ``loss_and_surrogate_loss``: the value of the loss, the gradient of the surrogate.
 - JIT ELBOs key their compiled graph on ``id(model)``; ``model.model`` is a new bound-method
   object at every access, so the module keeps one of each.
+- ``JitTraceMeanField_ELBO`` traces its graph again at every call (it looks for its cache under
+  the wrong name): :class:`CompiledOnceMeanField_ELBO` replays the first one.
 
 References: Ranganath et al. 2014, "Black Box Variational Inference"; Bingham et al. 2019,
 "Pyro: Deep Universal Probabilistic Programming".
@@ -55,8 +57,22 @@ from torch import nn
 from pyrovae.errors import UserError
 from pyrovae.infer.traces import parameters_of, takes_labels
 
+
+class CompiledOnceMeanField_ELBO(JitTraceMeanField_ELBO):
+    """``JitTraceMeanField_ELBO`` that compiles once. In pyro-ppl 1.9 it tests for a cached
+    ``_loss_and_surrogate_loss`` but caches ``_differentiable_loss``, so every call built a new
+    compiled function and traced the graph again (784-16-2, batch 16: 23 ms a step, against 1.8 ms
+    eager). Here a call after the first replays the cached graph."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        compiled = getattr(self, "_differentiable_loss", None)
+        if compiled is None:
+            return super().differentiable_loss(model, guide, *args, **kwargs)
+        return compiled(*args, **kwargs, _pyro_model_id=id(model), _pyro_guide_id=id(guide))
+
+
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "enum": TraceEnum_ELBO}
-JIT_ELBOS = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO, "enum": JitTraceEnum_ELBO}
+JIT_ELBOS = {"trace": JitTrace_ELBO, "meanfield": CompiledOnceMeanField_ELBO, "enum": JitTraceEnum_ELBO}
 
 
 #: objectives of pyrovae's own, built from traces (:mod:`pyrovae.infer.objectives`)

@@ -8,10 +8,10 @@ for code whose Python control flow does not depend on tensor values; ``auto`` th
 traced step only when every condition below holds, and otherwise steps eagerly and says why in one
 line (logged at INFO on the ``pyrovae`` logger, which ``pyrovae train`` prints):
 
-- the objective is Pyro's ``Trace_ELBO`` without free bits (``train.elbo = "trace"``, the default;
-  pyrovae's own objectives are built from traces; ``TraceEnum_ELBO``'s JIT form fails on models such
-  as M2 and ``JitTraceMeanField_ELBO`` draws other random numbers than the eager one, so the trial
-  cannot vouch for it: both take ``train.jit = true`` explicitly);
+- the objective is Pyro's ``Trace_ELBO`` or ``TraceMeanField_ELBO`` without free bits
+  (``train.elbo = "trace"``, the default, or ``"meanfield"``; pyrovae's own objectives are built
+  from traces, and ``TraceEnum_ELBO``'s JIT form fails on models such as M2: it takes
+  ``train.jit = true`` explicitly);
 - no module of the model sets ``traceable = False`` (a component whose Python keeps state across
   steps, e.g. a step counter, says so this way: tracing runs its Python once);
 - the model's code does not take ``beta`` (pyrovae 0.2 models: a keyword tensor recompiles);
@@ -40,9 +40,8 @@ from pyrovae.infer.traces import parameters_of
 
 log = logging.getLogger("pyrovae")
 
-#: the objectives ``auto`` traces (``JitTraceMeanField_ELBO`` draws other random numbers than its
-#: eager twin, so the trial could not compare them)
-TRACEABLE = ("trace",)
+#: the objectives ``auto`` traces (``enum``'s JIT form fails on models with enumerated labels, M2)
+TRACEABLE = ("trace", "meanfield")
 RELATIVE_TOLERANCE = 1e-5
 TRIAL_ROWS = 4
 

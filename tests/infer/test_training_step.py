@@ -88,8 +88,8 @@ def test_twenty_steps_of_the_elbo_module_equal_svi_step_bit_for_bit(tiny_overrid
     assert list(ELBOLoss(vae, make_elbo(kind)).parameters())  # DDP and optimizers see the VAE's
 
 
-@pytest.mark.parametrize("kind", ["trace"])  # JitTraceMeanField_ELBO draws other random numbers than
-def test_a_jit_elbo_gives_the_gradient_of_its_plain_twin(tiny_overrides, kind):  # its twin; SVI test above
+@pytest.mark.parametrize("kind", ["trace", "meanfield"])
+def test_a_jit_elbo_gives_the_gradient_of_its_plain_twin(tiny_overrides, kind):
     _, vae, splits = tiny(tiny_overrides)
     x = splits.evaluation_data("train")[:50]
     grads = {}
