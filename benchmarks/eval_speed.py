@@ -29,9 +29,14 @@ from pyrovae.model.vae import build_vae  # noqa: E402
 from pyrovae.run import config  # noqa: E402
 
 
+def sized_vae(hidden: int, latent: int):
+    """The default VAE with ``hidden`` units in every MLP and ``latent`` dimensions."""
+    sizes = [f"model.latent_dim={latent}", f"model.guide.hidden=[{hidden}]", f"model.likelihood.hidden=[{hidden}]"]
+    return build_vae(config.load(overrides=["data.name=synthetic", *sizes])["model"], (1, 28, 28))
+
+
 def default_vae(latent: int = 50):
-    cfg = config.load(overrides=["data.name=synthetic", f"model.latent_dim={latent}"])
-    return build_vae(cfg["model"], (1, 28, 28))
+    return sized_vae(400, latent)
 
 
 def matmul_chain(vae, n: int, k: int, device, rows: int | None = None) -> None:
@@ -83,6 +88,48 @@ def run(splits, args) -> None:
         check=True,
     ).stdout.strip()
     print(f"\nPeak RSS of a fresh process running IWAE at K = 5000 (20 datapoints): {out}")
+
+
+def against_hand_written(splits, args) -> None:
+    """Validation and IWAE at small K of the ``--hidden``/``--latent`` VAE against the same numbers
+    computed by tensor code over the same networks (:func:`baselines.hand_validation`,
+    :func:`baselines.hand_iwae`): what Pyro's traces cost where the arithmetic is small."""
+    from baselines import hand_iwae, hand_networks, hand_validation
+    from pyro.infer import Trace_ELBO
+
+    from pyrovae.infer.estimators.iwae import iwae
+    from pyrovae.infer.terms import validate
+
+    device = splits.train.device
+    vae = sized_vae(args.hidden, args.latent).to(device)
+    encode, decode = hand_networks(vae)
+    x = splits.evaluation_data("val")
+    cases = {  # name: (datapoints, pyrovae, hand-written)
+        "validation, batch 1000": (
+            x.shape[0],
+            lambda: validate(vae, Trace_ELBO(), x, 1000),
+            lambda: hand_validation(encode, decode, x, 1000),
+        ),
+        **{
+            f"IWAE K = {k}, batch 100": (
+                n,
+                lambda k=k, n=n: iwae(vae, x[:n], k, batch_size=100),
+                lambda k=k, n=n: hand_iwae(encode, decode, x[:n], k, 100),
+            )
+            for k, n in ((5, x.shape[0]), (50, min(2000, x.shape[0])))
+        },
+    }
+    contenders = {f"{name} {who}": fns[i] for name, fns in cases.items() for i, who in ((1, "pyrovae"), (2, "hand"))}
+    s = interleave(contenders, max(3, args.rounds // 2))
+    rows = []
+    for name, (n, _, _) in cases.items():
+        ours, hand = s[f"{name} pyrovae"], s[f"{name} hand"]
+        rows.append([name, n, fmt(ours, 3), fmt(hand, 3), fmt(per_round_ratios(hand, ours), 2)])
+    print(
+        f"\n## Evaluation of the {args.hidden}-unit, {args.latent}-latent VAE against the same evaluation "
+        f"hand-written: seconds, median [min, max]\n"
+    )
+    print(table(["evaluation", "datapoints", "pyrovae s", "hand-written s", "x hand-written"], rows))
 
 
 def scaling(splits, args) -> None:

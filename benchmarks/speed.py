@@ -167,6 +167,7 @@ def main(argv=None) -> None:
         import eval_speed
 
         eval_speed.run(splits, args)
+        eval_speed.against_hand_written(splits, args)
     if args.scaling:
         bench_scaling(splits, args)
         if not args.skip_eval:

@@ -55,3 +55,27 @@ def test_the_phases_of_a_step_are_each_counted_once_and_add_up_to_the_step():
     assert expected <= set(shares)
     assert all(share >= 0 for share in shares.values()) and sum(shares.values()) == pytest.approx(100, abs=0.5)
     assert torch.nn.Linear.forward.__qualname__ == "Linear.forward"  # the timers are taken off again
+
+
+def test_the_hand_written_evaluation_computes_pyrovaes_numbers_from_the_same_draws():
+    """The evaluation benchmark's floor is the same computation: given the seed, hand_validation and
+    hand_iwae draw what pyrovae's validation and IWAE draw and give their values."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from baselines import hand_iwae, hand_networks, hand_validation
+    from eval_speed import sized_vae
+    from pyro.infer import Trace_ELBO
+
+    from pyrovae.infer.estimators.iwae import iwae
+    from pyrovae.infer.terms import validate
+
+    torch.manual_seed(0)
+    vae = sized_vae(8, 2)
+    x = torch.bernoulli(torch.rand(300, 1, 28, 28))
+    encode, decode = hand_networks(vae)
+    ours, hand = validate(vae, Trace_ELBO(), x, 100, seed=3), hand_validation(encode, decode, x, 100, seed=3)
+    assert {k: ours[k] for k in hand} == pytest.approx(hand, rel=1e-6)
+    for k in (5, 50):
+        torch.testing.assert_close(
+            hand_iwae(encode, decode, x, k, 100, seed=3), iwae(vae, x, k, 100, seed=3), rtol=1e-6, atol=0
+        )
+    assert not torch.allclose(hand_iwae(encode, decode, x, 5, 100, seed=4), iwae(vae, x, 5, 100, seed=3))
