@@ -148,6 +148,7 @@ def resolved(settings, jit: bool):
     return type(settings)(**{**settings.as_dict(), "jit": jit})
 
 
-def say(why: str, is_main: bool = True) -> None:
+def say(why: str, is_main: bool) -> None:
+    """Log ``why`` (one line at INFO) on the main process, if there is something to say."""
     if why and is_main:
         log.info(why)

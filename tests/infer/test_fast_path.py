@@ -7,6 +7,7 @@ import random
 import re
 import subprocess
 import sys
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -19,7 +20,7 @@ from torch import nn
 from pyrovae import UserError
 from pyrovae.cli.main import main
 from pyrovae.data import Splits
-from pyrovae.infer.elbo import ELBOLoss
+from pyrovae.infer.elbo import ELBOLoss, make_elbo
 from pyrovae.infer.fast_path import traced_loss
 from pyrovae.infer.settings import TrainSettings
 from pyrovae.infer.trainer import Trainer
@@ -73,6 +74,26 @@ def test_an_explicit_jit_compiles_up_front_so_its_first_step_draws_what_the_eage
     assert all(torch.equal(weights[k], v) for k, v in eager_weights.items())
 
 
+def test_the_compiled_once_meanfield_elbo_hands_keywords_to_model_and_guide_at_every_call():
+    """Pyro compiles one graph per distinct keyword values; the first call and later ones pass them on."""
+
+    def model(x, shift=0.0):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0]), 1.0))
+            pyro.sample("x", dist.Normal(shift, 1.0), obs=x)  # no z: the meanfield loss is exact
+
+    def guide(x, shift=0.0):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(pyro.param("loc", torch.tensor(0.5)).expand(x.shape[0]), 1.0))
+
+    pyro.clear_param_store()
+    x = torch.randn(5)
+    traced, exact = make_elbo("meanfield", jit=True), make_elbo("meanfield")
+    for shift in (1.0, 5.0, 5.0):
+        want = exact.differentiable_loss(model, guide, x, shift=shift)
+        assert float(traced.differentiable_loss(model, guide, x, shift=shift)) == pytest.approx(float(want), rel=1e-6)
+
+
 class Linear(nn.Module):
     """A small Gaussian VAE whose ``model``/``guide`` the subclasses below bend one way each."""
 
@@ -111,6 +132,44 @@ class PythonRandom(Linear):
         return dist.Normal(self.dec(z), 0.5 + random.random()).to_event(1)
 
 
+class Conditional(Linear):
+    """Needs a label per row (a conditional model): the trial and the compiling call must pass it."""
+
+    def model(self, x, y):
+        pyro.module("linear", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.dec(z) + y.unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+    def guide(self, x, y):
+        super().guide(x - y.unsqueeze(-1))
+
+
+LONG = "cannot be traced: " + "this model's Python refuses the tracer " * 8  # 330 characters
+
+
+class RefusesTracing(Linear):
+    def p(self, z):
+        if torch.jit.is_tracing():
+            raise RuntimeError(LONG)
+        return super().p(z)
+
+
+class FrozenBatchSize(Linear):
+    """A Python list as long as the batch becomes a constant of the traced graph (torch.tensor)."""
+
+    def p(self, z):
+        rows = torch.tensor([[1.0]] * z.shape[-2])
+        return dist.Normal(self.dec(z) * rows, 1.0).to_event(1)
+
+
+class TensorConstant(Linear):
+    """``torch.tensor(1.0)`` in the graph: a constant, rightly, and no reason to step eagerly."""
+
+    def p(self, z):
+        return dist.Normal(self.dec(z), torch.tensor(1.0)).to_event(1)
+
+
 class Unregistered(Linear):
     def model(self, x):  # the decoder's weights reach the graph without pyro.module
         with pyro.plate("data", x.shape[0]):
@@ -135,15 +194,17 @@ class TakesBeta(Linear):
 @pytest.mark.parametrize(
     "cls, keys, because",
     [
-        (Linear, {"elbo": "iwae", "num_particles": 3}, "train.elbo = iwae is not traced automatically"),
+        (Linear, {"elbo": "iwae", "num_particles": 3}, r"train.elbo = iwae is not traced automatically \(set"),
         (Linear, {"elbo": "tracegraph"}, "train.elbo = tracegraph is not traced automatically"),
         (Linear, {"elbo": "enum"}, r"train.elbo = enum is not traced automatically \(set train.jit = true"),
-        (Linear, {"free_bits": 0.5}, "free bits are not a Pyro ELBO"),
+        (Linear, {"free_bits": 0.5}, r"free bits are not a Pyro ELBO \(train.free_bits > 0\)$"),
         (TakesBeta, {}, "TakesBeta.model takes beta"),
         (Counting, {}, r"Counting sets traceable = False \(its Python must run at every step\)"),
         (Unregistered, {}, "4 parameters of Unregistered are not registered with pyro.module, e.g. 'enc.weight'"),
         (BranchOnData, {}, "tracing warned: Converting a tensor to a Python"),
         (PythonRandom, {}, "the traced loss .* differs from the eager .* on other rows"),
+        (FrozenBatchSize, {}, r"tracing failed \(RuntimeError: The following operation failed in the TorchScript"),
+        (RefusesTracing, {}, re.escape(f"tracing failed (RuntimeError: {LONG[:160]})") + "$"),
     ],
 )
 def test_auto_steps_eagerly_and_says_why_in_one_line(cls, keys, because, caplog):
@@ -156,8 +217,11 @@ def test_auto_steps_eagerly_and_says_why_in_one_line(cls, keys, because, caplog)
     assert not isinstance(trainer.loss.elbo, pyro.infer.JitTrace_ELBO)
     said = [r.getMessage() for r in caplog.records if r.name == "pyrovae"]
     assert len(said) == 1 and "\n" not in said[0]
-    assert said[0].startswith("train.jit = auto: the eager step, because ")
-    assert re.search(because, said[0]), said[0]
+    prefix = "train.jit = auto: the eager step, because "
+    assert said[0].startswith(prefix) and re.match(because, said[0][len(prefix) :]), said[0]
+    if cls is PythonRandom:  # both numbers are said, and they differ
+        traced, eager = re.findall(r"loss (\S+) differs from the eager (\S+) on", said[0])[0]
+        assert float(traced) != float(eager)
 
 
 def test_auto_traces_a_well_formed_model_of_its_own_without_a_word(caplog):
@@ -169,6 +233,88 @@ def test_auto_traces_a_well_formed_model_of_its_own_without_a_word(caplog):
     assert not [r for r in caplog.records if r.name == "pyrovae"]
 
 
+def test_a_tracer_warning_is_said_in_its_first_160_characters(caplog):
+    pyro.clear_param_store()
+    x = torch.randn(30, 6)
+    with caplog.at_level(logging.INFO, logger="pyrovae"):
+        Trainer(BranchOnData(), Splits("toy", x, x[:10], x[:10]), epochs=1, batch_size=10, progress=False)
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "pyrovae"]
+    message = said.split("tracing warned: ", 1)[1]
+    assert len(message) == 160 and "Converting a tensor to a Python float might cause the trace" in message
+
+
+@pytest.mark.parametrize("rows, traced", [(1, False), (2, True), (4, True), (10, True)])
+def test_the_trial_compares_on_other_rows_or_the_same_rows_fewer(rows, traced, caplog):
+    """Whatever the validation split holds, the trial compares a batch of another size: a model whose
+    Python draws anew at every call (tracing freezes the draw) is refused even on 2 or 4 rows."""
+    x = torch.randn(30, 6)
+    splits = Splits("toy", x, x[:rows], x[:10])
+    pyro.clear_param_store()
+    with caplog.at_level(logging.INFO, logger="pyrovae"):
+        trainer = Trainer(Linear(), splits, epochs=1, batch_size=10, progress=False)
+    assert trainer.settings.jit is traced
+    if not traced:
+        said = [r.getMessage() for r in caplog.records if r.name == "pyrovae"]
+        assert said == [
+            "train.jit = auto: the eager step, because the validation split has fewer than 2 rows to try tracing on"
+        ]
+        return
+    pyro.clear_param_store()
+    assert Trainer(PythonRandom(), splits, epochs=1, batch_size=10, progress=False).settings.jit is False
+    pyro.clear_param_store()
+    assert Trainer(FrozenBatchSize(), splits, epochs=1, batch_size=10, progress=False).settings.jit is False
+
+
+def test_auto_traces_a_conditional_model_with_its_labels_and_keeps_its_numbers():
+    x, y = torch.randn(30, 6), torch.rand(30)  # labels >= 0: every row labelled
+    splits = Splits("toy", x, x[:10], x[:10], train_labels=y, val_labels=y[:10], test_labels=y[:10])
+    weights = {}
+    for jit in ("auto", True, False):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        trainer = Trainer(Conditional(), splits, epochs=1, batch_size=10, progress=False, jit=jit)
+        assert trainer.labelled and trainer.settings.jit is (jit is not False)
+        trainer.train_epoch()
+        weights[jit] = [p.detach().clone() for p in trainer.vae.parameters()]
+    for auto, true, eager in zip(*weights.values()):
+        assert torch.equal(auto, eager) and torch.equal(true, eager)
+
+
+def test_auto_traces_more_particles_and_a_tensor_constant_without_a_word(caplog):
+    x = torch.randn(30, 6)
+    for model, keys in ((Linear(), {"num_particles": 3}), (TensorConstant(), {})):
+        pyro.clear_param_store()
+        with caplog.at_level(logging.INFO, logger="pyrovae"):
+            trainer = Trainer(model, Splits("toy", x, x[:10], x[:10]), epochs=1, batch_size=10, progress=False, **keys)
+        assert trainer.settings.jit is True, [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.name == "pyrovae"]
+
+
+def test_compiling_hides_torch_s_deprecation_of_jit_trace_and_says_nothing_when_it_succeeds(caplog):
+    """pyrovae calls torch.jit.trace, not the user: its FutureWarning is not theirs to read."""
+    x = torch.randn(30, 6)
+    for jit in ("auto", True):
+        pyro.clear_param_store()
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO, logger="pyrovae"):
+            warnings.simplefilter("always")
+            Trainer(Linear(), Splits("toy", x, x[:10], x[:10]), epochs=1, batch_size=10, progress=False, jit=jit)
+        assert not [w for w in caught if "torch.jit.trace" in str(w.message)]
+    assert not [r for r in caplog.records if r.name == "pyrovae"]
+
+
+@pytest.mark.parametrize(
+    "keys, refusal",
+    [
+        ({"free_bits": 0.5}, "train.jit compiles Pyro's ELBOs (trace, meanfield, enum), not free bits"),
+        ({"iwae_gradient": "dreg"}, "train.iwae_gradient = 'dreg' is a gradient of the iwae bound"),
+    ],
+)
+def test_an_explicit_jit_refuses_options_the_traced_elbos_lack(keys, refusal):
+    pyro.clear_param_store()
+    with pytest.raises(UserError, match=re.escape(refusal)):
+        traced_loss(Linear(), TrainSettings(jit=True, **keys), torch.randn(8, 6))
+
+
 def test_an_explicit_jit_that_cannot_trace_is_one_line_and_false_never_traces():
     pyro.clear_param_store()
     x = torch.randn(8, 6)
@@ -176,6 +322,11 @@ def test_an_explicit_jit_that_cannot_trace_is_one_line_and_false_never_traces():
     with pytest.raises(UserError, match=said):  # the trainer's check_model would have refused it before
         traced_loss(Unregistered(), TrainSettings(jit=True), x)
     assert traced_loss(Linear(), TrainSettings(jit=False), x) == (None, "")
+    pyro.clear_param_store()
+    with pytest.raises(UserError) as refused:
+        traced_loss(RefusesTracing(), TrainSettings(jit=True), x)
+    said = f"tracing RefusesTracing failed (RuntimeError: {LONG[:160]}); set train.jit = auto or false"
+    assert str(refused.value) == f"train.jit = true: {said}"
 
 
 def test_the_compiling_call_leaves_the_random_stream_and_the_gradients_alone():
