@@ -111,12 +111,12 @@ def against_hand_written(splits, args) -> None:
             lambda: hand_validation(encode, decode, x, 1000),
         ),
         **{
-            f"IWAE K = {k}, batch 100": (
+            f"IWAE K = {k}, batch {b}": (
                 n,
-                lambda k=k, n=n: iwae(vae, x[:n], k, batch_size=100),
-                lambda k=k, n=n: hand_iwae(encode, decode, x[:n], k, 100),
+                lambda k=k, n=n, b=b: iwae(vae, x[:n], k, batch_size=b),
+                lambda k=k, n=n, b=b: hand_iwae(encode, decode, x[:n], k, b),
             )
-            for k, n in ((5, x.shape[0]), (50, min(2000, x.shape[0])))
+            for k, n, b in ((5, x.shape[0], 100), (5, x.shape[0], 1000), (50, min(2000, x.shape[0]), 100))
         },
     }
     contenders = {f"{name} {who}": fns[i] for name, fns in cases.items() for i, who in ((1, "pyrovae"), (2, "hand"))}

@@ -14,7 +14,9 @@ Training: images/s of ``Trainer.train_epoch`` (default config: 784-400-50 MLP, b
 within a round. ``--variant 'name:key=value,...'`` adds pyrovae contenders with other config
 values (to measure an option A/B in the same rounds). Evaluation: validation time against an
 epoch, and log p(x) estimation throughput (datapoints x samples / s) against a bare matmul chain
-of the same shapes, plus the peak RSS of a fresh process at K = 5000 (:mod:`eval_speed`).
+of the same shapes, plus the peak RSS of a fresh process at K = 5000 (:mod:`eval_speed`), and
+validation and IWAE at K = 5 and 50 of the ``--hidden``/``--latent`` VAE against the same
+evaluation hand-written (:func:`eval_speed.against_hand_written`).
 """
 
 from __future__ import annotations
