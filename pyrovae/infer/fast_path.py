@@ -61,8 +61,7 @@ def traced_loss(vae, settings, x: torch.Tensor, y: torch.Tensor | None = None):
             _compile(loss, x[:TRIAL_ROWS], None if y is None else y[:TRIAL_ROWS])
         except Exception as err:
             raise UserError(
-                f"train.jit = true: tracing {type(vae).__name__} failed ({type(err).__name__}: "
-                f"{first_line(err, 160)}); set train.jit = auto or false"
+                f"train.jit = true: tracing {type(vae).__name__} failed ({failure(err)}); set train.jit = auto or false"
             ) from err
         return loss, ""
     why = _unsupported(vae, settings)
@@ -134,13 +133,22 @@ def _trial(traced, settings, x: torch.Tensor, y: torch.Tensor | None) -> str:
                     torch.manual_seed(0)
                     losses.append(float(loss(x[other], 1.0, labels[1])))
     except Exception as err:  # whatever tracing cannot do is a reason to step eagerly, not to stop
-        return f"tracing failed ({type(err).__name__}: {first_line(err, 160)})"
+        return f"tracing failed ({failure(err)})"
     tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
     if tracer:
         return f"tracing warned: {first_line(tracer[0].message, 160)}"
     if abs(losses[0] - losses[1]) > RELATIVE_TOLERANCE * max(abs(losses[1]), 1.0):
         return f"the traced loss {losses[0]:.6g} differs from the eager {losses[1]:.6g} on other rows"
     return ""
+
+
+def failure(err: BaseException) -> str:
+    """``Type: first line`` of an exception, cut to 160 characters; for one raised inside a
+    TorchScript graph, the graph's own last line (the first says only that the interpreter failed)."""
+    lines = str(err).strip().splitlines()
+    if lines and lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        return lines[-1].strip()[:160]
+    return f"{type(err).__name__}: {first_line(err, 160)}"
 
 
 def resolved(settings, jit: bool):

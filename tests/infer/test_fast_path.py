@@ -203,7 +203,7 @@ class TakesBeta(Linear):
         (Unregistered, {}, "4 parameters of Unregistered are not registered with pyro.module, e.g. 'enc.weight'"),
         (BranchOnData, {}, "tracing warned: Converting a tensor to a Python"),
         (PythonRandom, {}, "the traced loss .* differs from the eager .* on other rows"),
-        (FrozenBatchSize, {}, r"tracing failed \(RuntimeError: The following operation failed in the TorchScript"),
+        (FrozenBatchSize, {}, r"tracing failed \(RuntimeError: The size of tensor a \(3\) must match .*\)$"),
         (RefusesTracing, {}, re.escape(f"tracing failed (RuntimeError: {LONG[:160]})") + "$"),
     ],
 )
