@@ -143,12 +143,11 @@ def _trial(traced, settings, x: torch.Tensor, y: torch.Tensor | None) -> str:
 
 
 def failure(err: BaseException) -> str:
-    """``Type: first line`` of an exception, cut to 160 characters; for one raised inside a
-    TorchScript graph, the graph's own last line (the first says only that the interpreter failed)."""
+    """``Type: first line`` of an exception, or for one raised inside a TorchScript graph the graph's
+    own last line (the first says only that the interpreter failed); cut to 180 characters."""
     lines = str(err).strip().splitlines()
-    if lines and lines[0].startswith("The following operation failed in the TorchScript interpreter"):
-        return lines[-1].strip()[:160]
-    return f"{type(err).__name__}: {first_line(err, 160)}"
+    torchscript = lines and lines[0].startswith("The following operation failed in the TorchScript interpreter")
+    return (lines[-1].strip() if torchscript else f"{type(err).__name__}: {first_line(err)}")[:180]
 
 
 def resolved(settings, jit: bool):

@@ -204,7 +204,7 @@ class TakesBeta(Linear):
         (BranchOnData, {}, "tracing warned: Converting a tensor to a Python"),
         (PythonRandom, {}, "the traced loss .* differs from the eager .* on other rows"),
         (FrozenBatchSize, {}, r"tracing failed \(RuntimeError: The size of tensor a \(3\) must match .*\)$"),
-        (RefusesTracing, {}, re.escape(f"tracing failed (RuntimeError: {LONG[:160]})") + "$"),
+        (RefusesTracing, {}, re.escape(f"tracing failed ({f'RuntimeError: {LONG}'[:180]})") + "$"),
     ],
 )
 def test_auto_steps_eagerly_and_says_why_in_one_line(cls, keys, because, caplog):
@@ -325,7 +325,7 @@ def test_an_explicit_jit_that_cannot_trace_is_one_line_and_false_never_traces():
     pyro.clear_param_store()
     with pytest.raises(UserError) as refused:
         traced_loss(RefusesTracing(), TrainSettings(jit=True), x)
-    said = f"tracing RefusesTracing failed (RuntimeError: {LONG[:160]}); set train.jit = auto or false"
+    said = f"tracing RefusesTracing failed ({f'RuntimeError: {LONG}'[:180]}); set train.jit = auto or false"
     assert str(refused.value) == f"train.jit = true: {said}"
 
 
