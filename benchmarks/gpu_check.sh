@@ -31,6 +31,6 @@ print({k: round(v, 2) for k, v in run.data.metrics.items() if k.startswith(("tes
 PY
 cat "$out/epoch_times.log"
 cp mlruns/mlflow.db "$out/" 2>/dev/null; cd "$repo"
-TAIL=60 step speed_cuda 180 python3 benchmarks/speed.py --device cuda --data-root "$data" --rounds 5 \
-  --variant 'eager:train.jit=false' --scaling
+TAIL=60 step speed_cuda 240 python3 benchmarks/speed.py --device cuda --data-root "$data" --rounds 5 \
+  --variant 'eager:train.jit=false' --variant 'meanfield:train.elbo=meanfield' --scaling
 TAIL=40 step profile_cuda 60 python3 benchmarks/step_profile.py --device cuda --batch-size 128 --batch-size 1024
