@@ -56,7 +56,7 @@ def traced_loss(vae, settings, x: torch.Tensor, y: torch.Tensor | None = None):
     if settings.jit is False:
         return None, ""
     if settings.jit is True:
-        loss = _traced(vae, settings)
+        loss = elbo_loss(vae, settings, True)
         try:
             _compile(loss, x[:TRIAL_ROWS], None if y is None else y[:TRIAL_ROWS])
         except Exception as err:
@@ -65,16 +65,18 @@ def traced_loss(vae, settings, x: torch.Tensor, y: torch.Tensor | None = None):
             ) from err
         return loss, ""
     why = _unsupported(vae, settings)
-    loss = None if why else _traced(vae, settings)
+    loss = None if why else elbo_loss(vae, settings, True)
     why = why or _trial(loss, settings, x, y)
     return (None, f"train.jit = auto: the eager step, because {why}") if why else (loss, "")
 
 
-def _traced(vae, settings):
+def elbo_loss(vae, settings, jit: bool):
+    """The :class:`~pyrovae.infer.elbo.ELBOLoss` of the ``[train]`` ``settings``' objective on ``vae``,
+    traced (``jit``) or eager: every option goes in, so one the traced ELBOs lack is refused (free bits)."""
     from pyrovae.infer.elbo import ELBOLoss, make_elbo
 
-    s = settings  # every option, so that one the traced ELBOs lack is refused as before (free bits)
-    return ELBOLoss(vae, make_elbo(s.elbo, s.num_particles, True, s.renyi_alpha, s.free_bits, s.iwae_gradient))
+    s = settings
+    return ELBOLoss(vae, make_elbo(s.elbo, s.num_particles, jit, s.renyi_alpha, s.free_bits, s.iwae_gradient))
 
 
 def _compile(loss, x: torch.Tensor, y: torch.Tensor | None) -> None:
@@ -104,8 +106,6 @@ def _unsupported(vae, settings) -> str:
 
 def _trial(traced, settings, x: torch.Tensor, y: torch.Tensor | None) -> str:
     """Why ``traced`` cannot stand in for the eager loss ("" when it can); compiles it on the way."""
-    from pyrovae.infer.elbo import ELBOLoss, make_elbo
-
     vae, n = traced.vae, x.shape[0]
     if n < 2:
         return "the validation split has fewer than 2 rows to try tracing on"
@@ -118,7 +118,7 @@ def _trial(traced, settings, x: torch.Tensor, y: torch.Tensor | None) -> str:
     if missing:
         name = type(vae).__name__
         return f"{len(missing)} parameters of {name} are not registered with pyro.module, e.g. '{missing[0]}'"
-    eager = ELBOLoss(vae, make_elbo(settings.elbo, settings.num_particles))
+    eager = elbo_loss(vae, settings, False)
     traced.elbo.ignore_jit_warnings = False  # read when it compiles: a TracerWarning is a reason
     try:
         with warnings.catch_warnings(record=True) as caught:

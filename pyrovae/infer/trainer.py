@@ -22,8 +22,8 @@ import torch
 from pyrovae.data import Splits
 from pyrovae.infer import distributed, resumable
 from pyrovae.infer.callbacks import Callback, default_callbacks, overrides
-from pyrovae.infer.elbo import ELBOLoss, annealing_beta, make_elbo, validation_elbo
-from pyrovae.infer.fast_path import resolved, say, traced_loss
+from pyrovae.infer.elbo import annealing_beta, validation_elbo
+from pyrovae.infer.fast_path import elbo_loss, resolved, say, traced_loss
 from pyrovae.infer.faults import Interrupted, NonFiniteLoss, StopRequest, validate_first_step_only
 from pyrovae.infer.interface import check_labels, check_model
 from pyrovae.infer.rng import set_rng_state
@@ -63,9 +63,7 @@ class Trainer:
         traced, why = traced_loss(vae, s, rows, labels)  # train.jit = auto: traced where the model allows it
         self.settings = s = resolved(s, traced is not None)  # the path taken: what a run records, resumes on
         say(why, self.world.is_main)
-        self.loss = traced or ELBOLoss(
-            vae, make_elbo(s.elbo, s.num_particles, False, s.renyi_alpha, s.free_bits, s.iwae_gradient)
-        )
+        self.loss = traced or elbo_loss(vae, s, False)
         self.elbo = self.loss.elbo
         self.validation_elbo = validation_elbo(s.elbo, s.num_particles)  # the ELBO at beta = 1, whatever trains
         self._forward = self.strategy.prepare(self.loss, self.device, s.seed)
