@@ -31,8 +31,10 @@ from pyrovae.run import config  # noqa: E402
 
 def sized_vae(hidden: int, latent: int):
     """The default VAE with ``hidden`` units in every MLP and ``latent`` dimensions."""
-    sizes = [f"model.latent_dim={latent}", f"model.guide.hidden=[{hidden}]", f"model.likelihood.hidden=[{hidden}]"]
-    return build_vae(config.load(overrides=["data.name=synthetic", *sizes])["model"], (1, 28, 28))
+    from speed import size_overrides  # speed.py imports this module in its main(), not at import
+
+    cfg = config.load(overrides=["data.name=synthetic", *size_overrides(hidden, latent)])
+    return build_vae(cfg["model"], (1, 28, 28))
 
 
 def default_vae(latent: int = 50):

@@ -67,6 +67,12 @@ def pyrovae_trainer(splits: Splits, n_train: int, overrides: list[str]) -> Train
     return Trainer(vae, sub, settings=cfg["train"], validation=cfg["validation"], progress=False)
 
 
+def size_overrides(hidden: int, latent: int) -> list[str]:
+    """Config overrides for ``hidden`` units in every MLP and ``latent`` dimensions (784-16-2: the
+    host-bound regime of issue 29)."""
+    return [f"model.latent_dim={latent}", f"model.guide.hidden=[{hidden}]", f"model.likelihood.hidden=[{hidden}]"]
+
+
 def parse_variant(text: str) -> tuple[str, list[str]]:
     name, _, sets = text.partition(":")
     return name.strip(), [s.strip() for s in sets.split(",") if s.strip()]
@@ -74,9 +80,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 def bench_training(splits: Splits, args, device: torch.device) -> dict[str, list[float]]:
     n = args.batches * args.batch_size
-    size = [f"model.latent_dim={args.latent}", f"model.guide.hidden=[{args.hidden}]"]
-    size.append(f"model.likelihood.hidden=[{args.hidden}]")
-    base = [f"train.batch_size={args.batch_size}", *size, *args.set]
+    base = [f"train.batch_size={args.batch_size}", *size_overrides(args.hidden, args.latent), *args.set]
     trainers = {"pyrovae": pyrovae_trainer(splits, n, base)}
     for text in args.variant:
         name, sets = parse_variant(text)

@@ -26,7 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import make_splits, pyrovae_trainer  # noqa: E402
+from speed import make_splits, pyrovae_trainer, size_overrides  # noqa: E402
 from timing import interleave, spread, synchronize  # noqa: E402
 
 from pyrovae.devices import describe, select_device  # noqa: E402
@@ -177,9 +177,8 @@ def main(argv=None) -> None:
     print(f"device {describe(device)}, torch {torch.__version__}, {torch.get_num_threads()} host threads")
     for batch_size in args.batch_size or [128]:
         if args.phases:
-            sets = [f"train.batch_size={batch_size}", f"model.latent_dim={args.latent}", "train.jit=false",
-                    f"model.guide.hidden=[{args.hidden}]", f"model.likelihood.hidden=[{args.hidden}]"]  # fmt: skip
             # the eager step's phases: the traced one runs Pyro's Python only when it compiles
+            sets = [f"train.batch_size={batch_size}", "train.jit=false", *size_overrides(args.hidden, args.latent)]
             splits = make_splits("", device, args.steps * batch_size)
             print(f"\n## batch {batch_size}, {args.hidden}-unit MLPs, {args.latent} latent dimensions")
             phases(pyrovae_trainer(splits, args.steps * batch_size, sets), args.steps)

@@ -38,9 +38,9 @@ def test_the_phases_of_a_step_are_each_counted_once_and_add_up_to_the_step():
     negative, and the phases sum to the timed step (a double count would pass 100%)."""
     sys.path.insert(0, str(BENCHMARKS))
     import step_profile
-    from speed import make_splits, pyrovae_trainer
+    from speed import make_splits, pyrovae_trainer, size_overrides
 
-    sets = ["train.batch_size=16", "model.latent_dim=2", "model.guide.hidden=[8]", "model.likelihood.hidden=[8]"]
+    sets = ["train.batch_size=16", *size_overrides(8, 2)]
     trainer = pyrovae_trainer(make_splits("", torch.device("cpu"), 160), 160, [*sets, "train.jit=false"])  # eager
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
