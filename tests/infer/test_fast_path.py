@@ -190,6 +190,16 @@ class TakesBeta(Linear):
         super().model(x)
 
 
+def toy_trainer(model, splits: Splits | None = None, **keys) -> Trainer:
+    """A trainer of epochs of batches of 10, on 30 random rows of 6 (validated on their first 10)
+    unless ``splits`` are given, from an empty parameter store."""
+    pyro.clear_param_store()
+    if splits is None:
+        x = torch.randn(30, 6)
+        splits = Splits("toy", x, x[:10], x[:10])
+    return Trainer(model, splits, epochs=1, batch_size=10, progress=False, **keys)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TakesBeta's
 @pytest.mark.parametrize(
     "cls, keys, because",
@@ -208,11 +218,9 @@ class TakesBeta(Linear):
     ],
 )
 def test_auto_steps_eagerly_and_says_why_in_one_line(cls, keys, because, caplog):
-    pyro.clear_param_store()
     torch.manual_seed(0)
-    x = torch.randn(30, 6)
     with caplog.at_level(logging.INFO, logger="pyrovae"):
-        trainer = Trainer(cls(), Splits("toy", x, x[:10], x[:10]), epochs=1, batch_size=10, progress=False, **keys)
+        trainer = toy_trainer(cls(), **keys)
     assert trainer.settings.jit is False  # what a run records: the path it took
     assert not isinstance(trainer.loss.elbo, pyro.infer.JitTrace_ELBO)
     said = [r.getMessage() for r in caplog.records if r.name == "pyrovae"]
@@ -225,19 +233,15 @@ def test_auto_steps_eagerly_and_says_why_in_one_line(cls, keys, because, caplog)
 
 
 def test_auto_traces_a_well_formed_model_of_its_own_without_a_word(caplog):
-    pyro.clear_param_store()
-    x = torch.randn(30, 6)
     with caplog.at_level(logging.INFO, logger="pyrovae"):
-        trainer = Trainer(Linear(), Splits("toy", x, x[:10], x[:10]), epochs=1, batch_size=10, progress=False)
+        trainer = toy_trainer(Linear())
     assert trainer.settings.jit is True and isinstance(trainer.loss, ELBOLoss)
     assert not [r for r in caplog.records if r.name == "pyrovae"]
 
 
 def test_a_tracer_warning_is_said_in_its_first_160_characters(caplog):
-    pyro.clear_param_store()
-    x = torch.randn(30, 6)
     with caplog.at_level(logging.INFO, logger="pyrovae"):
-        Trainer(BranchOnData(), Splits("toy", x, x[:10], x[:10]), epochs=1, batch_size=10, progress=False)
+        toy_trainer(BranchOnData())
     (said,) = [r.getMessage() for r in caplog.records if r.name == "pyrovae"]
     message = said.split("tracing warned: ", 1)[1]
     assert len(message) == 160 and "Converting a tensor to a Python float might cause the trace" in message
@@ -249,9 +253,8 @@ def test_the_trial_compares_on_other_rows_or_the_same_rows_fewer(rows, traced, c
     Python draws anew at every call (tracing freezes the draw) is refused even on 2 or 4 rows."""
     x = torch.randn(30, 6)
     splits = Splits("toy", x, x[:rows], x[:10])
-    pyro.clear_param_store()
     with caplog.at_level(logging.INFO, logger="pyrovae"):
-        trainer = Trainer(Linear(), splits, epochs=1, batch_size=10, progress=False)
+        trainer = toy_trainer(Linear(), splits)
     assert trainer.settings.jit is traced
     if not traced:
         said = [r.getMessage() for r in caplog.records if r.name == "pyrovae"]
@@ -259,10 +262,8 @@ def test_the_trial_compares_on_other_rows_or_the_same_rows_fewer(rows, traced, c
             "train.jit = auto: the eager step, because the validation split has fewer than 2 rows to try tracing on"
         ]
         return
-    pyro.clear_param_store()
-    assert Trainer(PythonRandom(), splits, epochs=1, batch_size=10, progress=False).settings.jit is False
-    pyro.clear_param_store()
-    assert Trainer(FrozenBatchSize(), splits, epochs=1, batch_size=10, progress=False).settings.jit is False
+    assert toy_trainer(PythonRandom(), splits).settings.jit is False
+    assert toy_trainer(FrozenBatchSize(), splits).settings.jit is False
 
 
 def test_auto_traces_a_conditional_model_with_its_labels_and_keeps_its_numbers():
@@ -270,9 +271,8 @@ def test_auto_traces_a_conditional_model_with_its_labels_and_keeps_its_numbers()
     splits = Splits("toy", x, x[:10], x[:10], train_labels=y, val_labels=y[:10], test_labels=y[:10])
     weights = {}
     for jit in ("auto", True, False):
-        pyro.clear_param_store()
         torch.manual_seed(0)
-        trainer = Trainer(Conditional(), splits, epochs=1, batch_size=10, progress=False, jit=jit)
+        trainer = toy_trainer(Conditional(), splits, jit=jit)
         assert trainer.labelled and trainer.settings.jit is (jit is not False)
         trainer.train_epoch()
         weights[jit] = [p.detach().clone() for p in trainer.vae.parameters()]
@@ -281,23 +281,19 @@ def test_auto_traces_a_conditional_model_with_its_labels_and_keeps_its_numbers()
 
 
 def test_auto_traces_more_particles_and_a_tensor_constant_without_a_word(caplog):
-    x = torch.randn(30, 6)
     for model, keys in ((Linear(), {"num_particles": 3}), (TensorConstant(), {})):
-        pyro.clear_param_store()
         with caplog.at_level(logging.INFO, logger="pyrovae"):
-            trainer = Trainer(model, Splits("toy", x, x[:10], x[:10]), epochs=1, batch_size=10, progress=False, **keys)
+            trainer = toy_trainer(model, **keys)
         assert trainer.settings.jit is True, [r.getMessage() for r in caplog.records]
     assert not [r for r in caplog.records if r.name == "pyrovae"]
 
 
 def test_compiling_hides_torch_s_deprecation_of_jit_trace_and_says_nothing_when_it_succeeds(caplog):
     """pyrovae calls torch.jit.trace, not the user: its FutureWarning is not theirs to read."""
-    x = torch.randn(30, 6)
     for jit in ("auto", True):
-        pyro.clear_param_store()
         with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO, logger="pyrovae"):
             warnings.simplefilter("always")
-            Trainer(Linear(), Splits("toy", x, x[:10], x[:10]), epochs=1, batch_size=10, progress=False, jit=jit)
+            toy_trainer(Linear(), jit=jit)
         assert not [w for w in caught if "torch.jit.trace" in str(w.message)]
     assert not [r for r in caplog.records if r.name == "pyrovae"]
 
